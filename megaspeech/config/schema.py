@@ -1,0 +1,191 @@
+"""The pre-training config: typed sections, validated when loaded (before any process group).
+
+Field reference (README "Config reference" mirrors this file):
+  run.*         where outputs go, seed, resume policy
+  vocab.*       unified token layout (megaspeech.vocab.Vocab)
+  model.*       decoder shape (Llama/GLM family)
+  parallel.*    tensor / pipeline / sequence parallel sizes and ZeRO stage (DP = world / (TP*PP))
+  train.*       steps, sequence length, batch sizes, precision, clipping, activation checkpointing
+  optim.*       AdamW and the LR schedule
+  data.*        the data pipeline (megaspeech.data.config.DataConfig)
+  checkpoint.*  interval, retention, HF init
+  metrics.*     jsonl is always written; wandb / TensorBoard mirrors
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megaspeech.config.load import ConfigError, check
+from megaspeech.data.config import DataConfig
+from megaspeech.vocab import Vocab
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 1234
+    resume: str = "auto"  # auto: resume from RUN_DIR/checkpoints/latest if present; none; or a checkpoint dir
+    name: str = "megaspeech"
+
+
+@dataclass
+class ModelConfig:
+    family: Literal["llama", "glm"] = "llama"
+    num_layers: int = 4
+    hidden_size: int = 256
+    ffn_hidden_size: int = 688
+    num_heads: int = 8
+    num_kv_heads: int = 2
+    rope_theta: float = 10000.0
+    rope_fraction: float = 1.0  # GLM rotates half of each head (0.5); Llama all of it (1.0)
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    vocab_multiple: int = 128  # embedding rows are padded to a multiple of this x tensor size
+    attention: Literal["auto", "sdpa", "flash"] = "auto"
+    init_from_hf: str | None = None  # HF Llama-family dir: weights loaded, vocab extended
+
+    def __post_init__(self):
+        check(self.num_layers > 0, "model.num_layers", "must be > 0")
+        check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
+              f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
+        check(self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads",
+              f"model.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        rot = int(self.head_dim * self.rope_fraction)
+        check(rot % 2 == 0 and 0 < self.rope_fraction <= 1, "model.rope_fraction",
+              f"must give an even rotary dim in (0, head_dim]; got {rot} of head_dim {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+    sequence_parallel: bool = False
+    zero_stage: int = 1
+
+    def __post_init__(self):
+        check(self.tensor >= 1, "parallel.tensor", "must be >= 1")
+        check(self.pipeline >= 1, "parallel.pipeline", "must be >= 1")
+        check(self.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", f"must be 0-3, got {self.zero_stage}")
+        check(not (self.sequence_parallel and self.tensor == 1), "parallel.sequence_parallel",
+              "needs parallel.tensor > 1 (it splits the sequence over the tensor-parallel group)")
+        check(not (self.pipeline > 1 and self.zero_stage > 1), "parallel.zero_stage",
+              f"ZeRO-{self.zero_stage} cannot be combined with parallel.pipeline={self.pipeline}; use 0 or 1")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    seq_len: int = 256
+    micro_batch: int = 4
+    global_batch: int = 8  # sequences per optimizer step over all data-parallel ranks
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_clip: float = 1.0
+    activation_checkpointing: Literal["none", "all"] | list[int] = "none"  # or global layer ids
+    skip_nonfinite: bool = False
+    log_interval: int = 1
+    peak_tflops: float | None = None  # per device; None: 989 (H100 bf16) on GPU, a measured GEMM peak on CPU
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        check(self.steps >= 0, "train.steps", "must be >= 0")
+        check(self.seq_len > 1, "train.seq_len", "must be > 1")
+        check(self.micro_batch >= 1, "train.micro_batch", "must be >= 1")
+        check(self.global_batch % self.micro_batch == 0, "train.global_batch",
+              f"{self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}")
+        check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 0
+    decay: Literal["linear", "cosine", "constant"] = "cosine"
+    decay_steps: int | None = None  # default: train.steps - warmup
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+    def __post_init__(self):
+        check(self.lr > 0, "optim.lr", "must be > 0")
+        check(0 <= self.min_lr <= self.lr, "optim.min_lr", f"must be in [0, optim.lr={self.lr}]")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+              "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # steps between saves; 0: only at the end and on SIGTERM/SIGUSR1
+    keep: int = 3
+    save_at_end: bool = True
+
+
+@dataclass
+class MetricsConfig:
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    tensorboard: bool = True
+    project: str = "megaspeech"
+
+
+@dataclass
+class PretrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    vocab: Vocab = field(default_factory=Vocab)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self):
+        m, p, t = self.model, self.parallel, self.train
+        check(m.num_heads % p.tensor == 0, "parallel.tensor",
+              f"model.num_heads={m.num_heads} is not divisible by parallel.tensor={p.tensor}")
+        check(m.num_kv_heads % p.tensor == 0, "parallel.tensor",
+              f"model.num_kv_heads={m.num_kv_heads} is not divisible by parallel.tensor={p.tensor}")
+        check(m.ffn_hidden_size % p.tensor == 0, "parallel.tensor",
+              f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tensor={p.tensor}")
+        check(m.num_layers % p.pipeline == 0, "parallel.pipeline",
+              f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={p.pipeline}")
+        check(not (p.sequence_parallel and t.seq_len % p.tensor), "train.seq_len",
+              f"{t.seq_len} must be divisible by parallel.tensor={p.tensor} with sequence parallelism")
+        check(not (m.tie_embeddings and p.pipeline > 1), "model.tie_embeddings",
+              "tied embeddings are not supported with parallel.pipeline > 1; untie them or use pipeline=1")
+        check(not (self.data.document_mask and p.pipeline > 1), "data.document_mask",
+              "document-boundary attention masks are supported with parallel.pipeline=1 only")
+        ac = t.activation_checkpointing
+        if isinstance(ac, list):
+            bad = [i for i in ac if not 0 <= i < m.num_layers]
+            check(not bad, "train.activation_checkpointing", f"layer ids {bad} outside [0, {m.num_layers})")
+
+    def padded_vocab_size(self) -> int:
+        return self.vocab.padded_size(self.model.vocab_multiple * self.parallel.tensor)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Validate the layout against a world size (before process groups start) and return DP."""
+        p, t = self.parallel, self.train
+        mp = p.tensor * p.pipeline
+        if world_size % mp:
+            raise ConfigError(
+                f"parallel.tensor x parallel.pipeline = {mp} does not divide the world size {world_size}; "
+                f"launch a multiple of {mp} processes or change the layout")
+        dp = world_size // mp
+        if t.global_batch % (t.micro_batch * dp):
+            raise ConfigError(
+                f"train.global_batch={t.global_batch} is not a multiple of train.micro_batch x data parallel "
+                f"= {t.micro_batch} x {dp}; pick global_batch as a multiple of {t.micro_batch * dp}")
+        if p.pipeline > 1 and p.zero_stage > 1:
+            raise ConfigError("parallel.zero_stage must be 0 or 1 with pipeline parallelism")
+        return dp
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        return self.train.global_batch // (self.train.micro_batch * self.data_parallel_size(world_size))

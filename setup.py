@@ -1,0 +1,35 @@
+"""megaspeech: pre-training speech-text language models at scale.
+
+Install torch first (`pip install torch==2.13.0` takes the CPU build on CPU machines) so that no
+dependency pulls a CUDA build; every range below admits torch 2.13.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="megaspeech",
+    version="0.1.0",
+    description="Pre-training speech-text language models: speech tokenizer, interleaved data, TP/PP trainer",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megaspeech", "megaspeech.*", "kernels", "kernels.*"]),
+    package_data={"megaspeech": ["demo/*", "demo/**/*"]},
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "deepspeed>=0.16,<0.20",
+        "megatron-core>=0.12,<0.17",
+        "webdataset>=0.2.90,<2",
+        "transformers>=4.46,<6",
+        "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "wandb>=0.17",
+        "tensorboard>=2.14",
+        "triton>=3.0,<4",
+        "pyyaml>=6",
+        "numpy>=1.24",
+        "psutil>=5.9",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+)
