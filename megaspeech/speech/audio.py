@@ -1,0 +1,86 @@
+"""Audio I/O for the speech tokenizer: decode, resample to 16 kHz, Whisper log-mel features.
+
+The frame-rate rule lives here so every caller (training, tokenizing, evaluation) agrees:
+Whisper's mel has 100 frames/s (hop 160 at 16 kHz); its conv stem halves that to 50 Hz; the
+tokenizer pools 4 encoder frames into one token, so one token covers 1280 samples (80 ms,
+12.5 Hz). An utterance of `n` samples gets exactly `ceil(n / 1280)` tokens; the last token
+covers the tail of the audio plus Whisper's padding (10 s -> 125 tokens, 10.01 s -> 126).
+"""
+from __future__ import annotations
+
+import io
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+HOP = 160  # mel hop (100 Hz)
+SAMPLES_PER_TOKEN = 1280  # 4 encoder frames x 2 (conv stride) x 160 samples
+MAX_SECONDS = 30.0  # Whisper's window; longer audio must be cut by the caller
+MAX_SAMPLES = int(MAX_SECONDS * SAMPLE_RATE)
+
+
+class AudioError(ValueError):
+    """Audio that cannot be decoded or used; the message names the file and the fix."""
+
+
+def num_tokens(n_samples: int) -> int:
+    """Number of 12.5 Hz tokens for `n_samples` of 16 kHz audio: ceil(n / 1280)."""
+    return max(1, math.ceil(n_samples / SAMPLES_PER_TOKEN))
+
+
+def resample(audio: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase resampling (scipy), float32 mono in and out."""
+    if sr == target:
+        return audio.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+    g = math.gcd(int(sr), int(target))
+    return resample_poly(audio, target // g, int(sr) // g).astype(np.float32)
+
+
+def decode_audio(data: bytes | str | Path, name: str | None = None) -> np.ndarray:
+    """Decode wav/flac/ogg (soundfile) bytes or a path to mono float32 at 16 kHz, shape [n]."""
+    import soundfile as sf
+    label = name or (str(data) if not isinstance(data, bytes) else "<bytes>")
+    try:
+        src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+        audio, sr = sf.read(src, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types; all mean "cannot decode"
+        raise AudioError(f"{label}: cannot decode audio ({e}); convert it to wav or flac "
+                         f"(e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac)") from None
+    if audio.shape[0] == 0:
+        raise AudioError(f"{label}: audio is empty (0 samples); drop the file")
+    audio = audio.mean(axis=1)
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{label}: audio holds NaN/inf samples; re-encode the file")
+    return resample(audio, sr)
+
+
+def encode_flac(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
+    """float32 [n] in [-1, 1] -> FLAC bytes (16-bit), for audio shards."""
+    import soundfile as sf
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1.0, 1.0), sr, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=4)
+def feature_extractor(n_mels: int = 80):
+    from transformers import WhisperFeatureExtractor
+    return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE, hop_length=HOP,
+                                   chunk_length=int(MAX_SECONDS), n_fft=400)
+
+
+def log_mel(audio: np.ndarray, n_mels: int = 80, name: str = "<audio>") -> np.ndarray:
+    """Whisper log-mel of one utterance, padded to 30 s as Whisper was trained: float32 [n_mels, 3000].
+
+    Computed per utterance (never on a batch) so the features, and hence the tokens, of an
+    utterance do not depend on what else is in the batch.
+    """
+    if audio.shape[0] > MAX_SAMPLES:
+        raise AudioError(f"{name}: {audio.shape[0] / SAMPLE_RATE:.1f} s is longer than Whisper's "
+                         f"{MAX_SECONDS:.0f} s window; cut it into segments first")
+    fe = feature_extractor(n_mels)
+    return fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0].astype(np.float32)
