@@ -43,7 +43,7 @@ class ModelConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     init_std: float = 0.02
-    vocab_multiple: int = 128  # embedding rows are padded to a multiple of this x tensor size
+    vocab_multiple: int = 128  # embedding rows padded to a multiple of this (layout-independent; % tensor == 0)
     attention: Literal["auto", "sdpa", "flash"] = "auto"
     init_from_hf: str | None = None  # HF Llama-family dir: weights loaded, vocab extended
 
@@ -154,6 +154,8 @@ class PretrainConfig:
               f"model.num_kv_heads={m.num_kv_heads} is not divisible by parallel.tensor={p.tensor}")
         check(m.ffn_hidden_size % p.tensor == 0, "parallel.tensor",
               f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tensor={p.tensor}")
+        check(m.vocab_multiple % p.tensor == 0, "model.vocab_multiple",
+              f"{m.vocab_multiple} must be a multiple of parallel.tensor={p.tensor} (vocab rows split over TP)")
         check(m.num_layers % p.pipeline == 0, "parallel.pipeline",
               f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={p.pipeline}")
         check(not (p.sequence_parallel and t.seq_len % p.tensor), "train.seq_len",
@@ -168,7 +170,7 @@ class PretrainConfig:
             check(not bad, "train.activation_checkpointing", f"layer ids {bad} outside [0, {m.num_layers})")
 
     def padded_vocab_size(self) -> int:
-        return self.vocab.padded_size(self.model.vocab_multiple * self.parallel.tensor)
+        return self.vocab.padded_size(self.model.vocab_multiple)
 
     def data_parallel_size(self, world_size: int) -> int:
         """Validate the layout against a world size (before process groups start) and return DP."""

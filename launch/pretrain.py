@@ -1,0 +1,68 @@
+"""Pre-train a speech-text LM: `deepspeed --num_gpus N launch/pretrain.py --config configs/tiny.yaml [k=v ...]`.
+
+The same script runs on CPU (gloo) and GPU nodes; `--dry-run` prints parameters, per-GPU memory and
+FLOPs per token for the config's layout without building the model or starting process groups.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from megaspeech.config.cli import parse_args  # noqa: E402
+from megaspeech.config.load import ConfigError  # noqa: E402
+from megaspeech.config.schema import PretrainConfig  # noqa: E402
+
+
+def setup_logging(run_dir: Path, rank: int) -> None:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handlers = [logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")]
+    if rank == 0:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(PretrainConfig, __doc__, argv,
+                           extra=lambda p: p.add_argument("--dry-run", action="store_true",
+                                                          help="print the accounting and exit"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.dry_run:
+        from megaspeech import accounting
+        print(accounting.dry_run_report(cfg, world))
+        return 0
+    try:  # layout errors fail here, before any process group starts
+        cfg.data_parallel_size(world)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+    from megaspeech.parallel.state import destroy_distributed, init_distributed
+    from megaspeech.train.trainer import Trainer
+
+    layout = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir, layout.rank)
+    backends = []
+    if layout.rank == 0:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        try:
+            from megaspeech.train.metrics_backends import make_backends
+            backends = make_backends(cfg.metrics, run_dir, dataclasses.asdict(cfg))
+        except ImportError:
+            pass
+    Trainer(cfg, layout, backends).fit()
+    destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Decoder-only LM of the Llama / GLM family: RMSNorm, RoPE, SwiGLU, GQA, optional QKV bias.
+
+No parallelism code lives here. Every linear / embedding comes from a `LayerFactory` (see
+megaspeech/parallel/layers.py): plain torch layers at TP=1, megatron-core tensor-parallel layers
+at TP>1 — so head and FFN counts below are *per tensor-parallel rank* (`f.tp`).
+
+Activations are sequence-first, [S, B, H] (megatron's layout: sequence parallelism splits dim 0).
+The model is a list of layers `[Embedding, Block x L, Head]`, so the same classes build a plain
+`DecoderLM` (pipeline=1) and a DeepSpeed `PipelineModule` (pipeline>1).
+
+Fused QKV layout, per KV group g: [q heads of g (num_heads/num_kv_heads), k_g, v_g] x head_dim rows;
+a TP split on dim 0 then hands each rank whole groups.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from megaspeech.config.schema import ModelConfig
+
+try:  # optional GPU path; computes the same causal attention as SDPA
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - CPU machines
+    flash_attn_func = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [seq_len, rot_dim // 2] (fp32)."""
+    inv = 1.0 / theta ** (torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim)
+    ang = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """x [B, h, S, hd]; rotates the first 2*cos.shape[-1] dims. Llama rotates halves (interleaved=False);
+    GLM rotates adjacent pairs (interleaved=True)."""
+    rot = 2 * cos.shape[-1]
+    xr, xp = x[..., :rot].float(), x[..., rot:]
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        x1, x2 = xr.chunk(2, dim=-1)
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return torch.cat((out.to(x.dtype), xp), dim=-1)
+
+
+def causal_attention(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, h, S, d], k/v [B, kv, S, d] -> [B, h, S, d]. `mask`: bool [B, 1, S, S] (True = attend)
+    replacing the plain causal mask (document masking). flash-attn on CUDA half precision without a
+    mask, SDPA otherwise: both compute softmax(q k^T / sqrt(d) + causal) v."""
+    if flash_attn_func is not None and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return out.transpose(1, 2)
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """doc_ids [B, S] -> bool [B, 1, S, S]: causal and within the same packed document."""
+    S = doc_ids.shape[1]
+    causal = torch.ones(S, S, dtype=torch.bool, device=doc_ids.device).tril()
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (same & causal)[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, f):
+        super().__init__()
+        self.hd = cfg.head_dim
+        self.heads, self.kv = cfg.num_heads // f.tp, cfg.num_kv_heads // f.tp
+        self.group = self.heads // self.kv
+        self.rot_dim = int(self.hd * cfg.rope_fraction)
+        self.theta, self.interleaved = cfg.rope_theta, cfg.family == "glm"
+        width = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.hd
+        self.qkv = f.column(cfg.hidden_size, width, bias=cfg.qkv_bias, std=cfg.init_std)
+        self.proj = f.row(cfg.num_heads * self.hd, cfg.hidden_size, std=cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        qkv = self.qkv(x)  # [S, B, kv * (group + 2) * hd] (full S even under sequence parallelism)
+        S, B = qkv.shape[:2]
+        qkv = qkv.view(S, B, self.kv, self.group + 2, self.hd).permute(1, 2, 3, 0, 4)  # [B, kv, g+2, S, hd]
+        q = qkv[:, :, : self.group].reshape(B, self.heads, S, self.hd)
+        k, v = qkv[:, :, self.group], qkv[:, :, self.group + 1]
+        cos, sin = rope_tables(S, self.rot_dim, self.theta, x.device)
+        q, k = apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
+        out = causal_attention(q, k, v, mask)  # [B, h, S, hd]
+        return self.proj(out.permute(2, 0, 1, 3).reshape(S, B, self.heads * self.hd))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig, f):
+        super().__init__()
+        out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+        self.gate = f.column(cfg.hidden_size, cfg.ffn_hidden_size, bias=False, std=cfg.init_std)
+        self.up = f.column(cfg.hidden_size, cfg.ffn_hidden_size, bias=False, std=cfg.init_std)
+        self.down = f.row(cfg.ffn_hidden_size, cfg.hidden_size, std=out_std)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, f):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg, f)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg, f)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Embedding(nn.Module):
+    """input_ids [B, S] -> hidden [S, B, H] (scattered over the sequence under sequence parallelism)."""
+
+    def __init__(self, cfg: ModelConfig, f, vocab_size: int):
+        super().__init__()
+        self.embed = f.embedding(vocab_size, cfg.hidden_size, std=cfg.init_std)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids.t().contiguous())
+
+
+class Head(nn.Module):
+    """hidden [S, B, H] -> logits [S, B, vocab / tp] (vocab-parallel at TP>1)."""
+
+    def __init__(self, cfg: ModelConfig, f, vocab_size: int):
+        super().__init__()
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.out = f.head(cfg.hidden_size, vocab_size, std=cfg.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(x))
+
+
+def layer_specs(cfg: ModelConfig, f, vocab_size: int) -> list[tuple[type, tuple]]:
+    """The model as an ordered list of (class, args); index i is the layer's global id, used to seed
+    its initialization so every parallel layout builds the same full model."""
+    return [(Embedding, (cfg, f, vocab_size))] + [(Block, (cfg, f))] * cfg.num_layers + [(Head, (cfg, f, vocab_size))]
+
+
+def build_layer(spec: tuple[type, tuple], index: int, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + index)
+        return spec[0](*spec[1])
+
+
+class DecoderLM(nn.Module):
+    """The whole model in one process group stage: input_ids [B, S] -> logits [S, B, vocab / tp]."""
+
+    def __init__(self, cfg: ModelConfig, f, vocab_size: int, seed: int):
+        super().__init__()
+        specs = layer_specs(cfg, f, vocab_size)
+        # Registered as "0".."L+1", the names DeepSpeed's PipelineModule gives the same layers, so
+        # checkpoints and adapters see one naming whatever the pipeline size.
+        for i, spec in enumerate(specs):
+            self.add_module(str(i), build_layer(spec, i, seed))
+        if cfg.tie_embeddings:
+            self.head.out.weight = self.embedding.embed.weight
+
+    @property
+    def embedding(self) -> Embedding:
+        return self.get_submodule("0")
+
+    @property
+    def head(self) -> Head:
+        return self.get_submodule(str(len(self) - 1))
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [self.get_submodule(str(i)) for i in range(1, len(self) - 1)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        mask = document_mask(doc_ids) if doc_ids is not None else None
+        x = self.embedding(input_ids)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(x)

@@ -1,0 +1,64 @@
+"""Every number a user sees: metrics.jsonl (rank 0), mirrored to wandb / TensorBoard backends."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+H100_BF16_TFLOPS = 989.0
+
+
+def measure_cpu_peak_tflops() -> float:
+    """fp32 GEMM throughput of this process's threads, measured once and cached per CPU/threads."""
+    cache = Path(os.environ.get("MEGASPEECH_CACHE", Path.home() / ".cache" / "megaspeech")) / "cpu_peak.json"
+    key = f"{platform.processor() or platform.machine()}-{os.cpu_count()}-{torch.get_num_threads()}"
+    try:
+        table = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        n = 512
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        reps, t0 = 20, time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        table[key] = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, cache)
+    return table[key]
+
+
+def peak_tflops(configured: float | None) -> float:
+    if configured:
+        return configured
+    return H100_BF16_TFLOPS if torch.cuda.is_available() else measure_cpu_peak_tflops()
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to RUN_DIR/metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, backends=()):
+        self.enabled, self.backends = enabled, list(backends)
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._f = open(self.path, "a") if enabled else None
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        for b in self.backends:
+            b.log(record["step"], {k: v for k, v in record.items() if isinstance(v, (int, float))})
+
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+        for b in self.backends:
+            b.close()

@@ -1,0 +1,201 @@
+"""The trainer: one DeepSpeed engine (plain or pipeline), one data loader, one readable train_step."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megaspeech import accounting
+from megaspeech.config.deepspeed import deepspeed_config
+from megaspeech.config.schema import PretrainConfig
+from megaspeech.data.loader import build_train_loader
+from megaspeech.parallel.parallelize import build_model
+from megaspeech.parallel.state import Layout, MegatronMPU
+from megaspeech.train import checkpoint as ckpt
+from megaspeech.train.loss import MODALITIES, LMLoss
+from megaspeech.train.metrics import MetricsLogger, peak_tflops
+from megaspeech.train.schedule import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, layout: Layout, backends=()):
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        self.cfg, self.layout = cfg, layout
+        self.device = torch.device(get_accelerator().current_device_name())
+        self.run_dir = Path(cfg.run.dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.grad_accum = cfg.grad_accum_steps(layout.world)
+        self.loss_fn = LMLoss(layout.tp)
+        model = build_model(cfg, layout, self.loss_fn)
+        if cfg.model.init_from_hf:
+            from megaspeech.model.hf import init_from_hf
+            init_from_hf(model, cfg, layout)
+        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, layout.world), mpu=MegatronMPU() if layout.pp == 1 else None)
+        self.loader = build_train_loader(cfg.data, cfg.vocab, seq_len=cfg.train.seq_len,
+                                         micro_batch=cfg.train.micro_batch, dp_rank=layout.dp_rank,
+                                         dp_size=layout.dp, seed=cfg.run.seed)
+        self.step = self.consumed_samples = self.consumed_tokens = self.skipped_steps = 0
+        self.is_logger = layout.rank == 0
+        self.metrics = MetricsLogger(self.run_dir, self.is_logger, backends)
+        self.flops_per_token = accounting.flops_per_token(cfg)
+        self.peak = peak_tflops(cfg.train.peak_tflops) * 1e12
+        self._stop_signal = 0
+        self._data_iter = None
+
+    # ---- resumable state -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "consumed_samples": self.consumed_samples,
+                "consumed_tokens": self.consumed_tokens, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k in self.state_dict():
+            setattr(self, k, sd[k])
+
+    def save(self) -> str:
+        client = {"trainer": self.state_dict(), "config": dataclasses.asdict(self.cfg),
+                  "vocab": self.cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout)}
+        rank_state = {"rng": ckpt.rng_state(), "data": self.loader.state_dict(), "dp_rank": self.layout.dp_rank}
+        import os
+        crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
+        return ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, self.cfg.checkpoint.keep, crash)
+
+    def maybe_resume(self) -> None:
+        policy = self.cfg.run.resume
+        if policy == "none":
+            return
+        root, tag = (self.ckpt_root, ckpt.read_latest(self.ckpt_root)) if policy == "auto" else \
+            (Path(policy).parent, Path(policy).name)
+        if tag is None:
+            return
+        client, rank_state = ckpt.load(self.engine, root, tag)
+        check_compatible(self.cfg, client, root / tag)
+        self.load_state_dict(client["trainer"])
+        ckpt.set_rng_state(rank_state["rng"])
+        self.loader.load_state_dict(rank_state["data"])
+        if self.is_logger:
+            log.info("resumed from %s at step %d", root / tag, self.step)
+
+    # ---- training ----------------------------------------------------------------------------
+    def _all_reduce(self, t: torch.Tensor, group=None, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        t = t.to(self.device)
+        dist.all_reduce(t, op=op, group=group)
+        return t.cpu()
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
+        from megatron.core import parallel_state as ps
+        lay = self.layout
+        local_tokens = sum(float(b["loss_mask"].sum()) for b in micro_batches)
+        global_tokens = float(self._all_reduce(torch.tensor([local_tokens], dtype=torch.float64),
+                                               ps.get_data_parallel_group())[0])
+        self.loss_fn.begin_step(global_tokens, self.grad_accum, lay.dp)
+        lr = self.engine.optimizer.param_groups[0]["lr"]
+        dev = lambda b, k: b[k].to(self.device)  # noqa: E731
+        if lay.pp > 1:
+            batches = [(dev(b, "input_ids"), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                       for b in micro_batches]
+            self.engine.train_batch(data_iter=iter(batches))
+        else:
+            for b in micro_batches:
+                doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
+                logits = self.engine(dev(b, "input_ids"), doc_ids)
+                loss = self.loss_fn(logits, (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                self.engine.backward(loss)
+                self.engine.step()
+        # Per-modality sums live on the last stage (identical on its TP ranks): count them once.
+        owner = lay.pp_rank == lay.pp - 1 and lay.tp_rank == 0
+        sums = self._all_reduce(self.loss_fn.sums.clone() if owner else torch.zeros_like(self.loss_fn.sums))
+        out = {"loss": float(sums[0::2].sum() / max(sums[1::2].sum(), 1.0)), "lr": lr}
+        for i, name in enumerate(MODALITIES):
+            out[f"loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+        gn = self.engine.get_global_grad_norm()
+        out["grad_norm"] = float(gn) if gn is not None else None
+        return out
+
+    def _next_micro_batches(self) -> list[dict]:
+        if self._data_iter is None:
+            self._data_iter = iter(self.loader)
+        return [next(self._data_iter) for _ in range(self.grad_accum)]
+
+    def _handle_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle_signal)
+        self.maybe_resume()
+        bar = None
+        if self.is_logger and cfg.train.progress_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        tokens_per_step = cfg.train.global_batch * cfg.train.seq_len
+        while self.step < cfg.train.steps:
+            t0 = time.perf_counter()
+            micro_batches = self._next_micro_batches()
+            t_data = time.perf_counter() - t0
+            out = self.train_step(micro_batches)
+            dt = time.perf_counter() - t0
+            self.step += 1
+            self.consumed_samples += cfg.train.global_batch
+            self.consumed_tokens += tokens_per_step
+            if not math.isfinite(out["loss"]):
+                if not cfg.train.skip_nonfinite:
+                    latest = ckpt.read_latest(self.ckpt_root)
+                    raise NonFiniteLoss(
+                        f"non-finite loss {out['loss']} at step {self.step}; last good checkpoint: "
+                        f"{self.ckpt_root / latest if latest else 'none'} (set train.skip_nonfinite=true to skip such steps)")
+                self.skipped_steps += 1
+            tps = tokens_per_step / dt
+            record = {"step": self.step, **out, "tokens_per_s": tps,
+                      "mfu": self.flops_per_token * tps / (self.peak * self.layout.world),
+                      "consumed_samples": self.consumed_samples, "consumed_tokens": self.consumed_tokens,
+                      "skipped_steps": self.skipped_steps, "data_wait_s": t_data, "step_time_s": dt}
+            if hasattr(self.loader, "stats"):
+                record.update(self.loader.stats())
+            if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.steps:
+                self.metrics.log(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:.0f}", mfu=f"{record['mfu']:.3f}")
+            stop = self._all_reduce(torch.tensor([self._stop_signal]), op=dist.ReduceOp.MAX).item()
+            if stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+                self.save()
+            if stop:
+                log.warning("signal %d: checkpoint saved at step %d, exiting for requeue", stop, self.step)
+                break
+        else:
+            if cfg.checkpoint.save_at_end and (not cfg.checkpoint.interval or self.step % cfg.checkpoint.interval):
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.metrics.close()
+
+
+def check_compatible(cfg: PretrainConfig, client: dict, where: Path) -> None:
+    """A checkpoint of another vocabulary or model shape fails naming the differing field."""
+    from megaspeech.vocab import Vocab
+    cfg.vocab.check_same(Vocab(**client["vocab"]), f"checkpoint {where}")
+    saved = client["config"]["model"]
+    for k in ("family", "num_layers", "hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads",
+              "qkv_bias", "tie_embeddings", "rope_fraction"):
+        if saved[k] != getattr(cfg.model, k):
+            raise ValueError(f"checkpoint {where} has model.{k}={saved[k]!r} but this run has "
+                             f"model.{k}={getattr(cfg.model, k)!r}; use the checkpoint's model shape")
