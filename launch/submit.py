@@ -4,8 +4,9 @@ Training, N nodes x G GPUs, from the same YAML config and overrides the tool tak
   python launch/submit.py --config configs/tiny.yaml --nodes 2 --gpus-per-node 8 \\
       --tool launch/pretrain.py --time 2-00:00:00 --partition gpu train.steps=1000
 Data preparation as a job array of 64 single-process workers (each gets index/count overrides):
-  python launch/submit.py --config configs/prep.yaml --tool launch/prepare_data.py \\
-      --launcher python --array 64 --index-key worker.index --count-key worker.count
+  python launch/submit.py --config configs/data/demo.yaml --tool launch/prepare_data.py --tool-arg text \\
+      --launcher python --array 64 --index-key text.worker --count-key text.num_workers \\
+      --run-dir-key text.out_dir --time 4:00:00
 
 The job requeues itself on SIGUSR1 (sent --signal-secs before the time limit) after the trainer
 has checkpointed, and resumes with run.resume=auto. See megaspeech/ops/slurm.py for the recipe.
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--config", required=True, help="the tool's YAML config")
     p.add_argument("--tool", required=True, help="tool script, e.g. launch/pretrain.py")
+    p.add_argument("--tool-arg", action="append", default=[], metavar="ARG",
+                   help="argument placed before --config, e.g. a subcommand (repeatable)")
     p.add_argument("--launcher", choices=["deepspeed", "python"], default="deepspeed",
                    help="deepspeed: one DeepSpeed launcher per node (training); python: one process")
     p.add_argument("--nodes", type=int, default=1)
@@ -103,8 +106,8 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
         resume = "run.resume=auto" if args.launcher == "deepspeed" else ""
     return SlurmJob(
         tool=str(tool), config=str(config), log_dir=str(log_dir.resolve()), overrides=list(args.overrides),
-        workdir=os.getcwd(), launcher=args.launcher, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-        device=args.device, cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
+        tool_args=list(args.tool_arg), workdir=os.getcwd(), launcher=args.launcher, nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node, device=args.device, cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
         partition=args.partition, account=args.account, qos=args.qos, exclusive=args.exclusive,
         job_name=args.job_name or tool.stem, signal_secs=args.signal_secs, max_requeues=args.max_requeues,
         resume_override=resume or None, array=args.array, array_parallel=args.array_parallel,

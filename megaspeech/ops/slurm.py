@@ -49,6 +49,7 @@ class SlurmJob:
     config: str                    # YAML config given to the tool with --config
     log_dir: str                   # Slurm output, the script copy and the hostfile go here
     overrides: list[str] = field(default_factory=list)  # dotted overrides given to the tool
+    tool_args: list[str] = field(default_factory=list)  # before --config, e.g. a subcommand ("text")
     workdir: str = "."
     launcher: Literal["deepspeed", "python"] = "deepspeed"
     nodes: int = 1
@@ -128,7 +129,7 @@ def _sbatch_lines(job: SlurmJob) -> list[str]:
 
 
 def _tool_args(job: SlurmJob) -> list[str]:
-    args = [job.tool, "--config", job.config, *job.overrides]
+    args = [job.tool, *job.tool_args, "--config", job.config, *job.overrides]
     if job.resume_override:
         args.append(job.resume_override)
     return args
