@@ -1,0 +1,35 @@
+"""Write WebDataset shards + manifest for training.
+
+    python launch/prepare_data.py text --config configs/data/demo.yaml [text.out_dir=... text.worker=3 ...]
+
+Subcommands:
+  text   real text corpora -> `text` shards (megaspeech.data.prep_text)
+Speech and interleaved shards are written by the speech-tokenizer and interleaving tools through
+the same writer (megaspeech.data.shards.ShardWriter) and resume rule (part_done / merge_parts).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from megaspeech.config.cli import parse_args  # noqa: E402
+from megaspeech.data.prep_config import DataPrepConfig  # noqa: E402
+
+COMMANDS = ("text",)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        sys.exit(f"usage: prepare_data.py {{{','.join(COMMANDS)}}} --config FILE [key=value ...]\n{__doc__}")
+    cmd, rest = argv[0], argv[1:]
+    cfg, _ = parse_args(DataPrepConfig, f"prepare_data.py {cmd}", rest)
+    if cmd == "text":
+        from megaspeech.data.prep_text import prepare_text
+        prepare_text(cfg)
+
+
+if __name__ == "__main__":
+    main()

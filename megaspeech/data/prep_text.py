@@ -1,0 +1,76 @@
+"""Real text corpora -> `text` shards (the library side of `launch/prepare_data.py text`).
+
+Documents come from `interleave_corpora` in a fixed order, are tokenized with the SentencePiece
+model of `text.tokenizer`, split into samples of at most `text.max_tokens_per_sample` tokens and
+written through `ShardWriter`. Work is split into `text.parts` parts by document index (part =
+doc_index % parts); a job-array worker handles `parts_for_worker(...)` and skips finished parts,
+and whoever finds every part finished writes the dataset manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from megaspeech.data.corpora import interleave_corpora
+from megaspeech.data.prep_config import DataPrepConfig
+from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker
+from megaspeech.data.text import TextTokenizer
+
+
+def split_tokens(ids: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Split [T] ids into ceil(T/max_len) near-equal chunks (no tiny tail chunk)."""
+    n = max(1, -(-len(ids) // max_len))
+    return np.array_split(ids, n)
+
+
+def _docs(cfg: DataPrepConfig, tok: TextTokenizer):
+    """(doc_index, name, ids) in corpus order; with text.max_tokens each corpus gets an equal share."""
+    budget = None if cfg.text.max_tokens is None else cfg.text.max_tokens // len(cfg.corpora)
+    used = [0] * len(cfg.corpora)
+    for i, (c, name, text) in enumerate(interleave_corpora(cfg.corpora)):
+        if budget is not None and used[c] >= budget:
+            if min(used) >= budget:
+                return
+            continue  # still encoded lazily by the corpus reader; only this corpus is full
+        ids = tok.encode(text)
+        if budget is not None:
+            ids = ids[:budget - used[c]]
+        used[c] += len(ids)
+        if len(ids):
+            yield i, name, ids
+
+
+def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
+    """Write this worker's parts; returns the dataset manifest once all parts are finished."""
+    t = cfg.text
+    tok = TextTokenizer.from_dir(t.tokenizer)
+    # vocab.json beside the shards names the SentencePiece model relative to the data dir
+    vocab = dataclasses.replace(tok.vocab, sp_model=os.path.relpath(tok.path.resolve(), Path(t.out_dir).resolve()))
+    todo = [p for p in parts_for_worker(t.parts, t.worker, t.num_workers) if not part_done(t.out_dir, p)]
+    if todo:
+        writers = {p: part_writer(t.out_dir, "text", vocab, p, max_bytes=t.max_shard_bytes,
+                                  meta={"corpora": cfg.corpora, "tokenizer": str(tok.path),
+                                        "max_tokens_per_sample": t.max_tokens_per_sample}) for p in todo}
+        try:
+            for i, name, ids in _docs(cfg, tok):
+                w = writers.get(i % t.parts)
+                if w is None:
+                    continue
+                for j, chunk in enumerate(split_tokens(ids, t.max_tokens_per_sample)):
+                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "source": name})
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        for p, w in writers.items():
+            m = w.close()
+            log(f"part {p}: {m['samples']} samples, {m['tokens']} tokens in {len(m['shards'])} shards")
+    if all(part_done(t.out_dir, p) for p in range(t.parts)):
+        m = merge_parts(t.out_dir, t.parts)
+        log(f"{t.out_dir}/manifest.json: {m['samples']} samples, {m['tokens']} tokens, {len(m['shards'])} shards")
+        return m
+    log("other parts still running; the last worker to finish writes manifest.json")
+    return None
