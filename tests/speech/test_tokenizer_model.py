@@ -1,0 +1,78 @@
+"""Acceptance 2 (12.5 Hz frame rule) and the tokenizer's quantized path, on real LibriVox audio."""
+import numpy as np
+import torch
+
+from megaspeech.speech.asr import greedy_decode
+from megaspeech.speech.audio import decode_audio
+from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text, features,
+                                         load_tokenizer, save_tokenizer, text_targets, tokenize_audios)
+from tests.speech.conftest import librivox_items
+
+
+def _speech(seconds: float) -> np.ndarray:
+    """Real speech, LibriVox utterances concatenated and cut to exactly `seconds`."""
+    a = np.concatenate([decode_audio(p) for p, _ in librivox_items()])
+    n = int(round(seconds * 16000))
+    assert a.shape[0] >= n
+    return a[:n]
+
+
+def test_ten_seconds_is_125_tokens_and_batch_independent(whisper):
+    torch.manual_seed(0)
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=2, codebook_size=64), whisper)
+    model.eval()
+    a10, a_long, a3 = _speech(10.0), _speech(10.0 + 1 / 16000), _speech(3.0)
+    codes = tokenize_audios(model, [a10, a_long, a3])
+    assert [len(c) for c in codes] == [125, 126, 38]  # ceil(samples / 1280)
+    assert all(c.dtype == np.int64 and c.min() >= 0 and c.max() < 64 for c in codes)
+    # the 3 s utterance alone gets the codes it got next to 10 s ones (padding is masked out)
+    alone = tokenize_audios(model, [a3])[0]
+    np.testing.assert_array_equal(alone, codes[2])
+    pooled_b, keep = model.pooled(*features([a3, a10]))
+    pooled_1, _ = model.pooled(*features([a3]))
+    assert keep.sum(1).tolist() == [38, 125]
+    torch.testing.assert_close(pooled_b[0, :38], pooled_1[0], rtol=0, atol=1e-5)
+
+
+def test_quantized_path_equals_continuous_when_codebook_holds_the_features(whisper, tmp_path):
+    (path, text), = librivox_items()[1:2]
+    a = decode_audio(path)
+    cfg = TokenizerConfig(split_layer=3, codebook_size=38)
+    model, _ = build_tokenizer(cfg, whisper)
+    model.eval()
+    feats, n_tok = features([a])
+    assert n_tok.tolist() == [38]
+    pooled, keep = model.pooled(feats, n_tok)
+    model.init_codebook(pooled[keep], torch.Generator().manual_seed(0))  # every frame is a code
+    codes = tokenize_audios(model, [a])
+    assert sorted(codes[0].tolist()) == sorted(set(codes[0].tolist()))  # distinct frames, distinct codes
+    cont = greedy_decode(whisper, model.post(pooled, keep), keep)
+    via_codes = decode_tokens_to_text(model, whisper, codes)
+    assert via_codes == [whisper.decode_text(cont[0])]
+    assert len(via_codes[0].split()) >= 3
+    # save / load round trip keeps codes and text
+    save_tokenizer(tmp_path / "tok", model, cfg, whisper)
+    m2, w2, cfg2 = load_tokenizer(tmp_path / "tok")
+    assert cfg2 == cfg
+    np.testing.assert_array_equal(tokenize_audios(m2, [a])[0], codes[0])
+    assert decode_tokens_to_text(m2, w2, codes) == via_codes
+
+
+def test_training_step_sends_asr_gradient_through_the_bottleneck(whisper):
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(split_layer=2, codebook_size=16)
+    model, _ = build_tokenizer(cfg, whisper)
+    model.train()
+    items = librivox_items()[1:3]
+    feats, n_tok = features([decode_audio(p) for p, _ in items])
+    text_in, text_out = text_targets(whisper, [t for _, t in items])
+    before = model.vq.codebook.clone()
+    loss, logs, codes, keep = model(feats, n_tok, text_in, text_out)
+    loss.backward()
+    assert logs["commit"] > 0 and np.isfinite(logs["ce"])
+    # straight-through: the ASR loss reaches the layers below the VQ
+    assert model.pre_layers[0].fc1.weight.grad.abs().sum() > 0
+    assert model.post_layers[0].fc1.weight.grad.abs().sum() > 0
+    assert not torch.equal(before, model.vq.codebook)  # EMA update in train mode
+    assert model.vq.codebook.grad is None
+    assert keep.sum().item() == n_tok.sum().item()
