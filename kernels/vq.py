@@ -90,7 +90,7 @@ class VectorQuantizer(nn.Module):
     """EMA vector quantiser. forward(x [..., D]) -> (quantized_st [..., D] in x.dtype,
     indices int64 [...], commit_loss scalar float32).
 
-    - quantized_st = x + sg(q - x): values of q, gradient of identity to x (straight-through).
+    - quantized_st = x + sg(q - x): values of q (up to one rounding), gradient of identity to x.
     - commit_loss (l2) = commitment_weight * mean ||x - sg(q)||^2 / D = weight * F.mse_loss;
       (cosine) = weight * mean(1 - cos(x, sg(q))). Differentiable w.r.t. x only.
     - In training mode the codebook follows an EMA of the assigned vectors (Laplace-smoothed
