@@ -30,13 +30,20 @@ def setup_logging(run_dir: Path, rank: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(PretrainConfig, __doc__, argv,
-                           extra=lambda p: p.add_argument("--dry-run", action="store_true",
-                                                          help="print the accounting and exit"))
+    def extra(p):
+        p.add_argument("--dry-run", action="store_true", help="print the accounting and exit")
+        p.add_argument("--world-size", type=int, default=None,
+                       help="--dry-run only: number of GPUs to plan for (default: tensor x pipeline)")
+
+    cfg, args = parse_args(PretrainConfig, __doc__, argv, extra=extra)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.dry_run:
         from megaspeech import accounting
-        print(accounting.dry_run_report(cfg, world))
+        try:
+            print(accounting.dry_run_report(cfg, args.world_size or cfg.parallel.tensor * cfg.parallel.pipeline))
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
         return 0
     try:  # layout errors fail here, before any process group starts
         cfg.data_parallel_size(world)
