@@ -1,8 +1,48 @@
-"""Data section of the pre-training config (`data.*`)."""
+"""Data section of the pre-training config (`data.*`).
+
+  kind              synthetic (built-in token stream, no files) | shards (WebDataset shards)
+  sources           shards only: list of {name, path, weight, epochs}
+                    path: a dataset dir (manifest.json); `megaspeech:demo/text` = inside the package
+                    weight: share of the mixture (of tokens or samples, see mix_unit); normalized
+                    epochs: passes over this source, then it leaves the mixture; null = repeat forever
+                    GLM-4-Voice style: text weight 0.3 epochs null, speech/pairs epochs 1, interleaved rest
+  mix_unit          tokens | samples: what the weights divide
+  shuffle           shard order and within-shard order are permuted per (seed, epoch)
+  open_shards       shards read concurrently per source and rank (samples alternate between them)
+  on_error          raise (default: error naming shard and key) | skip (counted in loader.stats())
+  verify_checksums  sha256 of each shard against the manifest when it is opened
+  asr_fraction      supervised speech pairs rendered as ASR (speech then text); the rest as TTS
+  document_mask     also emit doc_ids for block-diagonal attention inside packed rows
+  num_workers       torch DataLoader worker processes (0: in the training process)
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from megaspeech.config.load import check
+
+
+@dataclass
+class SourceConfig:
+    name: str = ""
+    path: str = ""
+    weight: float = 1.0
+    epochs: int | None = None
+
+    def __post_init__(self):
+        check(bool(self.path), "data.sources[].path", "set the dataset directory (holding manifest.json)")
+        check(self.weight > 0, "data.sources[].weight", f"must be > 0, got {self.weight}")
+        check(self.epochs is None or self.epochs >= 1, "data.sources[].epochs", "must be >= 1 or null (repeat)")
+        if not self.name:
+            self.name = Path(self.path.split(":", 1)[-1]).name
+
+    def resolved_path(self) -> Path:
+        if self.path.startswith("megaspeech:"):
+            import megaspeech
+            return Path(megaspeech.__file__).parent / self.path.split(":", 1)[1]
+        return Path(self.path).expanduser()
 
 
 @dataclass
@@ -11,3 +51,20 @@ class DataConfig:
     document_mask: bool = False  # block-diagonal attention inside packed rows (pipeline=1 only)
     num_workers: int = 0
     speech_fraction: float = 0.5  # synthetic stream only: share of speech-modality documents
+    sources: list[SourceConfig] = field(default_factory=list)
+    mix_unit: Literal["tokens", "samples"] = "tokens"
+    shuffle: bool = True
+    open_shards: int = 4
+    on_error: Literal["raise", "skip"] = "raise"
+    verify_checksums: bool = True
+    asr_fraction: float = 0.5
+
+    def __post_init__(self):
+        check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.open_shards >= 1, "data.open_shards", "must be >= 1")
+        check(0.0 <= self.asr_fraction <= 1.0, "data.asr_fraction", "must be in [0, 1]")
+        if self.kind == "shards":
+            check(len(self.sources) > 0, "data.sources",
+                  "data.kind=shards needs at least one source, e.g. [{path: megaspeech:demo/text}]")
+            names = [s.name for s in self.sources]
+            check(len(set(names)) == len(names), "data.sources", f"names must be unique, got {names}")

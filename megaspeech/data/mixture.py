@@ -1,0 +1,183 @@
+"""Per-source sample streams over shard "slots", their exact elastic state, and the mixer.
+
+Slots. A source with N shards is read as the sequence of slots q = 0, 1, 2, ...: slot q is shard
+perm_e[q % N] of epoch e = q // N (perm_e a permutation drawn from (seed, source, e)); a slot's
+samples are read in an order drawn from (seed, source, e, shard). With `epochs` set, slots
+q >= epochs * N do not exist. Nothing here depends on the number of ranks.
+
+Assignment. The slots not yet handed out are R = (q >= G and q not in E), a cursor G plus a finite
+set E. Rank r of W takes R[r], R[r + W], R[r + 2W], ... (k of them so far) and keeps up to
+`open_shards` of them open, alternating between them, with a count c of samples read from each.
+
+Elastic resume (`merge_source_states`). From every old rank's state the handed-out slots are
+[0, G) | E | {R[r + W i] : i < k_r}; the new (G', E') describe the rest, and each open, partly read
+slot moves with its count c to exactly one new rank. So every slot is read by one rank and every
+sample once per epoch, whatever the number of ranks before and after.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from megaspeech.data.shards import Dataset, ShardError, check_sample, decode_sample, index_tar, load_shard_bytes
+
+log = logging.getLogger(__name__)
+SHARD_BITS, INDEX_BITS = 24, 24  # sample id = source << 48 | shard << 24 | index in shard
+
+
+def sample_id(source: int, shard: int, index: int) -> int:
+    return (source << (SHARD_BITS + INDEX_BITS)) | (shard << INDEX_BITS) | index
+
+
+def nth_free(G: int, E: np.ndarray, idx):
+    """The idx-th (0-based) element of {q >= G} minus the sorted set E (all E >= G)."""
+    e = np.asarray(E, dtype=np.int64) - G - np.arange(len(E))  # free positions before each excluded one
+    return G + np.asarray(idx, dtype=np.int64) + np.searchsorted(e, idx, side="right")
+
+
+class SourceStream:
+    """Samples of one source for one (virtual) rank, with an exact `state_dict()`."""
+
+    def __init__(self, ds: Dataset, src: int, *, seed: int, rank: int, world: int, epochs: int | None,
+                 shuffle: bool, open_shards: int, on_error: str, verify: bool, stats: dict):
+        self.ds, self.src, self.seed, self.shuffle = ds, src, seed, shuffle
+        self.n_shards = len(ds.shards)
+        self.limit = math.inf if epochs is None else epochs * self.n_shards
+        self.open_shards, self.on_error, self.verify, self.stats = open_shards, on_error, verify, stats
+        self.G, self.E, self.rank, self.world, self.k = 0, [], rank, world, 0
+        self.open: list[list[int]] = []  # [slot q, samples consumed]
+        self.d = 0  # round-robin counter over open slots
+        self._perm: dict[int, np.ndarray] = {}
+        self._loaded: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"G": self.G, "E": list(self.E), "rank": self.rank, "world": self.world, "k": self.k,
+                "open": [list(o) for o in self.open], "d": self.d}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.G, self.E, self.k, self.d = sd["G"], list(sd["E"]), sd["k"], sd["d"]
+        self.rank, self.world = sd["rank"], sd["world"]
+        self.open = [list(o) for o in sd["open"]]
+        self._loaded = {}
+
+    # ------------------------------------------------------------------ slots
+    def slot(self, q: int) -> tuple[int, int]:
+        """Slot -> (epoch, shard index)."""
+        e, i = divmod(q, self.n_shards)
+        if not self.shuffle:
+            return e, i
+        perm = self._perm.get(e)
+        if perm is None:
+            if len(self._perm) > 4:  # open slots span at most a few epochs
+                self._perm.pop(min(self._perm))
+            perm = self._perm[e] = np.random.default_rng([self.seed, self.src, e]).permutation(self.n_shards)
+        return e, int(perm[i])
+
+    def _next_slot(self) -> int | None:
+        q = int(nth_free(self.G, self.E, self.rank + self.world * self.k))
+        if q >= self.limit:
+            return None
+        self.k += 1
+        return q
+
+    def _load(self, q: int):
+        """(bytes, [(key, fields)], order) of slot q, or None if skipped under on_error=skip."""
+        if q in self._loaded:
+            return self._loaded[q]
+        e, shard = self.slot(q)
+        entry = self.ds.shards[shard]
+        path = self.ds.path / entry["name"]
+        try:
+            data = load_shard_bytes(path, entry["sha256"] if self.verify else None, entry["bytes"])
+            index = index_tar(data, str(path))
+            if len(index) != entry["samples"]:
+                raise ShardError(f"{path}: {len(index)} samples but the manifest says {entry['samples']}; "
+                                 f"re-create the shard")
+        except ShardError as err:
+            if self.on_error == "raise":
+                raise
+            log.warning("skipping shard: %s", err)
+            self.stats["skipped_shards"] += 1
+            self.stats["skipped_samples"] += entry["samples"]
+            return None
+        n = len(index)
+        order = (np.random.default_rng([self.seed, self.src, e, shard]).permutation(n) if self.shuffle
+                 else np.arange(n))
+        self._loaded[q] = (data, index, order, str(path), e, shard)
+        return self._loaded[q]
+
+    def next(self):
+        """(sample_id, epoch, sample dict) or None when this rank has no slot left."""
+        while True:
+            while len(self.open) < self.open_shards:
+                q = self._next_slot()
+                if q is None:
+                    break
+                self.open.append([q, 0])
+            if not self.open:
+                return None
+            i = self.d % len(self.open)
+            self.d += 1
+            q, c = self.open[i]
+            loaded = self._load(q)
+            if loaded is None:
+                del self.open[i]
+                continue
+            data, index, order, path, e, shard = loaded
+            j = int(order[c])
+            self.open[i][1] += 1
+            if c + 1 == len(index):
+                del self.open[i]
+                self._loaded.pop(q, None)
+            key, fields = index[j]
+            try:
+                sample = decode_sample(data, key, fields, path)
+                check_sample(self.ds.kind, sample, f"{path} key {key!r}", self.ds.vocab)
+            except ShardError as err:
+                if self.on_error == "raise":
+                    raise
+                log.warning("skipping sample: %s", err)
+                self.stats["skipped_samples"] += 1
+                continue
+            return sample_id(self.src, shard, j), e, sample
+
+
+def merge_source_states(old: list[dict], new_world: int) -> list[dict]:
+    """States of all old ranks of one source -> states of `new_world` new ranks (see module doc)."""
+    G, E, W = old[0]["G"], old[0]["E"], old[0]["world"]
+    if len(old) != W or any((s["G"], s["E"], s["world"], s["rank"]) != (G, E, W, r) for r, s in enumerate(old)):
+        raise ValueError("source states to merge must come from all ranks of one run (same G/E/world, ranks 0..W-1)")
+    handed = [np.asarray(E, dtype=np.int64)]
+    for r, s in enumerate(old):
+        if s["k"]:
+            handed.append(nth_free(G, E, r + W * np.arange(s["k"])))
+    handed = np.unique(np.concatenate(handed))
+    # new cursor: first q >= G not handed out; everything below it is handed out
+    above = handed - G - np.arange(len(handed))  # 0 while handed is contiguous from G
+    run = int(np.argmax(above != 0)) if (above != 0).any() else len(handed)
+    G2 = G + run
+    E2 = [int(x) for x in handed[run:]]
+    partial = sorted((o for s in old for o in s["open"]), key=lambda o: o[0])
+    return [{"G": G2, "E": E2, "rank": r, "world": new_world, "k": 0, "d": 0,
+             "open": [list(o) for o in partial[r::new_world]]} for r in range(new_world)]
+
+
+class Mixer:
+    """Deterministic weighted interleaving: always draw from the active source furthest below its
+    share (as Megatron's blending index does), so proportions hold over any window to within one
+    sample. `used` counts tokens or samples per source."""
+
+    def __init__(self, weights: list[float]):
+        w = np.asarray(weights, dtype=np.float64)
+        self.w = w / w.sum()
+        self.used = np.zeros(len(w))
+
+    def pick(self, active: np.ndarray) -> int:
+        score = np.where(active, (self.used + 1e-9) / self.w, np.inf)
+        return int(np.argmin(score))
+
+    def add(self, i: int, amount: float) -> None:
+        self.used[i] += amount

@@ -1,0 +1,132 @@
+"""Samples -> token documents (unified ids + modality) -> fixed-length packed rows.
+
+Documents (modality 0 text, 1 speech; markers count as their span's modality):
+  text                 <bos> tokens <eos>
+  speech, no `text`    <begin_of_speech> codes <end_of_speech>
+  speech + `text`  ASR <begin_of_speech> codes <end_of_speech> text <eos>
+                   TTS <bos> text <begin_of_speech> codes <end_of_speech>
+  interleaved          <bos> tokens <eos>   (modality as stored)
+
+Packing concatenates documents into one stream per rank and cuts rows of seq_len + 1 tokens that
+overlap by one (row i covers stream positions [i*L, (i+1)*L]), so every token after the first is
+a label exactly once; a document continues into the next row. A sample is reported in
+`sample_ids` of the row where its first token lies in [i*L, (i+1)*L).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from megaspeech.vocab import Vocab
+
+_M64 = (1 << 64) - 1
+
+
+def unit_hash(*xs: int) -> float:
+    """Deterministic hash of integers to [0, 1) (splitmix64), for per-sample choices."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (x & _M64)) * 0xBF58476D1CE4E5B9 & _M64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _M64
+        h ^= h >> 29
+    return (h >> 11) / float(1 << 53)
+
+
+def format_sample(kind: str, sample: dict, vocab: Vocab, asr: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One sample -> (tokens int64 [T], modality uint8 [T])."""
+    if kind == "text":
+        t = sample["tokens"]
+        toks = np.empty(len(t) + 2, np.int64)
+        toks[0], toks[1:-1], toks[-1] = vocab.bos_id, t, vocab.eos_id
+        return toks, np.zeros(len(toks), np.uint8)
+    if kind == "interleaved":
+        t, m = sample["tokens"], sample["modality"]
+        toks = np.empty(len(t) + 2, np.int64)
+        toks[0], toks[1:-1], toks[-1] = vocab.bos_id, t, vocab.eos_id
+        mod = np.zeros(len(toks), np.uint8)
+        mod[1:-1] = m
+        return toks, mod
+    codes = sample["codes"]
+    sp = np.empty(len(codes) + 2, np.int64)
+    sp[0], sp[-1] = vocab.bos_speech_id, vocab.eos_speech_id
+    np.add(codes, vocab.speech_offset, out=sp[1:-1], casting="unsafe")
+    if "text" not in sample:
+        return sp, np.ones(len(sp), np.uint8)
+    text = sample["text"].astype(np.int64)
+    if asr:
+        toks = np.concatenate([sp, text, [vocab.eos_id]])
+        mod = np.concatenate([np.ones(len(sp), np.uint8), np.zeros(len(text) + 1, np.uint8)])
+    else:
+        toks = np.concatenate([[vocab.bos_id], text, sp])
+        mod = np.concatenate([np.zeros(len(text) + 1, np.uint8), np.ones(len(sp), np.uint8)])
+    return toks, mod
+
+
+class Packer:
+    """Fixed-length rows from a document stream; `carry` (the cut-off rest) is part of the state."""
+
+    def __init__(self, seq_len: int, micro_batch: int, pad_id: int, document_mask: bool):
+        self.L, self.B, self.pad_id, self.document_mask = seq_len, micro_batch, pad_id, document_mask
+        self.tok = np.zeros(0, np.int64)
+        self.mod = np.zeros(0, np.uint8)
+        self.starts: list[tuple[int, int]] = []  # (position in carry, sample id) of documents starting there
+        self.done = False
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tok.tolist(), "modality": self.mod.tolist(),
+                "starts": [list(s) for s in self.starts], "done": self.done}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.tok = np.asarray(sd["tokens"], np.int64)
+        self.mod = np.asarray(sd["modality"], np.uint8)
+        self.starts = [tuple(s) for s in sd["starts"]]
+        self.done = sd["done"]
+
+    def next_batch(self, draw) -> dict[str, torch.Tensor] | None:
+        """draw() -> (tokens, modality, sample_id) or None when the sources are exhausted.
+        Returns the loader.py batch dict, or None once nothing is left (the last batch is padded)."""
+        L, B = self.L, self.B
+        if self.done:
+            return None
+        need = B * L + 1
+        toks, mods, starts, n = [self.tok], [self.mod], list(self.starts), len(self.tok)
+        while n < need:
+            x = draw()
+            if x is None:
+                self.done = True
+                break
+            t, m, sid = x
+            starts.append((n, sid))
+            toks.append(t)
+            mods.append(m)
+            n += len(t)
+        if n <= 1:  # only the overlap token (already a label) or nothing: the stream has ended
+            return None
+        size = max(n, need)
+        buf = np.full(size, self.pad_id, np.int64)
+        mbuf = np.zeros(size, np.uint8)
+        np.concatenate(toks, out=buf[:n])
+        np.concatenate(mods, out=mbuf[:n])
+        idx = np.arange(B)[:, None] * L + np.arange(L + 1)
+        rows, mrows = buf[idx], mbuf[idx]
+        loss = (idx[:, 1:] < n).astype(np.float32)
+        # carry: from the last row's final token on (it is the next row's first input)
+        self.tok, self.mod = buf[B * L:n].copy(), mbuf[B * L:n].copy()
+        self.starts = [(p - B * L, s) for p, s in starts if p >= B * L]
+        per_row: list[list[int]] = [[] for _ in range(B)]
+        for p, s in starts:
+            if p < B * L:
+                per_row[p // L].append(s)
+        m = max(1, max(len(r) for r in per_row))
+        sids = np.full((B, m), -1, np.int64)
+        for i, r in enumerate(per_row):
+            sids[i, :len(r)] = r
+        out = {"input_ids": torch.from_numpy(rows[:, :-1].copy()), "labels": torch.from_numpy(rows[:, 1:].copy()),
+               "loss_mask": torch.from_numpy(loss), "modality": torch.from_numpy(mrows[:, 1:].astype(np.int64)),
+               "sample_ids": torch.from_numpy(sids)}
+        if self.document_mask:
+            first = np.zeros(size + 1, np.int64)
+            first[[p for p, _ in starts]] = 1
+            first[n] = 1  # padding is its own document
+            out["doc_ids"] = torch.from_numpy(np.cumsum(first[idx[:, :-1]], axis=1))
+        return out
