@@ -1,26 +1,57 @@
-"""Atomic, resumable DeepSpeed checkpoints.
+"""Atomic, resumable, reshardable DeepSpeed checkpoints.
 
 Layout: RUN_DIR/checkpoints/<tag>/ holds DeepSpeed's sharded files (model per TP/PP rank, ZeRO
-optimizer partitions per DP rank) plus `rank{r}.pt` per rank: RNG states and, per data-parallel
-rank, the data-loader position. `latest` names the newest complete checkpoint.
+optimizer partitions per DP rank), `rank{r}.pt` per rank (RNG states and, per data-parallel rank,
+the data-loader position) and `meta.json` (layout, model config, vocabulary: readable without
+unpickling anything). `latest` names the newest complete checkpoint.
 
 Save protocol (a crash at any moment leaves `latest` loadable):
   every rank writes into `<tag>.tmp`  ->  barrier  ->  rank 0 renames `<tag>.tmp` to `<tag>`,
   then atomically replaces `latest`, then prunes to the newest `keep`  ->  barrier.
+
+Resharding: a checkpoint whose TP/PP/DP differs from the running job is converted once (rank 0,
+DeepSpeed's `ds_to_universal`) into RUN_DIR/checkpoints_universal/<tag> and loaded as a universal
+checkpoint: every parameter's fp32 master and Adam moments are merged by the TP rules below and
+re-sliced for the new layout, so training continues with the optimizer state kept.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import glob
+import json
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 log = logging.getLogger(__name__)
+
+# How a tensor-parallel slice relates to the full parameter (regexes on global parameter names such
+# as `3.attn.proj.weight`, the same at every layout). Declared to DeepSpeed's universal-checkpoint
+# converter the way Megatron-DeepSpeed does, and used by `full_state_dict` for export. Everything
+# not listed is column-parallel: slices concatenate on dim 0 (the fused QKV is laid out per KV group,
+# so its dim-0 slices are whole groups and concatenate back in order).
+TP_REPLICATED = [r".*norm\.weight$"]
+TP_ROW_PARALLEL = [r".*attn\.proj\.weight$", r".*mlp\.down\.weight$"]
+TP_VOCAB = [r".*embed\.weight$", r".*out\.weight$"]
+
+
+def universal_checkpoint_info(padded_vocab: int) -> dict:
+    """The `universal_checkpoint_info` client state `ds_to_universal` needs. The padded vocab is the
+    same at every layout (cfg.padded_vocab_size()), so nothing is stripped or re-padded."""
+    return {"universal_checkpoint_version": 0.2,
+            "tp_replicated_parameter_patterns": TP_REPLICATED,
+            "parameter_with_row_parallelism_patterns": TP_ROW_PARALLEL,
+            "vocabulary_parameter_patterns": TP_VOCAB,
+            "original_vocab_size": padded_vocab, "padded_vocab_size": padded_vocab}
 
 
 def tag_for(step: int) -> str:
@@ -59,22 +90,64 @@ def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(int(x) for x in s["python"]), None))
-    if s["cuda"]:
+    if s["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+# ---- megatron-core `_extra_state` ------------------------------------------------------------
+# megatron's linear layers add `<name>._extra_state: None` to every state dict. ds_to_universal
+# crashes on those (it calls .float() on every module entry), so they are dropped while saving and
+# put back (as None, which megatron ignores) before a strict load. The methods themselves stay:
+# removing them breaks loading checkpoints that do hold the entries.
+_SAVING = False
+
+
+def _drop_extra_state(module, state_dict, prefix, local_metadata) -> None:
+    if _SAVING and state_dict.get(prefix + "_extra_state", 0) is None:
+        del state_dict[prefix + "_extra_state"]
+
+
+def _restore_extra_state(module, state_dict, prefix, *args) -> None:
+    state_dict.setdefault(prefix + "_extra_state", None)
+
+
+def install_extra_state_hooks(model: nn.Module) -> None:
+    """Idempotent; hooks every module that overrides get_extra_state (megatron-core TP layers)."""
+    for m in model.modules():
+        if type(m).get_extra_state is not nn.Module.get_extra_state and not getattr(m, "_ms_hooked", False):
+            m.register_state_dict_post_hook(_drop_extra_state)
+            m.register_load_state_dict_pre_hook(_restore_extra_state)
+            m._ms_hooked = True
+
+
+@contextlib.contextmanager
+def _saving():
+    global _SAVING
+    _SAVING = True
+    try:
+        yield
+    finally:
+        _SAVING = False
+
+
+# ---- save / load -----------------------------------------------------------------------------
 def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, keep: int,
-         crash_after_write: bool = False) -> str:
-    """Save a checkpoint of `step` collectively; returns its tag. `crash_after_write` is a test hook
-    (env MEGASPEECH_CRASH_IN_SAVE) that kills rank 1 after its shards are written, before the rename."""
+         meta: dict | None = None, crash_after_write: bool = False) -> str:
+    """Save a checkpoint of `step` collectively; returns its tag. `meta` (JSON-able: layout, config,
+    vocab) is written by rank 0 as meta.json. `crash_after_write` is a test hook (env
+    MEGASPEECH_CRASH_IN_SAVE) that kills the last rank after its shards are written, before the rename."""
     rank = dist.get_rank()
     tag, tmp = tag_for(step), tag_for(step) + ".tmp"
     if rank == 0:
         shutil.rmtree(root / tmp, ignore_errors=True)  # leftovers of a crashed save
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tmp, client_state=client_state, save_latest=False)
+    install_extra_state_hooks(engine.module)
+    with _saving():
+        engine.save_checkpoint(str(root), tag=tmp, client_state=client_state, save_latest=False)
     torch.save(rank_state, root / tmp / f"rank{rank}.pt")
+    if rank == 0 and meta is not None:
+        _write_atomic(root / tmp / "meta.json", json.dumps(meta, indent=1))
     if crash_after_write and rank == dist.get_world_size() - 1:
         os._exit(9)
     dist.barrier()
@@ -91,13 +164,108 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
     return tag
 
 
-def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
-    """Load model/optimizer/LR schedule into `engine`; returns (client_state, this rank's state)."""
-    path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True)
+def read_meta(ckpt_dir: Path) -> dict:
+    f = Path(ckpt_dir) / "meta.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} is missing: {ckpt_dir} is not a complete megaspeech checkpoint "
+                                f"(an interrupted save leaves <tag>.tmp); pick a directory named in `latest`")
+    return json.loads(f.read_text())
+
+
+def same_layout(saved: dict, layout) -> bool:
+    return all(saved[k] == getattr(layout, k) for k in ("tp", "pp", "dp"))
+
+
+def convert_to_universal(src: Path, dst: Path) -> None:
+    """DeepSpeed checkpoint dir `src` -> universal checkpoint dir `dst` (written atomically; reused
+    if already there). Runs DeepSpeed's own converter in this process (single rank)."""
+    if (dst / "meta.json").is_file():
+        return
+    from deepspeed.checkpoint import ds_to_universal
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    args = argparse.Namespace(input_folder=str(src), output_folder=str(tmp), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=False)
+    ds_to_universal.main(args)
+    for f in ["meta.json", *(p.name for p in src.glob("rank*.pt"))]:
+        shutil.copy2(src / f, tmp / f)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[dict, dict]:
+    """Load model / optimizer / LR schedule into `engine` from root/tag; returns (client_state, this
+    rank's state). A checkpoint of another TP/PP/DP layout is converted to a universal checkpoint
+    under `universal_root` first (rank 0 converts, everyone waits) and loaded as one; the rank state
+    then comes from the saved rank of the same data-parallel index where it exists (else DP rank 0)."""
+    src = root / tag
+    meta = read_meta(src)
+    saved = meta["layout"]
+    universal = not same_layout(saved, layout)
+    if universal:
+        dst = universal_root / tag
+        if dist.get_rank() == 0:
+            log.info("checkpoint %s has TP=%d PP=%d DP=%d, this run TP=%d PP=%d DP=%d: converting to a "
+                     "universal checkpoint in %s", src, saved["tp"], saved["pp"], saved["dp"],
+                     layout.tp, layout.pp, layout.dp, dst)
+            convert_to_universal(src, dst)
+        dist.barrier()
+        root, src = universal_root, dst
+        engine._config.load_universal_checkpoint = True  # read by engine and ZeRO optimizer at load
+    install_extra_state_hooks(engine.module)
+    try:
+        path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True)
+    finally:
+        engine._config.load_universal_checkpoint = False
     if path is None:
-        raise FileNotFoundError(f"DeepSpeed found no checkpoint {root / tag}")
-    rank_file = root / tag / f"rank{dist.get_rank()}.pt"
+        raise FileNotFoundError(f"DeepSpeed found no checkpoint {src}")
+    if not universal:
+        rank_file = src / f"rank{dist.get_rank()}.pt"
+    else:  # saved ranks are numbered TP fastest, then DP, then PP: the first rank of each DP index
+        dp_index = layout.dp_rank if layout.dp_rank < saved["dp"] else 0
+        rank_file = src / f"rank{dp_index * saved['tp']}.pt"
     if not rank_file.is_file():
-        raise FileNotFoundError(f"{rank_file} is missing: the checkpoint was written by a different world size; "
-                                f"resume with the same layout or convert it to a universal checkpoint")
+        raise FileNotFoundError(f"{rank_file} is missing: the checkpoint is incomplete; resume from another tag")
     return client_state, torch.load(rank_file, weights_only=True)
+
+
+# ---- offline: the full model from a checkpoint of any layout ---------------------------------
+def _merge_tp(name: str, slices: list[torch.Tensor]) -> torch.Tensor:
+    if len(slices) == 1 or any(re.match(p, name) for p in TP_REPLICATED):
+        return slices[0]
+    return torch.cat(slices, dim=1 if any(re.match(p, name) for p in TP_ROW_PARALLEL) else 0)
+
+
+def full_state_dict(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The full (un-sliced) model weights of a checkpoint of any TP/PP layout, keyed by global names
+    (`0.embed.weight`, `1.attn.qkv.weight`, ...), and its meta.json. Reads only tensors
+    (weights_only=True); ZeRO-3 checkpoints (weights partitioned over DP) are refused."""
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    tp = meta["layout"]["tp"]
+    per_tp: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
+    if meta["layout"]["pp"] == 1:
+        for r in range(tp):
+            f = ckpt_dir / f"mp_rank_{r:02d}_model_states.pt"
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is missing (ZeRO-3 checkpoints are not supported here: "
+                                        f"save with parallel.zero_stage<=2)")
+            per_tp[r] = torch.load(f, map_location="cpu", weights_only=True)["module"]
+    else:  # pipeline: layer_<global idx>-model_<tp rank>-model_states.pt, keys local to the layer
+        files = sorted(glob.glob(str(ckpt_dir / "layer_*-model_states.pt")))
+        if not files:
+            raise FileNotFoundError(f"no layer_*-model_states.pt files in {ckpt_dir}")
+        for f in files:
+            m = re.match(r"layer_(\d+)-model_(\d+)-model_states\.pt$", Path(f).name)
+            if m is None:
+                raise ValueError(f"unexpected pipeline checkpoint file name {f}")
+            sd = torch.load(f, map_location="cpu", weights_only=True)
+            per_tp[int(m.group(2))].update({f"{int(m.group(1))}.{k}": v for k, v in sd.items()})
+    out = {}
+    for name in per_tp[0]:
+        if name.endswith("_extra_state"):
+            continue
+        out[name] = _merge_tp(name, [sd[name] for sd in per_tp])
+    return out, meta

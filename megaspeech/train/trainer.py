@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -69,14 +71,21 @@ class Trainer:
             setattr(self, k, sd[k])
 
     def save(self) -> str:
-        client = {"trainer": self.state_dict(), "config": dataclasses.asdict(self.cfg),
-                  "vocab": self.cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout)}
+        """Collective checkpoint of everything needed to continue exactly (see train/checkpoint.py)."""
+        cfg = self.cfg
+        client = {"trainer": self.state_dict(), "config": dataclasses.asdict(cfg),
+                  "vocab": cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout),
+                  # TP slicing rules for DeepSpeed's universal-checkpoint converter (resharding)
+                  "universal_checkpoint_info": ckpt.universal_checkpoint_info(cfg.padded_vocab_size())}
         rank_state = {"rng": ckpt.rng_state(), "data": self.loader.state_dict(), "dp_rank": self.layout.dp_rank}
-        import os
+        meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
-        return ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, self.cfg.checkpoint.keep, crash)
+        return ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, cfg.checkpoint.keep,
+                         meta=meta, crash_after_write=crash)
 
     def maybe_resume(self) -> None:
+        """run.resume: auto (RUN_DIR/checkpoints/latest if any), none, or a checkpoint directory. A
+        checkpoint of another TP/PP/DP layout is resharded through a universal checkpoint."""
         policy = self.cfg.run.resume
         if policy == "none":
             return
@@ -84,8 +93,9 @@ class Trainer:
             (Path(policy).parent, Path(policy).name)
         if tag is None:
             return
-        client, rank_state = ckpt.load(self.engine, root, tag)
-        check_compatible(self.cfg, client, root / tag)
+        check_compatible(self.cfg, ckpt.read_meta(root / tag), root / tag)  # before any weight is read
+        client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
+                                       universal_root=self.run_dir / "checkpoints_universal")
         self.load_state_dict(client["trainer"])
         ckpt.set_rng_state(rank_state["rng"])
         self.loader.load_state_dict(rank_state["data"])
@@ -132,7 +142,12 @@ class Trainer:
     def _next_micro_batches(self) -> list[dict]:
         if self._data_iter is None:
             self._data_iter = iter(self.loader)
-        return [next(self._data_iter) for _ in range(self.grad_accum)]
+        batches = [next(self._data_iter) for _ in range(self.grad_accum)]
+        if os.environ.get("MEGASPEECH_LOG_SAMPLES"):  # test hook: sample ids per step, per rank
+            ids = [int(i) for b in batches for i in b["sample_ids"].flatten() if i >= 0]
+            with open(self.run_dir / f"samples_rank{self.layout.rank}.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": self.step + 1, "sample_ids": ids}) + "\n")
+        return batches
 
     def _handle_signal(self, signum, frame):
         self._stop_signal = signum
