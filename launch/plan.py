@@ -1,10 +1,12 @@
 """Rank the TP x PP x DP layouts of a config on a cluster shape: memory per GPU, bubble, MFU,
 tokens/s and days to the token budget (formulas and their conventions: megaspeech/accounting.py).
 
-    python launch/plan.py --config configs/9b.yaml --cluster configs/cluster/h100_8x.yaml --nodes 16
+    python launch/plan.py --config configs/9b.yaml --cluster configs/cluster/h100_8x.yaml nodes=16
+    (also --nodes 16; `cluster.<field>=value` overrides the cluster file, other `a.b=v` the config)
 
 Layouts that do not fit in memory are listed last, marked OOM; the config's own layout is marked *.
-The last line is the headline: the config's layout and the best layout, as name=value pairs.
+Column "comm": all communication of a step (hidden or not) over its compute; near or above 1 the
+estimate's overlap assumption is optimistic. The last line is the headline: the config's layout and the best layout, as name=value pairs.
 """
 from __future__ import annotations
 
@@ -33,14 +35,22 @@ def _row(r: dict, tokens: float, own: bool) -> str:
     days = tokens / r["tokens_per_s"] / 86400
     return (f"{'*' if own else ' '} {r['tensor']:>2} {r['pipeline']:>2} {r['data_parallel']:>4} {r['zero_stage']:>4} "
             f"{r['activation_checkpointing']:>4} " + " ".join(f"{g:6.1f}" for g in gib)
-            + f" {'ok' if r['fits'] else 'OOM':>4} {100 * r['bubble_fraction']:6.1f} {100 * r['mfu']:5.1f} "
+            + f" {'ok' if r['fits'] else 'OOM':>4} {100 * r['bubble_fraction']:6.1f} {r['comm_over_compute']:5.2f}"
+              f" {100 * r['mfu']:5.1f} "
               f"{r['tokens_per_s_per_gpu']:8.0f} {r['tokens_per_s'] / 1e6:7.3f} {days:7.1f}")
 
 
 def main(argv=None) -> int:
-    cfg, args = parse_args(PretrainConfig, __doc__.splitlines()[0], argv, extra=_extra)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `nodes=16` and `cluster.<field>=value` go to the cluster shape; other overrides to the config
+    is_cluster = [a.startswith(("nodes=", "cluster.")) for a in argv]
+    cluster_over = [a.removeprefix("cluster.") for a, c in zip(argv, is_cluster) if c]
+    cfg, args = parse_args(PretrainConfig, __doc__.splitlines()[0],
+                           [a for a, c in zip(argv, is_cluster) if not c], extra=_extra)
+    if args.nodes:
+        cluster_over.append(f"nodes={args.nodes}")
     try:
-        cluster = load_config(A.ClusterConfig, args.cluster, [f"nodes={args.nodes}"] if args.nodes else [])
+        cluster = load_config(A.ClusterConfig, args.cluster, cluster_over)
         cfg.data_parallel_size(cluster.world_size)
     except ConfigError as e:
         print(f"plan: {e}", file=sys.stderr)
@@ -64,7 +74,7 @@ def main(argv=None) -> int:
     own = A.estimate(cfg, cluster)
     own.update(tensor=p.tensor, pipeline=p.pipeline, zero_stage=p.zero_stage,
                activation_checkpointing=ac if isinstance(ac, str) else "list")
-    print("  TP PP   DP ZeRO   AC  wts GiB grads  optim   acts  total  fit bubl%  MFU% tok/s/GPU  Mtok/s    days")
+    print("  TP PP   DP ZeRO   AC  wts GiB grads  optim   acts  total  fit bubl%  comm  MFU% tok/s/GPU  Mtok/s    days")
     for r in rows[:args.top]:
         key = (r["tensor"], r["pipeline"], r["zero_stage"], r["activation_checkpointing"])
         print(_row(r, tokens, key == own_key))

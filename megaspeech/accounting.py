@@ -202,7 +202,10 @@ def estimate(cfg: PretrainConfig, cluster: ClusterConfig, activation_checkpointi
     slowest stage. Data parallel: ZeRO-0/1 all-reduce fp32 grads (+ bf16 param all-gather for
     ZeRO-1) after the last backward, exposed; ZeRO-2 reduce-scatters each micro-batch behind backward;
     ZeRO-3 gathers weights twice and reduce-scatters grads each micro-batch behind compute.
-    Returns timings (s), bubble_fraction, tokens_per_s, tokens_per_s_per_gpu, mfu, memory, fits."""
+    Optimizer step, norms and clipping are left out (under 1% of a step at these sizes).
+    Returns timings (s), bubble_fraction, comm_over_compute (all communication, hidden or not, over
+    compute: near or above 1 the overlap assumption is optimistic), tokens_per_s,
+    tokens_per_s_per_gpu, mfu, memory, fits."""
     m, p, tr = cfg.model, cfg.parallel, cfg.train
     world = cluster.world_size
     dp = cfg.data_parallel_size(world)
@@ -222,7 +225,9 @@ def estimate(cfg: PretrainConfig, cluster: ClusterConfig, activation_checkpointi
     for s in range(P):
         own = modes[s * per_stage:(s + 1) * per_stage]
         f = sum(layer_flops + _recompute_flops_per_layer(cfg, md) for md in own)
-        n_coll = sum(12 if md == "all" else 8 for md in own)
+        # recomputation repeats the collectives of what it recomputes: all 4 forward ones for a
+        # whole layer, the 2 reduce-scatters after out proj and down proj for "selective"
+        n_coll = sum({"all": 12, "selective": 10}.get(md, 8) for md in own)
         if s == P - 1:
             f += head_flops
             n_coll += 4 if p.sequence_parallel else 0  # gather before the head, scatter its grad
@@ -246,11 +251,15 @@ def estimate(cfg: PretrainConfig, cluster: ClusterConfig, activation_checkpointi
         per_mb = 3 * frac * elt * n_max / bw_dp
         dp_exposed = M * max(0.0, per_mb - compute[slowest])
     step = t_pipe + dp_exposed
+    # all DP traffic of a step, overlapped or not, over the compute it could hide behind
+    dp_total = {0: 2 * frac * 4, 1: 2 * frac * 4 + frac * elt, 2: (M + 1) * frac * elt,
+                3: M * 3 * frac * elt}[z] * n_max / bw_dp
 
     tok_s = tr.global_batch * tr.seq_len / step
     mem = memory_per_gpu(cfg, world, activation_checkpointing)
     return {"step_s": step, "compute_s": M * compute[slowest], "tp_comm_s": M * tp_comm[slowest],
             "pp_comm_s": M * pp_comm, "bubble_s": (P - 1) * t_mb, "dp_exposed_s": dp_exposed,
+            "comm_over_compute": (M * (tp_comm[slowest] + pp_comm) + dp_total) / (M * compute[slowest]),
             "bubble_fraction": (P - 1) / (M + P - 1), "micro_batches": M, "data_parallel": dp,
             "tokens_per_s": tok_s, "tokens_per_s_per_gpu": tok_s / world,
             "mfu": flops_per_token(cfg) * tok_s / world / (cluster.peak_tflops * 1e12),
