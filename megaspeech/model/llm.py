@@ -13,6 +13,8 @@ a TP split on dim 0 then hands each rank whole groups.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,8 +39,9 @@ class RMSNorm(nn.Module):
         return (y * self.weight.float()).to(x.dtype)
 
 
+@functools.lru_cache(maxsize=8)
 def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [seq_len, rot_dim // 2] (fp32)."""
+    """cos, sin of shape [seq_len, rot_dim // 2] (fp32); cached, every layer uses the same tables."""
     inv = 1.0 / theta ** (torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim)
     ang = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
     return ang.cos(), ang.sin()

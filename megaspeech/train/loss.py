@@ -30,8 +30,9 @@ class LMLoss:
         labels, mask, modality = target
         tok = token_losses(logits, labels, self.tp) * mask
         with torch.no_grad():
-            for m in range(len(MODALITIES)):
-                sel = modality == m
-                self.sums[2 * m] += tok[sel].sum().double().cpu()
-                self.sums[2 * m + 1] += mask[sel].sum().double().cpu()
+            idx = modality.reshape(-1) * 2
+            sums = torch.zeros(2 * len(MODALITIES), dtype=torch.float64, device=tok.device)
+            sums.index_add_(0, idx, tok.detach().reshape(-1).double())
+            sums.index_add_(0, idx + 1, mask.reshape(-1).double())
+            self.sums += sums.cpu()
         return tok.sum() * self.scale

@@ -47,6 +47,8 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, enabled: bool, backends=()):
         self.enabled, self.backends = enabled, list(backends)
         self.path = Path(run_dir) / "metrics.jsonl"
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a") if enabled else None
 
     def log(self, record: dict) -> None:
