@@ -5,8 +5,9 @@ tokens/s and days to the token budget (formulas and their conventions: megaspeec
     (also --nodes 16; `cluster.<field>=value` overrides the cluster file, other `a.b=v` the config)
 
 Layouts that do not fit in memory are listed last, marked OOM; the config's own layout is marked *.
-Column "comm": all communication of a step (hidden or not) over its compute; near or above 1 the
-estimate's overlap assumption is optimistic. The last line is the headline: the config's layout and the best layout, as name=value pairs.
+Column "hidden": ZeRO-2/3 traffic the estimate assumes hidden behind compute, over that compute;
+above MAX_HIDDEN_COMM_FRACTION (marked !) the layout is listed after the others and not recommended,
+as real overlap is partial. The last line is the headline: the config's layout and the best layout, as name=value pairs.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _row(r: dict, tokens: float, own: bool) -> str:
     days = tokens / r["tokens_per_s"] / 86400
     return (f"{'*' if own else ' '} {r['tensor']:>2} {r['pipeline']:>2} {r['data_parallel']:>4} {r['zero_stage']:>4} "
             f"{r['activation_checkpointing']:>4} " + " ".join(f"{g:6.1f}" for g in gib)
-            + f" {'ok' if r['fits'] else 'OOM':>4} {100 * r['bubble_fraction']:6.1f} {r['comm_over_compute']:5.2f}"
+            + f" {'ok' if r['fits'] else 'OOM':>4} {100 * r['bubble_fraction']:6.1f} "
+              f"{r['hidden_comm_fraction']:5.2f}{'!' if r['hidden_comm_fraction'] > A.MAX_HIDDEN_COMM_FRACTION else ' '}"
               f" {100 * r['mfu']:5.1f} "
               f"{r['tokens_per_s_per_gpu']:8.0f} {r['tokens_per_s'] / 1e6:7.3f} {days:7.1f}")
 
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     own = A.estimate(cfg, cluster)
     own.update(tensor=p.tensor, pipeline=p.pipeline, zero_stage=p.zero_stage,
                activation_checkpointing=ac if isinstance(ac, str) else "list")
-    print("  TP PP   DP ZeRO   AC  wts GiB grads  optim   acts  total  fit bubl%  comm  MFU% tok/s/GPU  Mtok/s    days")
+    print("  TP PP   DP ZeRO   AC  wts GiB grads  optim   acts  total  fit bubl% hidden  MFU% tok/s/GPU  Mtok/s    days")
     for r in rows[:args.top]:
         key = (r["tensor"], r["pipeline"], r["zero_stage"], r["activation_checkpointing"])
         print(_row(r, tokens, key == own_key))
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
         print(f"  ... {len(rows) - args.top} more layouts")
     print("config's layout:")
     print(_row(own, tokens, True))
-    best = rows[0]
+    best = next((r for r in rows if r["recommended"]), rows[0])
 
     def tag(r):
         return (f"TP{r['tensor']}xPP{r['pipeline']}xDP{r['data_parallel']}"

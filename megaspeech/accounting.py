@@ -42,6 +42,11 @@ GiB = 1024**3
 # 500 W H100s) is a check in tests/ops/test_accounting.py, not an input.
 COMPUTE_EFFICIENCY = 0.40
 
+# The estimate hides overlapped ZeRO-2/3 traffic perfectly. Real overlap is partial (NCCL kernels and
+# compute share SMs and memory bandwidth), so the planner does not recommend a layout that needs more
+# than this fraction of its compute time to hide communication; it lists it, marked "!".
+MAX_HIDDEN_COMM_FRACTION = 0.5
+
 
 @dataclass
 class ClusterConfig:
@@ -203,8 +208,8 @@ def estimate(cfg: PretrainConfig, cluster: ClusterConfig, activation_checkpointi
     ZeRO-1) after the last backward, exposed; ZeRO-2 reduce-scatters each micro-batch behind backward;
     ZeRO-3 gathers weights twice and reduce-scatters grads each micro-batch behind compute.
     Optimizer step, norms and clipping are left out (under 1% of a step at these sizes).
-    Returns timings (s), bubble_fraction, comm_over_compute (all communication, hidden or not, over
-    compute: near or above 1 the overlap assumption is optimistic), tokens_per_s,
+    Returns timings (s), bubble_fraction, hidden_comm_fraction (communication assumed hidden, over
+    compute: the larger, the more optimistic the estimate), tokens_per_s,
     tokens_per_s_per_gpu, mfu, memory, fits."""
     m, p, tr = cfg.model, cfg.parallel, cfg.train
     world = cluster.world_size
@@ -240,26 +245,26 @@ def estimate(cfg: PretrainConfig, cluster: ClusterConfig, activation_checkpointi
 
     n_max = max(_stage_params(cfg, s)[0] for s in range(P))
     frac = (dp - 1) / dp
+    hidden_mb = 0.0  # DP traffic per micro-batch assumed hidden behind compute
     if dp == 1:
         dp_exposed = 0.0
     elif z <= 1:
         dp_exposed = (2 * frac * 4 * n_max + (frac * elt * n_max if z == 1 else 0)) / bw_dp
     elif z == 2:
         per_mb = frac * elt * n_max / bw_dp
-        dp_exposed = M * max(0.0, per_mb - 2 / 3 * compute[slowest]) + frac * elt * n_max / bw_dp
+        hidden_mb = min(per_mb, 2 / 3 * compute[slowest])
+        dp_exposed = M * (per_mb - hidden_mb) + frac * elt * n_max / bw_dp
     else:
         per_mb = 3 * frac * elt * n_max / bw_dp
-        dp_exposed = M * max(0.0, per_mb - compute[slowest])
+        hidden_mb = min(per_mb, compute[slowest])
+        dp_exposed = M * (per_mb - hidden_mb)
     step = t_pipe + dp_exposed
-    # all DP traffic of a step, overlapped or not, over the compute it could hide behind
-    dp_total = {0: 2 * frac * 4, 1: 2 * frac * 4 + frac * elt, 2: (M + 1) * frac * elt,
-                3: M * 3 * frac * elt}[z] * n_max / bw_dp
 
     tok_s = tr.global_batch * tr.seq_len / step
     mem = memory_per_gpu(cfg, world, activation_checkpointing)
     return {"step_s": step, "compute_s": M * compute[slowest], "tp_comm_s": M * tp_comm[slowest],
             "pp_comm_s": M * pp_comm, "bubble_s": (P - 1) * t_mb, "dp_exposed_s": dp_exposed,
-            "comm_over_compute": (M * (tp_comm[slowest] + pp_comm) + dp_total) / (M * compute[slowest]),
+            "hidden_comm_fraction": hidden_mb / compute[slowest],
             "bubble_fraction": (P - 1) / (M + P - 1), "micro_batches": M, "data_parallel": dp,
             "tokens_per_s": tok_s, "tokens_per_s_per_gpu": tok_s / world,
             "mfu": flops_per_token(cfg) * tok_s / world / (cluster.peak_tflops * 1e12),
@@ -280,7 +285,8 @@ def with_layout(cfg: PretrainConfig, tensor: int, pipeline: int, zero_stage: int
 
 def plan(cfg: PretrainConfig, cluster: ClusterConfig) -> list[dict]:
     """Every valid TP x PP x ZeRO x activation-checkpointing layout on the cluster, ranked: layouts
-    that fit in memory first, fastest first. Each row is `estimate()` plus layout keys."""
+    that fit in memory first, then those within MAX_HIDDEN_COMM_FRACTION, fastest first. Each row is
+    `estimate()` plus layout keys and `recommended` (fits and within the hidden-communication bound)."""
     world = cluster.world_size
     divisors = [d for d in range(1, world + 1) if world % d == 0]
     rows = []
@@ -292,9 +298,10 @@ def plan(cfg: PretrainConfig, cluster: ClusterConfig) -> list[dict]:
             except ConfigError:
                 continue
             row = estimate(c, cluster)
-            row.update(tensor=t, pipeline=P, zero_stage=z, activation_checkpointing=ac, config=c)
+            row.update(tensor=t, pipeline=P, zero_stage=z, activation_checkpointing=ac, config=c,
+                       recommended=row["fits"] and row["hidden_comm_fraction"] <= MAX_HIDDEN_COMM_FRACTION)
             rows.append(row)
-    rows.sort(key=lambda r: (not r["fits"], -r["tokens_per_s"]))
+    rows.sort(key=lambda r: (not r["fits"], not r["recommended"], -r["tokens_per_s"]))
     return rows
 
 

@@ -166,6 +166,11 @@ def test_plan_cli_9b_on_h100_nodes():
     rows_plan = A.plan(cfg_9b(), A.ClusterConfig(nodes=1))
     for r in rows_plan:
         assert r["fits"] == (r["memory"]["total"] <= 0.9 * 79.6 * A.GiB)
+        assert r["recommended"] == (r["fits"] and r["hidden_comm_fraction"] <= A.MAX_HIDDEN_COMM_FRACTION)
+    order = [(not r["fits"], not r["recommended"], -r["tokens_per_s"]) for r in rows_plan]
+    assert order == sorted(order)
+    best = rows_plan[0]
+    assert best["recommended"] and f"best_layout=TP{best['tensor']}xPP{best['pipeline']}xDP" in lines[-1]
 
 
 def test_dry_run_report_9b():
