@@ -1,0 +1,55 @@
+"""Shared fixtures for the synthetic-data tests: the committed demo text shards and a reversible
+stand-in converter (text id t -> two codes), which tests the interleaver, not the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import megaspeech
+from megaspeech.data.shards import ShardWriter, read_shard
+from megaspeech.data.text import TextTokenizer
+from megaspeech.synth.spans import word_start_table
+
+DEMO = Path(megaspeech.__file__).parent / "demo" / "text"
+
+
+class ReversibleCodec:
+    """Each text id t < 4096 becomes codes (t >> 10, t & 1023) (speech_size 1024); decode inverts."""
+    version = "reversible-codec/1"
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def convert(self, texts, n_words, batch_id):
+        self.calls.append(len(texts))
+        return [np.stack([t >> 10, t & 1023], axis=1).reshape(-1).astype(np.int64) for t in texts]
+
+    @staticmethod
+    def decode(codes: np.ndarray) -> np.ndarray:
+        c = np.asarray(codes).reshape(-1, 2)
+        return (c[:, 0] << 10) | c[:, 1]
+
+
+@pytest.fixture(scope="session")
+def demo_tok():
+    return TextTokenizer.from_dir(DEMO)
+
+
+@pytest.fixture(scope="session")
+def starts_word(demo_tok):
+    return word_start_table(demo_tok.sp)
+
+
+@pytest.fixture(scope="session")
+def demo_docs():
+    """The first demo shard's documents [(key, sample)]."""
+    return list(read_shard(DEMO / "part-00000-000000.tar", "text"))
+
+
+def write_text_dataset(out: Path, docs, vocab, per_shard: int) -> Path:
+    with ShardWriter(out, "text", vocab, max_samples=per_shard) as w:
+        for k, s in docs:
+            w.write(k, s)
+    return out
