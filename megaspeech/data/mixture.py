@@ -44,6 +44,11 @@ class SourceStream:
                  shuffle: bool, open_shards: int, on_error: str, verify: bool, stats: dict):
         self.ds, self.src, self.seed, self.shuffle = ds, src, seed, shuffle
         self.n_shards = len(ds.shards)
+        if self.n_shards == 0:
+            raise ShardError(f"{ds.path}: the manifest lists no shard; re-run the prep tool or drop the source")
+        if self.n_shards >= 1 << SHARD_BITS or max(s["samples"] for s in ds.shards) >= 1 << INDEX_BITS:
+            raise ShardError(f"{ds.path}: sample ids need < 2^24 shards and < 2^24 samples per shard; "
+                             f"re-shard with a larger max_bytes or split the dataset")
         self.limit = math.inf if epochs is None else epochs * self.n_shards
         self.open_shards, self.on_error, self.verify, self.stats = open_shards, on_error, verify, stats
         self.G, self.E, self.rank, self.world, self.k = 0, [], rank, world, 0

@@ -191,18 +191,22 @@ class ShardLoader:
         self.next_worker = 0
 
     def stats(self) -> dict:
-        """Counters for the metrics log: samples/tokens per source, skipped shards/samples."""
-        st = self.state_dict()["vstates"]
-        out = {k: 0 for k in STATS}
+        """Counters for the metrics log (cumulative, this DP rank): data/samples, data/tokens (after
+        formatting), per source data/samples/<name> and data/tokens/<name>, data/skipped_samples,
+        data/skipped_shards (on_error=skip)."""
+        if self._live is not None:
+            views = [(self._live.stats, self._live.per_source.tolist())]
+        else:
+            views = [(v["stats"], v["per_source"]) for v in self.vstates.values() if v is not None]
         names = [s.name for s in self.cfg.sources]
-        for v in st.values():
-            if v is None:
-                continue
+        out = {"data/samples": 0, "data/tokens": 0, "data/skipped_samples": 0, "data/skipped_shards": 0}
+        out.update({f"data/{k}/{n}": 0 for n in names for k in ("samples", "tokens")})
+        for st, per_source in views:
             for k in ("skipped_samples", "skipped_shards"):
-                out[k] += v["stats"][k]
-            for name, (n, t) in zip(names, v["per_source"]):
-                out[f"samples/{name}"] = out.get(f"samples/{name}", 0) + n
-                out[f"tokens/{name}"] = out.get(f"tokens/{name}", 0) + t
-        out["samples"] = sum(out.get(f"samples/{n}", 0) for n in names)
-        out["tokens"] = sum(out.get(f"tokens/{n}", 0) for n in names)
+                out[f"data/{k}"] += st[k]
+            for name, (n, t) in zip(names, per_source):
+                out[f"data/samples/{name}"] += n
+                out[f"data/tokens/{name}"] += t
+                out["data/samples"] += n
+                out["data/tokens"] += t
         return out

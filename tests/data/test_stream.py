@@ -176,12 +176,12 @@ def test_mixture_proportions(tmp_path, unit):
     cfg = cfg_for(paths, epochs=None, weights=w, mix_unit=unit)
     ld = build_train_loader(cfg, V, seq_len=256, micro_batch=8, dp_rank=0, dp_size=1, seed=1)
     it = iter(ld)
-    while ld.stats()["samples"] < 10_000:
+    while ld.stats()["data/samples"] < 10_000:
         for _ in range(10):
             next(it)
     st = ld.stats()
     for name, weight in zip(paths, w):
-        share = st[f"{unit}/{name}"] / st[unit]
+        share = st[f"data/{unit}/{name}"] / st[f"data/{unit}"]
         assert abs(share - weight) < 0.01, (name, share, weight)
 
 
@@ -245,8 +245,8 @@ def test_bad_input_policies(tmp_path, damage):
     got = set(ids_of(list(ld)))
     st = ld.stats()
     whole_shard = damage in ("flip", "truncate")
-    assert st["skipped_shards"] == int(whole_shard)
-    assert st["skipped_samples"] == (6 if whole_shard else 1)
+    assert st["data/skipped_shards"] == int(whole_shard)
+    assert st["data/skipped_samples"] == (6 if whole_shard else 1)
     lost = {sample_id(0, 1, j) for j in (range(6) if whole_shard else [0])}
     assert got == all_ids(paths) - lost
 
