@@ -59,6 +59,8 @@ class Trainer:
         self.flops_per_token = accounting.flops_per_token(cfg)
         self.peak = peak_tflops(cfg.train.peak_tflops) * 1e12
         self._stop_signal = 0
+        # Fault-injection hook for tests: a NaN loss at this step (pipeline=1 only).
+        self._nan_step = int(os.environ.get("MEGASPEECH_INJECT_NAN_STEP", "0"))
         self._data_iter = None
 
     # ---- resumable state -------------------------------------------------------------------
@@ -127,6 +129,9 @@ class Trainer:
                 doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
                 logits = self.engine(dev(b, "input_ids"), doc_ids)
                 loss = self.loss_fn(logits, (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                if self.step + 1 == self._nan_step:
+                    loss = loss * float("nan")
+                    self.loss_fn.sums[0] = float("nan")
                 self.engine.backward(loss)
                 self.engine.step()
         # Per-modality sums live on the last stage (identical on its TP ranks): count them once.
@@ -171,13 +176,8 @@ class Trainer:
             self.step += 1
             self.consumed_samples += cfg.train.global_batch
             self.consumed_tokens += tokens_per_step
-            if not math.isfinite(out["loss"]):
-                if not cfg.train.skip_nonfinite:
-                    latest = ckpt.read_latest(self.ckpt_root)
-                    raise NonFiniteLoss(
-                        f"non-finite loss {out['loss']} at step {self.step}; last good checkpoint: "
-                        f"{self.ckpt_root / latest if latest else 'none'} (set train.skip_nonfinite=true to skip such steps)")
-                self.skipped_steps += 1
+            nonfinite = not math.isfinite(out["loss"])
+            self.skipped_steps += nonfinite
             tps = tokens_per_step / dt
             record = {"step": self.step, **out, "tokens_per_s": tps,
                       "mfu": self.flops_per_token * tps / (self.peak * self.layout.world),
@@ -190,6 +190,11 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:.0f}", mfu=f"{record['mfu']:.3f}")
+            if nonfinite and not cfg.train.skip_nonfinite:
+                latest = ckpt.read_latest(self.ckpt_root)
+                raise NonFiniteLoss(
+                    f"non-finite loss {out['loss']} at step {self.step}; last good checkpoint: "
+                    f"{self.ckpt_root / latest if latest else 'none'} (set train.skip_nonfinite=true to skip such steps)")
             stop = self._all_reduce(torch.tensor([self._stop_signal]), op=dist.ReduceOp.MAX).item()
             if stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
                 self.save()

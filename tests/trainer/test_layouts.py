@@ -1,7 +1,8 @@
 """Acceptance 1 of the trainer: every parallel layout trains the same model as one process.
 
 Same seed, same global batch (8 sequences), 10 steps, fp32: TP=2, PP=2, DP=2 (ZeRO-1) and TP=2+SP
-loss sequences equal the single-process run within 1e-4 relative.
+loss sequences equal the single-process run within 1e-4 relative; so do runs with activation
+checkpointing (recomputation must not change the function).
 """
 import pytest
 
@@ -25,9 +26,11 @@ def reference(tmp_path_factory):
     ("pp2", ["parallel.pipeline=2", "train.micro_batch=2"]),
     ("dp2", ["train.micro_batch=2"]),
     ("tp2_sp", ["parallel.tensor=2", "parallel.sequence_parallel=true", "train.micro_batch=4"]),
+    ("pp2_ac", ["parallel.pipeline=2", "train.micro_batch=2", "train.activation_checkpointing=[0,3]"]),
+    ("ac_all_1proc", ["train.micro_batch=4", "train.activation_checkpointing=all"]),
 ])
 def test_layout_matches_single_process(reference, tmp_path, name, overrides):
-    run_pretrain(2, tmp_path, COMMON + overrides)
+    run_pretrain(1 if name.endswith("1proc") else 2, tmp_path, COMMON + overrides)
     got = losses(tmp_path)
     assert len(got) == len(reference)
     for step, (a, b) in enumerate(zip(got, reference), 1):
