@@ -153,6 +153,19 @@ def test_elastic_resume_exactly_once_per_epoch(tmp_path, before, after):
     assert set(seen) == all_ids(paths), "a sample was skipped"
 
 
+def test_elastic_resume_across_dataloader_worker_counts(tmp_path):
+    paths = make_sources(tmp_path)
+    ld = loaders(cfg_for(paths, epochs=1, num_workers=2), 1)[0]
+    it = iter(ld)
+    before = ids_of(take(it, 7))
+    sd = ld.state_dict()
+    del it
+    ld2 = loaders(cfg_for(paths, epochs=1), 1)[0]  # num_workers 2 -> 0: 2 virtual ranks -> 1
+    ld2.load_state_dict([sd])
+    seen = before + ids_of(list(ld2))
+    assert len(seen) == len(set(seen)) and set(seen) == all_ids(paths)
+
+
 def test_dataloader_workers_match_virtual_ranks_and_resume(tmp_path):
     paths = make_sources(tmp_path)
     cfg = cfg_for(paths, epochs=None, num_workers=2)
