@@ -100,6 +100,8 @@ class ShardWriter:
         self._tar = self._raw = self._hf = None
         self._cur: dict | None = None
         self._keys: set[str] = set()
+        # a rewrite must not look complete before it is: drop the previous manifest first
+        (self.out / manifest_name).unlink(missing_ok=True)
         if vocab is not None:
             vocab.save(self.out / "vocab.json")
 

@@ -98,6 +98,21 @@ def test_pickle_payloads_refused(tmp_path):
             w.write("z", {"tokens": np.arange(3), "extra.pth": b"\x80\x04"})
 
 
+def test_foreign_tars_with_long_names_and_rewrites(tmp_path):
+    key = "k" * 120  # longer than a ustar name field: tarfile writes a pax header (other code path)
+    buf = io.BytesIO()
+    np.save(buf, np.arange(7, dtype=np.int32))
+    _tar_with(tmp_path / "long.tar", [(f"{key}.tokens.npy", buf.getvalue()), (f"{key}.source.txt", b"web")])
+    (k, s), = read_shard(tmp_path / "long.tar", "text")
+    assert k == key and s["source"] == "web"
+    np.testing.assert_array_equal(s["tokens"], np.arange(7))
+    with ShardWriter(tmp_path / "d", "text", V) as w:
+        w.write("a", {"tokens": np.arange(3)})
+    w2 = ShardWriter(tmp_path / "d", "text", V)  # rewriting: the old manifest goes first
+    assert not (tmp_path / "d" / "manifest.json").exists()
+    w2.abort()
+
+
 def test_missing_shard_and_vocab_mismatch_fail_at_start(tmp_path):
     with ShardWriter(tmp_path, "text", V, max_samples=2) as w:
         for i in range(6):
