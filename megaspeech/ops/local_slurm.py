@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -43,7 +44,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def slurm_conf(root: Path, node: str, cpus: int, memory_mb: int, ctld_port: int, slurmd_port: int) -> str:
+def slurm_conf(root: Path, node: str, cpus: int, memory_mb: int, ctld_port: int, slurmd_port: int,
+               first_job_id: int) -> str:
     user = getpass.getuser()
     return f"""\
 ClusterName=megaspeech-local
@@ -72,6 +74,7 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 ReturnToService=2
 JobRequeue=1
+FirstJobId={first_job_id}
 KillWait=30
 MinJobAge=600
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
@@ -102,8 +105,11 @@ class LocalSlurm:
         ctld, slurmd = find_binary("slurmctld"), find_binary("slurmd")
         for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Random job ids: job scripts derive MASTER_PORT from the id, and two test clusters running
+        # at once (two CI jobs, two developers) must not hand their jobs the same port.
+        first_job_id = random.Random().randrange(1000, 10_000_000)
         self.conf.write_text(slurm_conf(self.root, self.node, self.cpus, self.memory_mb,
-                                        _free_port(), _free_port()))
+                                        _free_port(), _free_port(), first_job_id))
         # proctrack/linuxproc and task/none use no cgroups; slurmd still reads cgroup.conf if present
         (self.root / "cgroup.conf").write_text("CgroupPlugin=autodetect\nIgnoreSystemd=yes\n")
         try:

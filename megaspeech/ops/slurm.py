@@ -71,7 +71,9 @@ class SlurmJob:
     index_key: str = "worker.index"
     count_key: str = "worker.count"
     python: str = sys.executable
-    master_port_base: int = 20000  # MASTER_PORT = base + job id % 20000: jobs sharing a node differ
+    # MASTER_PORT = base + job id % 10000: jobs sharing a node differ, and 20000-29999 stays below
+    # Linux's ephemeral port range (32768+), so no outgoing connection holds it by chance
+    master_port_base: int = 20000
     env: dict[str, str] = field(default_factory=dict)
     sbatch_extra: list[str] = field(default_factory=list)  # raw `--flag=value` lines for #SBATCH
 
@@ -176,7 +178,7 @@ def render_sbatch(job: SlurmJob) -> str:
     if job.launcher == "deepspeed":
         body += [
             'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-            f"MASTER_PORT=$(( {job.master_port_base} + SLURM_JOB_ID % 20000 ))",
+            f"MASTER_PORT=$(( {job.master_port_base} + SLURM_JOB_ID % 10000 ))",
             f'HOSTFILE={shlex.quote(job.log_dir)}/hostfile-"$SLURM_JOB_ID"',
             f'scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/ slots={job.gpus_per_node}/" > "$HOSTFILE"',
             "",
