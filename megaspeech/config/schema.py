@@ -89,6 +89,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     activation_checkpointing: Literal["none", "all"] | list[int] = "none"  # or global layer ids
     skip_nonfinite: bool = False
+    compile: bool = False  # torch.compile each block (after TP and activation checkpointing)
     log_interval: int = 1
     peak_tflops: float | None = None  # per device; None: 989 (H100 bf16) on GPU, a measured GEMM peak on CPU
     progress_bar: bool = True

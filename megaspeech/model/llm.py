@@ -100,7 +100,8 @@ class Attention(nn.Module):
         qkv = qkv.view(S, B, self.kv, self.group + 2, self.hd).permute(1, 2, 3, 0, 4)  # [B, kv, g+2, S, hd]
         q = qkv[:, :, : self.group].reshape(B, self.heads, S, self.hd)
         k, v = qkv[:, :, self.group], qkv[:, :, self.group + 1]
-        cos, sin = rope_tables(S, self.rot_dim, self.theta, x.device)
+        tables = rope_tables.__wrapped__ if torch.compiler.is_compiling() else rope_tables  # no cache in graphs
+        cos, sin = tables(S, self.rot_dim, self.theta, x.device)
         q, k = apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
         out = causal_attention(q, k, v, mask)  # [B, h, S, hd]
         return self.proj(out.permute(2, 0, 1, 3).reshape(S, B, self.heads * self.hd))

@@ -2,7 +2,8 @@
 1. tensor / sequence parallel: chosen by the layer factory the model is built with;
 2. pipeline parallel: the same layer list wrapped in DeepSpeed's PipelineModule (pipeline > 1);
 3. sequence-parallel gradient reduction for replicated norm weights;
-4. activation checkpointing of the selected blocks.
+4. activation checkpointing of the selected blocks;
+5. torch.compile per block (`train.compile`), as torchtitan does: one graph reused by every layer.
 ZeRO data parallelism is applied afterwards by `deepspeed.initialize`.
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
     if cfg.parallel.sequence_parallel:
         reduce_sequence_parallel_grads(model)
     checkpoint_blocks(model, cfg.train.activation_checkpointing, cfg.model.num_layers)
+    if cfg.train.compile:
+        for block in blocks_by_layer_id(model).values():
+            block.compile()
     return model
 
 
