@@ -53,7 +53,7 @@ def features(audios: list[np.ndarray], n_mels: int = 80) -> tuple[torch.Tensor, 
     """16 kHz float32 utterances -> (log-mel float32 [B, n_mels, 8 * max T], n_tokens int64 [B])."""
     n_tok = torch.tensor([num_tokens(a.shape[0]) for a in audios], dtype=torch.long)
     frames = 8 * int(n_tok.max())
-    feats = np.stack([log_mel(a, n_mels)[:, :frames] for a in audios])
+    feats = np.stack([log_mel(a, n_mels, frames=frames) for a in audios])
     return torch.from_numpy(feats), n_tok
 
 

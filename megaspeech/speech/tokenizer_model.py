@@ -81,7 +81,10 @@ class SpeechTokenizer(nn.Module):
 
         Returns (total loss, dict of float metrics, codes int64 [B, T], keep bool [B, T]).
         """
-        pooled, keep = self.pooled(feats, n_tokens)
+        return self.forward_pooled(*self.pooled(feats, n_tokens), text_in, text_out)
+
+    def forward_pooled(self, pooled, keep, text_in, text_out):
+        """ASR training step from pre-VQ features (pooled [B, T, D], keep bool [B, T]); as forward()."""
         # only real frames reach the VQ (padding would pull the EMA codebook towards silence)
         q_flat, codes_flat, commit = self.vq(pooled[keep])
         q = torch.zeros_like(pooled)

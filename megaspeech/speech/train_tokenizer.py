@@ -1,0 +1,247 @@
+"""Training the supervised speech tokenizer on audio shards with the ASR loss (+ VQ commitment).
+
+One process, batched, resumable: RUN_DIR/checkpoint.pt holds model (with VQ EMA buffers),
+optimizer, LR schedule, step and the data position, written atomically; a restarted run continues
+bit-exactly. RUN_DIR/metrics.jsonl gets one line per logged step; RUN_DIR/tokenizer/ is the
+exported tokenizer (megaspeech.speech.tokenizer.load_tokenizer) refreshed at every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from megaspeech.config.load import check
+from megaspeech.data.shards import open_dataset
+from megaspeech.speech.audio import decode_audio
+from megaspeech.speech.audio_shards import audio_bytes
+from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/speech_tokenizer"
+    seed: int = 1234
+    resume: bool = True  # continue from RUN_DIR/checkpoint.pt when present
+
+
+@dataclass
+class TrainConfig:
+    data: str = "runs/speech/train"  # `audio` shards (launch/make_speech_corpus.py)
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    freeze: Literal["none", "pre_vq", "pre_vq_and_decoder_embeddings"] = "none"
+    codebook_init_batches: int = 8  # batches of pooled frames sampled to initialise the codebook
+    max_seconds: float = 0.0  # wall-clock budget; 0 = none. Stops (and checkpoints) when exceeded
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 = leave as is
+
+    def __post_init__(self):
+        check(self.steps > 0, "train.steps", "must be > 0")
+        check(self.batch_size > 0, "train.batch_size", "must be > 0")
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(self.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class AudioBatches:
+    """Shuffled batches of (audio, transcript) from `audio` shards, resumable by (epoch, cursor).
+
+    The encoded (FLAC) bytes are held in memory (a CPU-sized corpus); decoding happens per batch.
+    """
+
+    def __init__(self, path: str, batch_size: int, seed: int):
+        items = []
+        for key, s in open_dataset(path, kind="audio"):
+            if "transcript" not in s:
+                raise ValueError(f"{path} key {key!r}: no transcript; ASR training needs audio+transcript shards")
+            items.append((key, audio_bytes(s, f"{path} key {key!r}"), s["transcript"]))
+        if len(items) < batch_size:
+            raise ValueError(f"{path}: {len(items)} utterances < train.batch_size={batch_size}")
+        self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+
+    def peek(self, n_batches: int) -> list[tuple[list[np.ndarray], list[str]]]:
+        """The first n batches of epoch 0 without moving the position (codebook init)."""
+        order = self._order(0)
+        out = []
+        for b in range(n_batches):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            out.append(self._load(idx))
+        return out
+
+    def _load(self, idx) -> tuple[list[np.ndarray], list[str]]:
+        return ([decode_audio(self.items[i][1], self.items[i][0]) for i in idx], [self.items[i][2] for i in idx])
+
+    def next_indices(self) -> np.ndarray:
+        if self.cursor + self.batch_size > len(self.items):  # drop the ragged tail, new epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+        idx = self._order(self.epoch)[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+    def next(self) -> tuple[list[np.ndarray], list[str]]:
+        return self._load(self.next_indices())
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "n": len(self.items), "seed": self.seed}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s["n"] != len(self.items) or s["seed"] != self.seed:
+            raise ValueError(f"checkpoint was written for {s['n']} utterances / seed {s['seed']}, data has "
+                             f"{len(self.items)} / {self.seed}; resume with the same train.data and run.seed")
+        self.epoch, self.cursor = s["epoch"], s["cursor"]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _freeze(model, how: str) -> None:
+    if how in ("pre_vq", "pre_vq_and_decoder_embeddings"):
+        for m in (model.conv1, model.conv2, model.embed_positions, model.pre_layers):
+            m.requires_grad_(False)
+    if how == "pre_vq_and_decoder_embeddings":  # the 51k x D tied embedding is most of tiny's weights
+        model.decoder.embed_tokens.requires_grad_(False)
+
+
+@torch.no_grad()
+def _pooled_cache(model, data: AudioBatches, chunk: int = 16) -> list[torch.Tensor]:
+    model.eval()
+    out = []
+    for s in range(0, len(data.items), chunk):
+        audios, _ = data._load(range(s, min(s + chunk, len(data.items))))
+        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+        out.extend(p[k].clone() for p, k in zip(pooled, keep))
+    return out
+
+
+def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T_i, D] tensors -> (zero-padded [B, T, D], keep bool [B, T])."""
+    lens = torch.tensor([s.shape[0] for s in seqs])
+    keep = torch.arange(int(lens.max()))[None, :] < lens[:, None]
+    out = torch.zeros(*keep.shape, seqs[0].shape[1])
+    out[keep] = torch.cat(seqs)
+    return out, keep
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: Config, log=print) -> dict:
+    """Train (or resume) into cfg.run.dir. Returns the last logged metrics."""
+    run = Path(cfg.run.dir)
+    run.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    torch.manual_seed(cfg.run.seed)
+    model, whisper = build_tokenizer(cfg.tokenizer)
+    _freeze(model, cfg.train.freeze)
+    data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    cache = None
+    if cfg.train.freeze != "none":
+        # the layers below the VQ are fixed: compute their 12.5 Hz output once per utterance
+        # (the CPU-saving path; gradients then reach only the layers above the bottleneck)
+        cache = _pooled_cache(model, data)
+        log(f"cached pre-VQ features of {len(cache)} utterances")
+    step = 0
+    ckpt = run / "checkpoint.pt"
+    if cfg.run.resume and ckpt.is_file():
+        s = torch.load(ckpt, weights_only=True, map_location="cpu")
+        model.load_state_dict(s["model"])
+        opt.load_state_dict(s["optim"])
+        data.load_state_dict(s["data"])
+        step = s["step"]
+        log(f"resumed from {ckpt} at step {step}")
+    else:  # data-dependent codebook init from real pooled frames (no EMA from random points)
+        model.eval()
+        vecs = list(cache) if cache is not None else []
+        if cache is None:
+            with torch.no_grad():
+                for audios, _ in data.peek(cfg.train.codebook_init_batches):
+                    pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+                    vecs.append(pooled[keep])
+        model.init_codebook(torch.cat(vecs), torch.Generator().manual_seed(cfg.run.seed))
+
+    def save():
+        _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "data": data.state_dict(),
+                      "step": step}, ckpt)
+        save_tokenizer(run / "tokenizer", model, cfg.tokenizer, whisper)
+
+    model.train()
+    t_start = t_win = time.time()
+    last = {}
+    acc = {"ce": 0.0, "commit": 0.0, "n": 0, "audio_s": 0.0, "codes": []}
+    with open(run / "metrics.jsonl", "a") as mf:
+        while step < cfg.train.steps:
+            idx = data.next_indices()
+            texts = [data.items[i][2] for i in idx]
+            text_in, text_out = text_targets(whisper, texts)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg.train)
+            if cache is not None:
+                pooled, keep = _pad([cache[i] for i in idx])
+                loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out)
+            else:
+                feats, n_tok = features(data._load(idx)[0], model.conv1.in_channels)
+                loss, logs, codes, keep = model(feats, n_tok, text_in, text_out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            opt.step()
+            step += 1
+            acc["ce"] += logs["ce"]
+            acc["commit"] += logs["commit"]
+            acc["n"] += 1
+            acc["audio_s"] += int(keep.sum()) * 0.08  # 80 ms per token
+            acc["codes"].append(codes[keep])
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                now = time.time()
+                last = {"step": step, "ce": acc["ce"] / acc["n"], "commit": acc["commit"] / acc["n"],
+                        "perplexity": float(model.vq.perplexity(torch.cat(acc["codes"]))),
+                        "lr": lr_at(step - 1, cfg.train), "grad_norm": float(gnorm),
+                        "audio_s_per_s": acc["audio_s"] / (now - t_win), "elapsed_s": now - t_start}
+                mf.write(json.dumps(last) + "\n")
+                mf.flush()
+                log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+                acc = {"ce": 0.0, "commit": 0.0, "n": 0, "audio_s": 0.0, "codes": []}
+                t_win = now
+            out_of_time = cfg.train.max_seconds and time.time() - t_start > cfg.train.max_seconds
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or out_of_time:
+                save()
+            if out_of_time:
+                log(f"train.max_seconds={cfg.train.max_seconds} reached at step {step}; checkpoint saved")
+                break
+    return last

@@ -1,0 +1,89 @@
+"""Audio shards -> tokenizer training (exact resume) -> speech-code shards (multi-process, resume,
+bad audio), on real LibriVox audio and espeak-ng speech synthesized here."""
+import json
+import shutil
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from megaspeech.data.shards import ShardWriter, open_dataset
+from megaspeech.speech import audio_shards  # noqa: F401
+from megaspeech.speech.audio import decode_audio, encode_flac
+from megaspeech.speech.tokenize_corpus import TokenizeConfig, tokenize_corpus
+from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer, tokenize_audios
+from megaspeech.speech.train_tokenizer import Config, RunConfig, TrainConfig, train
+from megaspeech.speech.tts import synthesize
+from tests.speech.conftest import librivox_items
+
+TEXTS = ["To be prepared for war is one of the most effectual means of preserving peace.",
+         "The people of this country have a right to know.",
+         "We must keep our promises to each other.",
+         "Freedom is never more than one generation away from extinction."]
+
+
+def _audio_shards(path):
+    with ShardWriter(path, "audio", None) as w:
+        for i, t in enumerate(TEXTS):
+            a = synthesize(t, ["espeak:en-us", "flite:slt"][i % 2])
+            w.write(f"u{i}", {"audio.flac": encode_flac(a), "transcript": t, "duration": len(a) / 16000})
+
+
+def _cfg(tmp_path, steps, whisper_cache):
+    tok = TokenizerConfig(split_layer=3, codebook_size=32, whisper_cache=str(whisper_cache))
+    return Config(run=RunConfig(dir=str(tmp_path / "run"), seed=3),
+                  tokenizer=tok,
+                  train=TrainConfig(data=str(tmp_path / "audio"), steps=steps, batch_size=2, lr=1e-4,
+                                    warmup_steps=0, min_lr_ratio=1.0, freeze="pre_vq_and_decoder_embeddings",
+                                    checkpoint_every=2, log_every=1))
+
+
+def test_training_resumes_exactly(tmp_path, whisper_cache, whisper):
+    _audio_shards(tmp_path / "audio")
+    full = train(_cfg(tmp_path, 4, whisper_cache), log=lambda *_: None)
+    ref = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(1 <= x["perplexity"] <= 32 for x in lines)
+    shutil.rmtree(tmp_path / "run")
+    train(_cfg(tmp_path, 2, whisper_cache), log=lambda *_: None)  # "interrupted" after 2 steps
+    resumed = train(_cfg(tmp_path, 4, whisper_cache), log=lambda *_: None)
+    got = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert got["step"] == 4 and got["data"] == ref["data"]
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    assert resumed["ce"] == full["ce"]
+    assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()
+
+
+def test_tokenize_files_and_shards(tmp_path, whisper):
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=3, codebook_size=16), whisper)
+    torch.manual_seed(0)
+    model.init_codebook(torch.randn(64, 384) * 3)
+    save_tokenizer(tmp_path / "tok", model, TokenizerConfig(split_layer=3, codebook_size=16), whisper)
+    src = tmp_path / "wavs"
+    src.mkdir()
+    (p0, t0), (p1, _) = librivox_items()[:2]
+    shutil.copy(p0, src / "a.wav")
+    (src / "a.txt").write_text(t0)
+    long = np.concatenate([decode_audio(p0)] * 5)  # 35.5 s: cut into 30 s segments
+    sf.write(src / "long.flac", long, 16000)
+    (src / "broken.wav").write_bytes(b"RIFF not really a wav")
+    _audio_shards(tmp_path / "audio")
+    cfg = TokenizeConfig(tokenizer=str(tmp_path / "tok"), inputs=[str(src), str(tmp_path / "audio")],
+                         out_dir=str(tmp_path / "out"), files_per_part=2, batch_size=2, workers=2)
+    r = tokenize_corpus(cfg)
+    assert r["done"] and r["parts"] == 3 and r["samples"] == 2 + len(TEXTS)
+    assert [b["source"] for b in r["bad"]] == [str(src / "broken.wav")]
+    out = dict(open_dataset(tmp_path / "out", kind="speech"))
+    a = decode_audio(p0)
+    assert len(out["a"]["codes"]) == -(-len(a) // 1280) and out["a"]["transcript"] == t0
+    np.testing.assert_array_equal(out["a"]["codes"], tokenize_audios(model, [a])[0])
+    assert len(out["long"]["codes"]) == -(-len(long) // 1280) and "transcript" not in out["long"]
+    assert abs(out["long"]["duration"] - len(long) / 16000) < 1e-9
+    assert out["u1"]["transcript"] == TEXTS[1] and out["u1"]["source"].endswith(":u1")
+    assert all(v["codes"].max() < 16 for v in out.values())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.tar")}
+    again = tokenize_corpus(cfg)  # resume: every part is finished, nothing is redone
+    assert again["skipped_parts"] == 3 and again["samples"] == 0 and again["done"]
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.tar")}
