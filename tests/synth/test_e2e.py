@@ -1,0 +1,79 @@
+"""Acceptance 3 (shortened): speech pairs -> text-to-token training (the project's trainer) ->
+interleaved shards from real text by 2 workers through the launcher -> pre-training on a
+text + speech + interleaved mixture reports per-modality losses."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from megaspeech.data.shards import Dataset, read_shard
+from megaspeech.synth.interleave import split_interleaved
+from megaspeech.vocab import Vocab
+from tests.synth.conftest import DEMO, write_pair_dataset, write_text_dataset
+from tests.trainer.launch_util import ROOT, read_metrics, run_pretrain
+
+SMALL = ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidden_size=256", "model.num_heads=4",
+         "train.seq_len=128", "train.micro_batch=4", "train.global_batch=4", "checkpoint.interval=0",
+         "metrics.wandb=disabled", "metrics.tensorboard=false"]
+
+
+def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word):
+    vocab = Vocab.load(DEMO / "vocab.json")
+    vocab.sp_model = str(demo_tok.path)
+    docs = list(read_shard(DEMO / "part-00000-000001.tar", "text"))
+    pairs = write_pair_dataset(tmp_path / "pairs", docs[:20], vocab, starts_word, limit=300)
+    # real text cut into ~150-token documents so that a few steps draw from every source
+    chunks = [(f"{k}-{i}", {"tokens": s["tokens"][i:i + 150]}) for k, s in docs[20:23]
+              for i in range(0, len(s["tokens"]), 150)]
+    text = write_text_dataset(tmp_path / "text", chunks, vocab, per_shard=8)
+
+    # 1. text-to-token: pretrain with the TTS preset (asr_fraction 0), through its launcher
+    t2t = tmp_path / "t2t"
+    run_pretrain(1, t2t, SMALL + ["train.steps=12", "optim.warmup_steps=2",
+                                  f"data.sources=[{{name: pairs, path: {pairs}}}]"],
+                 config="configs/text_to_token_tiny.yaml")  # via pretrain: same trainer
+    rows = read_metrics(t2t)
+    assert rows[-1]["loss_speech"] < rows[0]["loss_speech"] - 0.5
+    bad = subprocess.run([sys.executable, "launch/train_text_to_token.py", "--config", "configs/text_to_token_tiny.yaml",
+                          "data.asr_fraction=0.5", f"data.sources=[{{name: text, path: {text}}}]"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "asr_fraction" in bad.stderr and "kind 'text'" in bad.stderr
+
+    # 2. interleave real text with the trained model: two workers, as a job array would
+    out = tmp_path / "inter"
+    for w in (1, 0):
+        p = subprocess.run([sys.executable, "launch/make_interleaved.py", "--config", "configs/interleave_tiny.yaml",
+                            f"input={text}", f"output={out}", f"model={t2t}", "interleave.eta=0.35",
+                            "generation.batch_size=16", "worker.count=2", f"worker.index={w}", "threads=1"],
+                           cwd=ROOT, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+        assert p.returncode == 0, p.stderr[-3000:]
+    stats = json.loads(p.stdout.strip().splitlines()[-1])
+    assert stats["merged"] and stats["speech_codes"] > 0 and stats["speech_codes_per_s"] > 0
+    ds = Dataset(out, vocab, kind="interleaved")
+    assert ds.manifest["meta"]["eta"] == 0.35 and ds.manifest["meta"]["text_to_token"].startswith("step00000012@")
+    originals = dict(chunks)
+    for key, s in ds:
+        parts = split_interleaved(s["tokens"], vocab)
+        got_text = np.concatenate([p for kind, p in parts if kind == "text"])
+        spans = s["spans"].reshape(-1, 2)
+        keep = np.ones(len(originals[key]["tokens"]), bool)
+        for a, b in spans:
+            keep[a:b] = False
+        np.testing.assert_array_equal(got_text, originals[key]["tokens"][keep])  # text words kept, in order
+        speech = [p for kind, p in parts if kind == "speech"]
+        assert len(speech) == len(spans) and all(len(c) > 0 and c.max() < vocab.speech_size for c in speech)
+
+    # 3. pre-train on the text + speech + interleaved mixture: per-modality losses are reported
+    run_dir = tmp_path / "mix"
+    run_pretrain(1, run_dir, SMALL + ["train.steps=8", "data.sources=[{name: text, path: %s, weight: 0.3}, "
+                                      "{name: speech, path: %s, weight: 0.2}, {name: inter, path: %s, weight: 0.5}]"
+                                      % (text, pairs, out)], config="configs/e2e_tiny.yaml")
+    rows = read_metrics(run_dir)
+    assert len(rows) == 8
+    for r in rows:
+        assert np.isfinite(r["loss_text"]) and np.isfinite(r["loss_speech"])
+    # every source was drawn from
+    assert all(rows[-1][f"data/samples/{n}"] > 0 for n in ("text", "speech", "inter")), rows[-1]
