@@ -1,0 +1,56 @@
+"""Export a checkpoint of any TP/PP layout to a transformers directory:
+`python launch/export_hf.py --config configs/hf/export.yaml checkpoint=RUN_DIR out=OUT_DIR`.
+
+`checkpoint` is a step directory (holding meta.json), a run's `checkpoints/` dir or a run dir (both:
+its `latest`). The result loads with `AutoModelForCausalLM.from_pretrained(out)` (LlamaForCausalLM or
+GlmForCausalLM) and `AutoTokenizer.from_pretrained(out)` (unified ids incl. speech codes, specials).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megaspeech.config.cli import parse_args  # noqa: E402
+from megaspeech.config.load import check  # noqa: E402
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = ""
+    out: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self):
+        check(bool(self.checkpoint), "checkpoint", "set checkpoint=<step dir | run dir>")
+        check(bool(self.out), "out", "set out=<output directory>")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A step dir, or the `latest` of a checkpoints dir / run dir."""
+    from megaspeech.train.checkpoint import read_latest
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        return p
+    for root in (p, p / "checkpoints"):
+        tag = read_latest(root) if root.is_dir() else None
+        if tag is not None:
+            return root / tag
+    raise FileNotFoundError(f"checkpoint={p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
+                            f"pass a step directory written by launch/pretrain.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_args(ExportConfig, __doc__, argv)
+    from megaspeech.model.hf_export import export_hf
+    src = resolve_checkpoint(cfg.checkpoint)
+    out = export_hf(src, cfg.out, cfg.dtype)
+    print(f"exported {src} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Hugging Face interop: one adapter per model family maps parameter names (and fused layouts) both
+ways; `export_hf` (launch/export_hf.py) and `init_from_hf` (model.init_from_hf) share it.
+
+Our names (global, the same at every TP/PP layout, see model/llm.py):
+  0.embed.weight [V_pad, H]; i.attn_norm.weight; i.attn.qkv.weight (fused per KV group:
+  [q heads of group g, k_g, v_g] x head_dim rows) and .bias; i.attn.proj.weight; i.mlp_norm.weight;
+  i.mlp.{gate,up,down}.weight for blocks i = 1..L; L+1.norm.weight; L+1.out.weight [V_pad, H].
+HF Llama (LlamaForCausalLM) / GLM (GlmForCausalLM): model.embed_tokens, model.layers.{i-1}.*
+(q/k/v/o_proj; Llama gate/up/down_proj, GLM gate_up_proj fused [gate; up]), model.norm, lm_head.
+RoPE conventions already agree (Llama rotates halves, GLM interleaved pairs of a head fraction), so
+no row permutation is needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from megaspeech.config.schema import ModelConfig
+
+
+class FamilyAdapter:
+    """Name/layout mapping for one family. `to_hf` / `from_hf` map full (un-sliced) state dicts."""
+    family = "llama"
+    architecture = "LlamaForCausalLM"
+    model_type = "llama"
+
+    def __init__(self, m: ModelConfig):
+        self.m = m
+        self.kv, self.group, self.hd = m.num_kv_heads, m.num_heads // m.num_kv_heads, m.head_dim
+
+    # fused QKV <-> q, k, v (weights [rows, H] and biases [rows])
+    def split_qkv(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rest = w.shape[1:]
+        w = w.reshape(self.kv, self.group + 2, self.hd, *rest)
+        return (w[:, : self.group].reshape(-1, *rest), w[:, self.group].reshape(-1, *rest),
+                w[:, self.group + 1].reshape(-1, *rest))
+
+    def fuse_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        rest = q.shape[1:]
+        parts = (q.reshape(self.kv, self.group, self.hd, *rest), k.reshape(self.kv, 1, self.hd, *rest),
+                 v.reshape(self.kv, 1, self.hd, *rest))
+        return torch.cat(parts, dim=1).reshape(-1, *rest)
+
+    def mlp_to_hf(self, p: str, gate, up, down) -> dict:
+        return {f"{p}.mlp.gate_proj.weight": gate, f"{p}.mlp.up_proj.weight": up, f"{p}.mlp.down_proj.weight": down}
+
+    def mlp_from_hf(self, p: str, hf: dict) -> tuple:
+        return hf[f"{p}.mlp.gate_proj.weight"], hf[f"{p}.mlp.up_proj.weight"], hf[f"{p}.mlp.down_proj.weight"]
+
+    def to_hf(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        m, L = self.m, self.m.num_layers
+        out = {"model.embed_tokens.weight": sd["0.embed.weight"], "model.norm.weight": sd[f"{L + 1}.norm.weight"],
+               "lm_head.weight": sd["0.embed.weight"] if m.tie_embeddings else sd[f"{L + 1}.out.weight"]}
+        for i in range(1, L + 1):
+            p = f"model.layers.{i - 1}"
+            q, k, v = self.split_qkv(sd[f"{i}.attn.qkv.weight"])
+            out.update({f"{p}.input_layernorm.weight": sd[f"{i}.attn_norm.weight"],
+                        f"{p}.post_attention_layernorm.weight": sd[f"{i}.mlp_norm.weight"],
+                        f"{p}.self_attn.q_proj.weight": q, f"{p}.self_attn.k_proj.weight": k,
+                        f"{p}.self_attn.v_proj.weight": v, f"{p}.self_attn.o_proj.weight": sd[f"{i}.attn.proj.weight"]})
+            if m.qkv_bias:
+                qb, kb, vb = self.split_qkv(sd[f"{i}.attn.qkv.bias"])
+                out.update({f"{p}.self_attn.q_proj.bias": qb, f"{p}.self_attn.k_proj.bias": kb,
+                            f"{p}.self_attn.v_proj.bias": vb})
+                out.update(self.o_bias_to_hf(p, sd[f"{i}.attn.proj.weight"]))
+            out.update(self.mlp_to_hf(p, sd[f"{i}.mlp.gate.weight"], sd[f"{i}.mlp.up.weight"], sd[f"{i}.mlp.down.weight"]))
+        return out
+
+    def o_bias_to_hf(self, p: str, o_weight: torch.Tensor) -> dict:
+        # LlamaConfig.attention_bias puts a bias on o_proj too; ours has none: export zeros.
+        return {f"{p}.self_attn.o_proj.bias": torch.zeros(o_weight.shape[0], dtype=o_weight.dtype)}
+
+    def from_hf(self, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """HF full state dict -> ours (vocab rows as in the HF model; see `extend_vocab`)."""
+        m, L = self.m, self.m.num_layers
+        out = {"0.embed.weight": hf["model.embed_tokens.weight"], f"{L + 1}.norm.weight": hf["model.norm.weight"]}
+        if not m.tie_embeddings:
+            out[f"{L + 1}.out.weight"] = hf.get("lm_head.weight", hf["model.embed_tokens.weight"])
+        for i in range(1, L + 1):
+            p = f"model.layers.{i - 1}"
+            a = f"{p}.self_attn"
+            out[f"{i}.attn_norm.weight"] = hf[f"{p}.input_layernorm.weight"]
+            out[f"{i}.mlp_norm.weight"] = hf[f"{p}.post_attention_layernorm.weight"]
+            out[f"{i}.attn.qkv.weight"] = self.fuse_qkv(hf[f"{a}.q_proj.weight"], hf[f"{a}.k_proj.weight"],
+                                                        hf[f"{a}.v_proj.weight"])
+            out[f"{i}.attn.proj.weight"] = hf[f"{a}.o_proj.weight"]
+            if m.qkv_bias:
+                out[f"{i}.attn.qkv.bias"] = self.fuse_qkv(hf[f"{a}.q_proj.bias"], hf[f"{a}.k_proj.bias"],
+                                                          hf[f"{a}.v_proj.bias"])
+            ob = hf.get(f"{a}.o_proj.bias")
+            if ob is not None and bool(ob.abs().max() > 0):
+                raise ValueError(f"{a}.o_proj.bias is non-zero; megaspeech's attention output projection has no "
+                                 f"bias, so this model cannot be imported exactly")
+            out[f"{i}.mlp.gate.weight"], out[f"{i}.mlp.up.weight"], out[f"{i}.mlp.down.weight"] = self.mlp_from_hf(p, hf)
+        return out
+
+    # configs
+    def rope_parameters(self) -> dict:
+        return {"rope_type": "default", "rope_theta": self.m.rope_theta}
+
+    def hf_config(self, vocab_rows: int, **tokens):
+        """transformers config for our ModelConfig; `tokens`: bos/eos/pad_token_id."""
+        from transformers import AutoConfig
+        m = self.m
+        return AutoConfig.for_model(
+            self.model_type, architectures=[self.architecture], vocab_size=vocab_rows, hidden_size=m.hidden_size,
+            intermediate_size=m.ffn_hidden_size, num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+            num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim, hidden_act="silu", rms_norm_eps=m.norm_eps,
+            rope_parameters=self.rope_parameters(), attention_bias=m.qkv_bias, tie_word_embeddings=m.tie_embeddings,
+            max_position_embeddings=8192, **tokens)
+
+    def check_hf_config(self, c, where: str) -> None:
+        """Fail naming the model.* field that differs from the HF config `c`."""
+        m = self.m
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
+        frac = rope.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0))
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        pairs = [("family", self.family, c.model_type), ("hidden_size", m.hidden_size, c.hidden_size),
+                 ("num_layers", m.num_layers, c.num_hidden_layers), ("num_heads", m.num_heads, c.num_attention_heads),
+                 ("num_kv_heads", m.num_kv_heads, c.num_key_value_heads),
+                 ("ffn_hidden_size", m.ffn_hidden_size, c.intermediate_size), ("head_dim", m.head_dim, head_dim),
+                 ("rope_theta", m.rope_theta, theta), ("rope_fraction", m.rope_fraction, frac),
+                 ("norm_eps", m.norm_eps, c.rms_norm_eps), ("tie_embeddings", m.tie_embeddings, c.tie_word_embeddings),
+                 ("qkv_bias", m.qkv_bias, bool(getattr(c, "attention_bias", False)))]
+        for name, ours, theirs in pairs:
+            same = math.isclose(ours, theirs, rel_tol=1e-6) if isinstance(ours, float) else ours == theirs
+            if not same:
+                raise ValueError(f"{where} has {name}={theirs!r} but model.{name}={ours!r}; "
+                                 f"set model.{name}: {theirs!r} in the config")
+        if getattr(c, "hidden_act", "silu") != "silu":
+            raise ValueError(f"{where} uses hidden_act={c.hidden_act!r}; megaspeech models use SwiGLU (silu)")
+
+
+class GlmAdapter(FamilyAdapter):
+    family, architecture, model_type = "glm", "GlmForCausalLM", "glm"
+
+    def mlp_to_hf(self, p, gate, up, down):
+        return {f"{p}.mlp.gate_up_proj.weight": torch.cat([gate, up], dim=0), f"{p}.mlp.down_proj.weight": down}
+
+    def mlp_from_hf(self, p, hf):
+        gate, up = hf[f"{p}.mlp.gate_up_proj.weight"].chunk(2, dim=0)
+        return gate, up, hf[f"{p}.mlp.down_proj.weight"]
+
+    def o_bias_to_hf(self, p, o_weight):
+        return {}  # GLM's attention_bias covers q/k/v only
+
+    def rope_parameters(self):
+        return {"rope_type": "default", "rope_theta": self.m.rope_theta, "partial_rotary_factor": self.m.rope_fraction}
+
+
+ADAPTERS = {"llama": FamilyAdapter, "glm": GlmAdapter}
+
+
+def adapter_for(m: ModelConfig) -> FamilyAdapter:
+    return ADAPTERS[m.family](m)
+
+
+# ---- import ------------------------------------------------------------------------------------
+def load_hf_state_dict(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], object]:
+    """(tensors, transformers config) of an HF model directory; safetensors only (no pickles)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+    hf_dir = Path(hf_dir).expanduser()
+    index = hf_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else \
+        [p.name for p in hf_dir.glob("*.safetensors")]
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {hf_dir} (model.init_from_hf): save the model with "
+                                f"save_pretrained(safe_serialization=True)")
+    sd = {}
+    for f in files:
+        sd.update(load_file(hf_dir / f))
+    return sd, AutoConfig.from_pretrained(str(hf_dir))
+
+
+def extend_vocab(w: torch.Tensor, rows: int) -> torch.Tensor:
+    """[V_hf, H] -> [rows, H]: new rows (speech codes, specials, padding) = mean of the existing rows."""
+    out = w.new_empty(rows, w.shape[1])
+    out[: w.shape[0]] = w
+    out[w.shape[0]:] = w.float().mean(0).to(w.dtype)
+    return out
+
+
+def tp_slice(name: str, full: torch.Tensor, tp: int, tp_rank: int) -> torch.Tensor:
+    """This TP rank's slice of a full parameter (the rules of train/checkpoint.py)."""
+    import re
+
+    from megaspeech.train.checkpoint import TP_REPLICATED, TP_ROW_PARALLEL
+    if tp == 1 or any(re.match(p, name) for p in TP_REPLICATED):
+        return full
+    dim = 1 if any(re.match(p, name) for p in TP_ROW_PARALLEL) else 0
+    return full.chunk(tp, dim=dim)[tp_rank]
+
+
+@torch.no_grad()
+def init_from_hf(model: torch.nn.Module, cfg, layout) -> None:
+    """Overwrite `model`'s parameters (a DecoderLM or this stage of a PipelineModule, TP-sliced or
+    not) with the HF Llama-family model at cfg.model.init_from_hf. Its vocabulary must be the text
+    part of ours (vocab.text_size = HF vocab_size); speech codes, specials and padding rows are added
+    as the mean of the existing embeddings (and output rows)."""
+    src = str(Path(cfg.model.init_from_hf).expanduser())
+    hf, hf_cfg = load_hf_state_dict(src)
+    ad = adapter_for(cfg.model)
+    ad.check_hf_config(hf_cfg, f"model.init_from_hf={src}")
+    v_hf = hf["model.embed_tokens.weight"].shape[0]
+    if v_hf != cfg.vocab.text_size:
+        raise ValueError(f"model.init_from_hf={src} has {v_hf} embedding rows but vocab.text_size="
+                         f"{cfg.vocab.text_size}; set vocab.text_size={v_hf} (its tokenizer is our text part)")
+    full = ad.from_hf(hf)
+    rows, L = cfg.padded_vocab_size(), cfg.model.num_layers
+    for k in ("0.embed.weight", f"{L + 1}.out.weight"):
+        if k in full:
+            full[k] = extend_vocab(full[k], rows)
+    seen = set()
+    for name, p in model.named_parameters():
+        if name not in full:
+            raise KeyError(f"parameter {name} has no counterpart in {src} (adapter {type(ad).__name__})")
+        seen.add(name)
+        piece = tp_slice(name, full[name], layout.tp, layout.tp_rank)
+        if piece.shape != p.shape:
+            raise ValueError(f"{name}: {src} gives shape {tuple(piece.shape)} at TP rank {layout.tp_rank}, "
+                             f"the model has {tuple(p.shape)}")
+        p.copy_(piece.to(p.dtype))  # in place: keeps megatron's tensor_model_parallel attributes

@@ -1,0 +1,121 @@
+"""Checkpoint (any TP/PP layout) -> transformers directory: model.safetensors, config.json,
+generation_config.json and tokenizer files whose ids are the unified token space (text pieces, then
+`<|speech_N|>` per speech code, then the specials)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from megaspeech.config.schema import ModelConfig
+from megaspeech.model.hf import adapter_for
+from megaspeech.train.checkpoint import full_state_dict
+from megaspeech.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+def speech_token(code: int) -> str:
+    return f"<|speech_{code}|>"
+
+
+def sentencepiece_tokenizer(sp_model: str | Path):
+    """A transformers fast tokenizer equal to the SentencePiece (unigram) model: same ids, same
+    normalization (precompiled charsmap, whitespace folding, dummy prefix), byte fallback."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import import_protobuf
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(Path(sp_model).read_bytes())
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    if ts.model_type != 1:  # 1 = UNIGRAM (the kind launch/train_tokenizer.py writes)
+        raise NotImplementedError(f"{sp_model}: SentencePiece model type {ts.model_type} is not supported "
+                                  f"for export; train a unigram model")
+    tok = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=ts.unk_id,
+                                   byte_fallback=ts.byte_fallback))
+    norms = [normalizers.Precompiled(ns.precompiled_charsmap)] if ns.precompiled_charsmap else []
+    if ns.remove_extra_whitespaces:
+        norms += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
+    tok.normalizer = normalizers.Sequence(norms)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", split=False,
+                                                 prepend_scheme="always" if ns.add_dummy_prefix else "never")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1 if ns.add_dummy_prefix else 0, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def unified_tokenizer(vocab: Vocab, hf_source: str | None):
+    """The text tokenizer (vocab.sp_model, else the tokenizer of the HF model we started from) plus
+    speech and special tokens at their unified ids; None when there is no text tokenizer."""
+    from tokenizers import AddedToken
+    if vocab.sp_model:
+        if not Path(vocab.sp_model).is_file():
+            raise FileNotFoundError(f"vocab.sp_model={vocab.sp_model} not found; run from the directory the "
+                                    f"config's paths are relative to, or fix the path")
+        tok = sentencepiece_tokenizer(vocab.sp_model)
+    elif hf_source and (Path(hf_source) / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(hf_source)
+    else:
+        return None
+    if len(tok) != vocab.text_size:
+        raise ValueError(f"the text tokenizer has {len(tok)} tokens but vocab.text_size={vocab.text_size}")
+    tok.add_tokens([AddedToken(speech_token(i), normalized=False) for i in range(vocab.speech_size)])
+    tok.add_special_tokens({"additional_special_tokens": list(vocab.specials)}, replace_extra_special_tokens=False)
+    tok.bos_token, tok.eos_token, tok.pad_token = "<|bos|>", "<|eos|>", "<|pad|>"
+    expect = {speech_token(0): vocab.speech_offset, **{s: vocab.special(s) for s in vocab.specials}}
+    if vocab.speech_size:
+        expect[speech_token(vocab.speech_size - 1)] = vocab.special_offset - 1
+    got = {t: tok.convert_tokens_to_ids(t) for t in expect}
+    if got != expect:
+        raise ValueError(f"tokenizer ids {got} differ from the unified layout {expect}: a speech/special "
+                         f"token name already exists in the text tokenizer")
+    return tok
+
+
+def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Write a transformers directory for the checkpoint at `ckpt_dir` (a step directory holding
+    meta.json, any TP/PP layout). Returns out_dir."""
+    sd, meta = full_state_dict(Path(ckpt_dir))
+    cfg = meta["config"]
+    return write_hf(sd, ModelConfig(**cfg["model"]), Vocab.from_dict(cfg["vocab"]), out_dir, dtype)
+
+
+def write_hf(sd: dict[str, torch.Tensor], m: ModelConfig, vocab: Vocab, out_dir: str | Path,
+             dtype: str = "float32") -> Path:
+    """Our full state dict (global names, [V_pad, H] embeddings) -> transformers directory, written
+    into a temp dir and renamed, so it appears complete or not at all."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    ad = adapter_for(m)
+    hf_sd = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in ad.to_hf(sd).items()}
+    rows = hf_sd["model.embed_tokens.weight"].shape[0]
+    tokens = {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id, "pad_token_id": vocab.pad_id}
+    config = ad.hf_config(rows, **tokens)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.load_state_dict(hf_sd, strict=True, assign=True)
+    if m.tie_embeddings:
+        model.tie_weights()
+    eos = [vocab.eos_id]
+    src = str(Path(m.init_from_hf).expanduser()) if m.init_from_hf else None
+    if src and (Path(src) / "generation_config.json").is_file():  # keep the source model's stop tokens
+        src_eos = GenerationConfig.from_pretrained(src).eos_token_id
+        eos += [e for e in (src_eos if isinstance(src_eos, list) else [src_eos]) if e is not None and e not in eos]
+    model.generation_config = GenerationConfig(bos_token_id=vocab.bos_id, eos_token_id=eos, pad_token_id=vocab.pad_id)
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok = unified_tokenizer(vocab, src)
+    if tok is not None:
+        tok.save_pretrained(tmp)
+    else:
+        log.warning("no text tokenizer (vocab.sp_model and model.init_from_hf unset): %s has no tokenizer files", out)
+    vocab.save(tmp / "vocab.json")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
