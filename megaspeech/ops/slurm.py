@@ -147,13 +147,18 @@ def _step_command(job: SlurmJob) -> str:
             # expanded by the batch shell: every array task has its own SLURM_ARRAY_TASK_ID
             line += f' "{job.index_key}=$SLURM_ARRAY_TASK_ID" {shlex.quote(f"{job.count_key}={job.array}")}'
         return line + " &"
+    return f'{srun} bash -c {shlex.quote(node_command(job))} "$HOSTFILE" "$MASTER_ADDR" "$MASTER_PORT" &'
+
+
+def node_command(job: SlurmJob) -> str:
+    """What each node's srun task runs (deepspeed launcher): `bash -c CMD HOSTFILE ADDR PORT`.
+
+    Inside the task $0..$2 are those three arguments, and SLURM_NODEID is the task's own node
+    index (the batch shell's would be 0 on every node)."""
     launcher = [job.python, "-m", "deepspeed.launcher.runner", "--hostfile", "$0", "--no_ssh",
                 "--node_rank", "$SLURM_NODEID", "--master_addr", "$1", "--master_port", "$2"]
-    # Inside the task: $0..$2 are the positional arguments after the command string, and
-    # SLURM_NODEID is the task's own node index (the batch shell's would be 0 on every node).
     inner = " ".join(f'"{a}"' if a.startswith("$") else shlex.quote(a) for a in launcher)
-    inner = f'trap "" USR1; exec {inner} {shlex.join(_tool_args(job))}'
-    return f'{srun} bash -c {shlex.quote(inner)} "$HOSTFILE" "$MASTER_ADDR" "$MASTER_PORT" &'
+    return f'trap "" USR1; exec {inner} {shlex.join(_tool_args(job))}'
 
 
 def render_sbatch(job: SlurmJob) -> str:

@@ -7,6 +7,7 @@ launcher, one srun task), and launch/prepare_data.py as a job array. Needs root 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from megaspeech.ops.local_slurm import LocalSlurm
-from megaspeech.ops.slurm import SlurmJob, render_sbatch
+from megaspeech.ops.slurm import SlurmJob, node_command, render_sbatch
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 10
+STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,33 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, reference_run, tmp
     # exact resume: the same losses as the uninterrupted run, step for step
     ref = {r["step"]: r["loss"] for r in metrics(ref_run)}
     assert [r["loss"] for r in rows] == pytest.approx([ref[r["step"]] for r in rows], rel=1e-6, abs=0)
+
+
+def test_two_node_recipe_matches_one_node(reference_run, tmp_path):
+    """The per-node command of a 2-node x 1-rank script, run as two "nodes" on this host.
+
+    Debian's slurmd cannot run twice on one host (no --enable-multiple-slurmd), so this runs
+    what each node's srun task would: the same command with SLURM_NODEID 0 and 1, a 2-host
+    hostfile (two names for this host) and the first host as MASTER_ADDR. Two launchers must
+    form one world of 2 ranks that trains like the one-node 2-rank job."""
+    ref_run, _ = reference_run
+    run = tmp_path / "run"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    job = SlurmJob(tool=str(REPO / "launch/pretrain.py"), config=str(REPO / "configs/tiny.yaml"),
+                   log_dir=str(tmp_path), nodes=2, gpus_per_node=1, device="cpu",
+                   overrides=[f"run.dir={run}", "train.steps=2", "train.progress_bar=false"])
+    port = str(29000 + int(time.time()) % 1000)
+    nodes = [subprocess.Popen(["bash", "-c", node_command(job), str(hostfile), "localhost", port], cwd=REPO,
+                              env={**os.environ, "SLURM_NODEID": str(i), "OMP_NUM_THREADS": "1"},
+                              stdout=open(tmp_path / f"node{i}.log", "w"), stderr=subprocess.STDOUT)
+             for i in range(2)]
+    codes = [p.wait(timeout=240) for p in nodes]
+    logs = "\n".join((tmp_path / f"node{i}.log").read_text() for i in range(2))
+    assert codes == [0, 0], logs
+    assert logs.count("dist_world_size=2") == 2 and "'127.0.0.1': [1]" in logs  # node 1 holds rank 1
+    ref = [r["loss"] for r in metrics(ref_run)][:2]
+    assert [r["loss"] for r in metrics(run)] == pytest.approx(ref, rel=1e-6, abs=0)
 
 
 def test_data_prep_job_array(cluster, tmp_path):
