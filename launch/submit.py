@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         sys.stdout.write(render_sbatch(job))
         return 0
-    job_id, script = submit(job)
+    try:
+        job_id, script = submit(job)
+    except RuntimeError as e:
+        p.exit(1, f"submit: {e}\n")
     print(f"submitted job {job_id}: script {script}, logs in {job.log_dir}")
     print(job_id)
     return 0
