@@ -61,11 +61,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
     return torch.cat((out.to(x.dtype), xp), dim=-1)
 
 
-def causal_attention(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+def causal_attention(q, k, v, mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
     """q [B, h, S, d], k/v [B, kv, S, d] -> [B, h, S, d]. `mask`: bool [B, 1, S, S] (True = attend)
-    replacing the plain causal mask (document masking). flash-attn on CUDA half precision without a
-    mask, SDPA otherwise: both compute softmax(q k^T / sqrt(d) + causal) v."""
-    if flash_attn_func is not None and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    replacing the plain causal mask (document masking). impl "auto": flash-attn on CUDA half
+    precision without a mask, SDPA otherwise; "sdpa" always SDPA; "flash" flash-attn or an error.
+    Both compute softmax(q k^T / sqrt(d) + causal) v."""
+    flash_ok = flash_attn_func is not None and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    if impl == "flash" and not flash_ok:
+        raise RuntimeError("model.attention=flash needs flash-attn installed (pip install -e '.[gpu]'), CUDA "
+                           "tensors in fp16/bf16 and no document mask; use model.attention=auto or sdpa")
+    if flash_ok and impl != "sdpa":
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return out.transpose(1, 2)
     gqa = q.shape[1] != k.shape[1]
@@ -90,6 +95,7 @@ class Attention(nn.Module):
         self.group = self.heads // self.kv
         self.rot_dim = int(self.hd * cfg.rope_fraction)
         self.theta, self.interleaved = cfg.rope_theta, cfg.family == "glm"
+        self.impl = cfg.attention
         width = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.hd
         self.qkv = f.column(cfg.hidden_size, width, bias=cfg.qkv_bias, std=cfg.init_std)
         self.proj = f.row(cfg.num_heads * self.hd, cfg.hidden_size, std=cfg.init_std / (2 * cfg.num_layers) ** 0.5)
@@ -103,7 +109,7 @@ class Attention(nn.Module):
         tables = rope_tables.__wrapped__ if torch.compiler.is_compiling() else rope_tables  # no cache in graphs
         cos, sin = tables(S, self.rot_dim, self.theta, x.device)
         q, k = apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
-        out = causal_attention(q, k, v, mask)  # [B, h, S, hd]
+        out = causal_attention(q, k, v, mask, self.impl)  # [B, h, S, hd]
         return self.proj(out.permute(2, 0, 1, 3).reshape(S, B, self.heads * self.hd))
 
 
