@@ -87,8 +87,12 @@ def template_pairs(context: str, n: int, seed: int) -> list[tuple[str, str]]:
 class LMQuestionWriter:
     """Question/answer pairs from a local instruction-tuned causal LM (greedy, batched)."""
 
-    PROMPT = ("Read the passage, then write one question about it and its short answer copied from the passage.\n"
-              "Passage: {context}\nReply exactly as:\nQuestion: <question>\nAnswer: <answer>")
+    # Two turns (question, then answer given the question): the 135M model stops after one line
+    # when asked for both at once.
+    Q_PROMPT = ("Read the passage, then write one question about it and its short answer copied from the passage.\n"
+                "Passage: {context}\nReply exactly as:\nQuestion: <question>\nAnswer: <answer>")
+    A_PROMPT = ("Passage: {context}\nQuestion: {question}\n"
+                "Answer the question with a few words copied from the passage. Reply with the answer only.")
 
     def __init__(self, cfg: QAConfig):
         import torch
@@ -114,22 +118,38 @@ class LMQuestionWriter:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw).eval()
         self.cfg, self.torch = cfg, torch
 
-    def __call__(self, contexts: list[str]) -> list[list[tuple[str, str]]]:
-        msgs = [self.tok.apply_chat_template([{"role": "user", "content": self.PROMPT.format(context=c)}],
-                                             tokenize=False, add_generation_prompt=True) for c in contexts]
+    def _generate(self, prompts: list[str], r: int) -> list[str]:
+        msgs = [self.tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                             add_generation_prompt=True) for p in prompts]
         enc = self.tok(msgs, return_tensors="pt", padding=True)
-        out: list[list[tuple[str, str]]] = [[] for _ in contexts]
+        kw = {"do_sample": False} if r == 0 else {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
+        if r:  # later rounds sample, for a different question
+            self.torch.manual_seed(self.cfg.seed * 1000 + r)
         with self.torch.no_grad():
-            for r in range(self.cfg.pairs_per_context):  # later rounds sample for variety
-                kw = {"do_sample": False} if r == 0 else {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
-                if r:
-                    self.torch.manual_seed(self.cfg.seed * 1000 + r)
-                gen = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens,
-                                          pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id, **kw)
-                for i, row in enumerate(gen[:, enc["input_ids"].shape[1]:]):
-                    m = re.search(r"Question:\s*(.+?)\s*\n+\s*Answer:\s*(.+)", self.tok.decode(row, skip_special_tokens=True))
-                    if m:
-                        out[i].append((m.group(1).strip(), m.group(2).strip().split("\n")[0].strip()))
+            gen = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens,
+                                      pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id, **kw)
+        return [self.tok.decode(row, skip_special_tokens=True).strip()
+                for row in gen[:, enc["input_ids"].shape[1]:]]
+
+    def __call__(self, contexts: list[str]) -> list[list[tuple[str, str]]]:
+        """contexts -> up to qa.pairs_per_context (question, answer) per context (unfiltered)."""
+        out: list[list[tuple[str, str]]] = [[] for _ in contexts]
+        for r in range(self.cfg.pairs_per_context):
+            replies = self._generate([self.Q_PROMPT.format(context=c) for c in contexts], r)
+            qs, ans = [], []
+            for reply in replies:
+                m = re.search(r"Question:\s*([^\n]*?\?)", reply)
+                qs.append(m.group(1).strip() if m else "")
+                m = re.search(r"Answer:\s*([^\n]+)", reply)
+                ans.append(m.group(1).strip() if m else None)
+            todo = [i for i, (q, a) in enumerate(zip(qs, ans)) if q and a is None]
+            if todo:  # the small model often stops after the question: ask for the answer in a second turn
+                second = self._generate([self.A_PROMPT.format(context=contexts[i], question=qs[i]) for i in todo], 0)
+                for i, a in zip(todo, second):
+                    ans[i] = re.sub(r"^(Answer:\s*)", "", a.split("\n")[0]).strip()
+            for i, (q, a) in enumerate(zip(qs, ans)):
+                if q and a:
+                    out[i].append((q, a.rstrip(".")))
         return out
 
 
