@@ -4,6 +4,7 @@ text + speech + interleaved mixture reports per-modality losses."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from megaspeech.data.shards import Dataset, read_shard
 from megaspeech.synth.interleave import split_interleaved
 from megaspeech.vocab import Vocab
 from tests.synth.conftest import DEMO, write_pair_dataset, write_text_dataset
-from tests.trainer.launch_util import ROOT, read_metrics, run_pretrain
+from tests.trainer.launch_util import ROOT, free_port, read_metrics, run_pretrain
 
 SMALL = ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidden_size=256", "model.num_heads=4",
          "train.seq_len=128", "train.micro_batch=4", "train.global_batch=4", "checkpoint.interval=0",
@@ -30,11 +31,14 @@ def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word):
               for i in range(0, len(s["tokens"]), 150)]
     text = write_text_dataset(tmp_path / "text", chunks, vocab, per_shard=8)
 
-    # 1. text-to-token: pretrain with the TTS preset (asr_fraction 0), through its launcher
+    # 1. text-to-token: launch/train_text_to_token.py = the project's trainer with the TTS preset
     t2t = tmp_path / "t2t"
-    run_pretrain(1, t2t, SMALL + ["train.steps=12", "optim.warmup_steps=2",
-                                  f"data.sources=[{{name: pairs, path: {pairs}}}]"],
-                 config="configs/text_to_token_tiny.yaml")  # via pretrain: same trainer
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()),
+           "launch/train_text_to_token.py", "--config", "configs/text_to_token_tiny.yaml", f"run.dir={t2t}",
+           "train.progress_bar=false", *SMALL, "train.steps=12", "optim.warmup_steps=2",
+           f"data.sources=[{{name: pairs, path: {pairs}}}]"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-4000:]
     rows = read_metrics(t2t)
     assert rows[-1]["loss_speech"] < rows[0]["loss_speech"] - 0.5
     bad = subprocess.run([sys.executable, "launch/train_text_to_token.py", "--config", "configs/text_to_token_tiny.yaml",
@@ -48,7 +52,7 @@ def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word):
         p = subprocess.run([sys.executable, "launch/make_interleaved.py", "--config", "configs/interleave_tiny.yaml",
                             f"input={text}", f"output={out}", f"model={t2t}", "interleave.eta=0.35",
                             "generation.batch_size=16", "worker.count=2", f"worker.index={w}", "threads=1"],
-                           cwd=ROOT, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert p.returncode == 0, p.stderr[-3000:]
     stats = json.loads(p.stdout.strip().splitlines()[-1])
     assert stats["merged"] and stats["speech_codes"] > 0 and stats["speech_codes_per_s"] > 0
