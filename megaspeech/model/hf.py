@@ -201,20 +201,22 @@ def init_from_hf(model: torch.nn.Module, cfg, layout) -> None:
     """Overwrite `model`'s parameters (a DecoderLM or this stage of a PipelineModule, TP-sliced or
     not) with the HF Llama-family model at cfg.model.init_from_hf. Its vocabulary must be the text
     part of ours (vocab.text_size = HF vocab_size); speech codes, specials and padding rows are added
-    as the mean of the existing embeddings (and output rows)."""
+    as the mean of the existing embeddings (and output rows). A model exported by launch/export_hf.py
+    (vocab_size = our padded vocab) is loaded as is."""
     src = str(Path(cfg.model.init_from_hf).expanduser())
     hf, hf_cfg = load_hf_state_dict(src)
     ad = adapter_for(cfg.model)
     ad.check_hf_config(hf_cfg, f"model.init_from_hf={src}")
     v_hf = hf["model.embed_tokens.weight"].shape[0]
-    if v_hf != cfg.vocab.text_size:
+    rows, L = cfg.padded_vocab_size(), cfg.model.num_layers
+    if v_hf not in (cfg.vocab.text_size, rows):
         raise ValueError(f"model.init_from_hf={src} has {v_hf} embedding rows but vocab.text_size="
                          f"{cfg.vocab.text_size}; set vocab.text_size={v_hf} (its tokenizer is our text part)")
     full = ad.from_hf(hf)
-    rows, L = cfg.padded_vocab_size(), cfg.model.num_layers
-    for k in ("0.embed.weight", f"{L + 1}.out.weight"):
-        if k in full:
-            full[k] = extend_vocab(full[k], rows)
+    if v_hf != rows:  # a text LLM: append speech codes, specials, padding (else: our own export, unified already)
+        for k in ("0.embed.weight", f"{L + 1}.out.weight"):
+            if k in full:
+                full[k] = extend_vocab(full[k], rows)
     seen = set()
     for name, p in model.named_parameters():
         if name not in full:

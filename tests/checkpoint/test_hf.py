@@ -11,9 +11,10 @@ import pytest
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ckpt_runs import REPO, SP_MODEL, losses
+from ckpt_runs import REPO, SP_MODEL, launch, losses
 from ckpt_smollm2 import smollm2_dir
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import ModelConfig, PretrainConfig
@@ -148,3 +149,23 @@ def test_init_from_hf_names_the_mismatched_field():
     ours = torch.nn.Module()
     with pytest.raises(ValueError, match=re.escape("model.rope_theta")):
         init_from_hf(ours, cfg, Layout(1, 1, 1, 0, 0, 0, 0, 1))
+
+
+def test_init_from_hf_in_a_tp2_run(exported, tmp_path):
+    """model.init_from_hf inside the trainer at TP=2 (weights sliced per rank): the first step's loss
+    is the HF model's loss on that batch."""
+    _, out = exported
+    run = tmp_path / "run"
+    rc = launch(run, ["parallel.tensor=2", f"model.init_from_hf={out}", "train.steps=1",
+                      "checkpoint.interval=0", "checkpoint.save_at_end=false"])
+    assert rc == 0, f"see {run}/launch.log"
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    c = yaml.safe_load((run / "config.yaml").read_text())
+    it = iter(SyntheticLoader(Vocab.from_dict(c["vocab"]), c["train"]["seq_len"], c["train"]["micro_batch"], 0, 1,
+                              c["run"]["seed"], c["data"]["speech_fraction"]))
+    batches = [next(it), next(it)]  # step 1 at DP=1: micro-batches 0 and 1
+    with torch.no_grad():
+        nll = [F.cross_entropy(hf(b["input_ids"]).logits.flatten(0, 1), b["labels"].flatten(), reduction="sum")
+               for b in batches]
+    loss = float(sum(nll) / sum(b["loss_mask"].sum() for b in batches))
+    assert losses(run)[0] == (1, pytest.approx(loss, rel=1e-5))
