@@ -15,7 +15,7 @@ from megaspeech.train.checkpoint import full_state_dict
 def test_resume_with_another_layout(layout, ref_run, tmp_path):
     src = ref_run / "checkpoints" / "step00000005"
     run = tmp_path / "run"
-    rc = launch(run, [*layout, f"run.resume={src}", "checkpoint.interval=0", "checkpoint.save_at_end=false"])
+    rc = launch(run, [*layout, f"run.resume={src}", "checkpoint.interval=0", "checkpoint.save_at_end=true"])
     assert rc == 0, f"resharded run failed; see {run}/launch.log"
     ref = dict(losses(ref_run))
     got = losses(run)
@@ -28,3 +28,9 @@ def test_resume_with_another_layout(layout, ref_run, tmp_path):
     for name, w in sd.items():
         assert torch.equal(torch.load(uni / name / "fp32.pt", weights_only=True)["param"], w), name
         assert torch.load(uni / name / "exp_avg_sq.pt", weights_only=True)["param"].abs().sum() > 0, name
+    # The run saved in its own layout (pipeline: per-layer files); its weights are the TP=2 run's.
+    end, _ = full_state_dict(run / "checkpoints" / "step00000010")
+    ref_end, _ = full_state_dict(ref_run / "checkpoints" / "step00000010")
+    assert set(end) == set(ref_end)
+    for name, w in end.items():
+        assert torch.allclose(w, ref_end[name], rtol=1e-4, atol=1e-6), name
