@@ -179,8 +179,9 @@ def same_layout(saved: dict, layout) -> bool:
 def convert_to_universal(src: Path, dst: Path) -> None:
     """DeepSpeed checkpoint dir `src` -> universal checkpoint dir `dst` (written atomically; reused
     if already there). Runs DeepSpeed's own converter in this process (single rank)."""
-    if (dst / "meta.json").is_file():
-        return
+    source = str(Path(src).resolve())
+    if (dst / "source").is_file() and (dst / "source").read_text() == source:
+        return  # converted before (e.g. an earlier attempt of this job)
     from deepspeed.checkpoint import ds_to_universal
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -191,6 +192,7 @@ def convert_to_universal(src: Path, dst: Path) -> None:
     ds_to_universal.main(args)
     for f in ["meta.json", *(p.name for p in src.glob("rank*.pt"))]:
         shutil.copy2(src / f, tmp / f)
+    (tmp / "source").write_text(source)
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 
@@ -204,6 +206,10 @@ def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[di
     meta = read_meta(src)
     saved = meta["layout"]
     universal = not same_layout(saved, layout)
+    if universal and meta["config"]["parallel"]["zero_stage"] == 0:
+        raise ValueError(f"{src} was saved with parallel.zero_stage=0 at TP={saved['tp']} PP={saved['pp']} "
+                         f"DP={saved['dp']}; resharding needs the ZeRO optimizer files: resume with that layout, "
+                         f"or save with zero_stage>=1")
     if universal:
         dst = universal_root / tag
         if dist.get_rank() == 0:
