@@ -2,13 +2,13 @@
 dispatcher (backend="auto": Triton on CUDA tensors, a memory-bounded torch path otherwise;
 "triton" also runs CPU tensors under TRITON_INTERPRET=1, which is how the tests check it).
 
-- vq_lookup: nearest codebook row without an N x K distance matrix (speech tokenizer).
-- vq.VectorQuantizer: straight-through VQ with EMA codebook, fused code statistics, dead-code restart.
-- ctc_compress: one vector per CTC label run (the speech-to-LM bridge of arXiv 2312.03668).
-"""
-from kernels.ctc_compress import ctc_compress, ctc_compress_reference
-from kernels.vq import VectorQuantizer, code_stats, perplexity
-from kernels.vq_lookup import vq_lookup, vq_lookup_reference
+- kernels.vq_lookup: vq_lookup / vq_lookup_reference, the nearest codebook row without an N x K
+  distance matrix (speech tokenizer).
+- kernels.vq: VectorQuantizer (straight-through, EMA codebook with fused code statistics,
+  dead-code restart), code_stats, perplexity.
+- kernels.ctc_compress: ctc_compress / ctc_compress_reference, one vector per CTC label run
+  (the speech-to-LM bridge of arXiv 2312.03668).
 
-__all__ = ["ctc_compress", "ctc_compress_reference", "VectorQuantizer", "code_stats", "perplexity",
-           "vq_lookup", "vq_lookup_reference"]
+Nothing is re-exported here: a function named like its module (vq_lookup, ctc_compress) would
+shadow the submodule attribute `kernels.vq_lookup`.
+"""

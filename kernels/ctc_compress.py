@@ -8,7 +8,7 @@ rows are the kept runs in order, padded with zeros to T' = max(new_lengths).
 
 Backends: a Triton forward (one program per output run x D tile) and backward (one program per
 frame tile: grad_h = grad_out[run] * w / sum_w, grad_w = <grad_out[run], h - out[run]> / sum_w);
-a vectorised torch path (index_add_, autograd) on CPU. Arithmetic in fp32 (fp64 for fp64 input).
+a vectorised torch path on CPU (a sparse runs x frames matrix times h, and its backward). Arithmetic in fp32 (fp64 for fp64 input).
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def ctc_compress_reference(h, labels, lengths, blank: int,
 
 
 def _runs(labels, lengths, blank, mode):
-    """Per-frame output position (-1 = dropped), run starts/ends, new lengths. All [B, T]/[B]."""
+    """(output position of each frame within its sequence, -1 if dropped [B, T]; run-start flags
+    [B, T]; kept-run-start flags [B, T]; new lengths [B])."""
     b, t = labels.shape
     pos = torch.arange(t, device=labels.device)
     valid = pos[None, :] < lengths[:, None]
@@ -102,22 +103,55 @@ def _runs(labels, lengths, blank, mode):
     return torch.where(keep, seg, -1), start, kept_start, kept_start.sum(1)
 
 
+class _CTCCompressTorch(torch.autograd.Function):
+    """CPU path: the forward is one sparse (runs x frames) @ dense (frames x D) product whose
+    values are the normalised weights w / sum_w, so h is read once and nothing of size
+    B x T x D is allocated; the backward gathers grad rows per kept frame."""
+
+    @staticmethod
+    def forward(ctx, h, w, frame_row, n_rows):
+        b, t, d = h.shape
+        acc = torch.promote_types(h.dtype, torch.float32)
+        hf = h.reshape(b * t, d).to(acc)
+        cols = (frame_row >= 0).nonzero().squeeze(1)  # kept frames, in order
+        rows = frame_row[cols]  # their output rows: non-decreasing, so (rows, cols) is sorted
+        wk = torch.ones(cols.numel(), dtype=acc, device=h.device) if w is None else w.reshape(-1)[cols].to(acc)
+        den = torch.zeros(n_rows, dtype=acc, device=h.device).index_add_(0, rows, wk)
+        den = torch.where(den != 0, den, torch.ones_like(den))  # zero weight sum: divide by 1
+        scale = wk / den[rows]
+        # 3-10x faster here than index_add_ of weighted copies; CSR measured no faster
+        s = torch.sparse_coo_tensor(torch.stack([rows, cols]), scale, (n_rows, b * t),
+                                    is_coalesced=True, check_invariants=False)  # sorted, unique
+        out = torch.sparse.mm(s, hf) if n_rows else hf.new_zeros(0, d)
+        ctx.save_for_backward(hf, w, out, rows, cols, den, scale)
+        ctx.shape = (b, t, d, h.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        hf, w, out, rows, cols, den, scale = ctx.saved_tensors
+        b, t, d, dtype = ctx.shape
+        g = g.to(out.dtype)
+        gk = g.index_select(0, rows)  # grad of each kept frame's run
+        gh = torch.zeros(b * t, d, dtype=out.dtype, device=g.device)
+        gh.index_copy_(0, cols, gk * scale[:, None])
+        gw = None
+        if w is not None and ctx.needs_input_grad[1]:
+            # d out_r / d w_t = (h_t - out_r) / sum_w
+            dots = (gk * hf.index_select(0, cols)).sum(1) - (g * out).sum(1)[rows]
+            gw = torch.zeros(b * t, dtype=out.dtype, device=g.device)
+            gw.index_copy_(0, cols, dots / den[rows])
+            gw = gw.reshape(b, t).to(w.dtype)
+        return gh.reshape(b, t, d).to(dtype), gw, None, None
+
+
 def _compress_torch(h, w, labels, lengths, blank, mode):
     b, t, d = h.shape
-    acc = torch.promote_types(h.dtype, torch.float32)
     seg, _, _, new_len = _runs(labels, lengths, blank, mode)
     tmax = int(new_len.max()) if b else 0
-    # dropped frames go to a spare last row that is cut off afterwards
-    dst = torch.where(seg >= 0, seg + torch.arange(b, device=h.device)[:, None] * tmax, b * tmax)
-    src = h.to(acc).reshape(b * t, d)
-    ww = torch.ones(b * t, dtype=acc, device=h.device) if w is None else w.to(acc).reshape(-1)
-    if w is not None:
-        src = src * ww[:, None]
-    dst = dst.reshape(-1)
-    num = torch.zeros(b * tmax + 1, d, dtype=acc, device=h.device).index_add(0, dst, src)
-    den = torch.zeros(b * tmax + 1, dtype=acc, device=h.device).index_add(0, dst, ww)
-    den = torch.where(den != 0, den, torch.ones_like(den))  # padding rows and zero weight sums
-    out = (num / den[:, None])[:-1]
+    base = torch.arange(b, device=h.device)[:, None] * tmax
+    frame_row = torch.where(seg >= 0, base + seg, -1).reshape(-1)
+    out = _CTCCompressTorch.apply(h, w, frame_row, b * tmax)
     return out.reshape(b, tmax, d).to(h.dtype), new_len
 
 
