@@ -151,12 +151,12 @@ def test_init_from_hf_names_the_mismatched_field():
         init_from_hf(ours, cfg, Layout(1, 1, 1, 0, 0, 0, 0, 1))
 
 
-def test_init_from_hf_in_a_tp2_run(exported, tmp_path):
-    """model.init_from_hf inside the trainer at TP=2 (weights sliced per rank): the first step's loss
-    is the HF model's loss on that batch."""
+def test_init_from_hf_in_a_pp2_run(exported, tmp_path):
+    """model.init_from_hf inside the trainer at PP=2 (each stage loads its layers; the TP slicing is
+    checked against real TP=2 shards above): the first step's loss is the HF model's on that batch."""
     _, out = exported
     run = tmp_path / "run"
-    rc = launch(run, ["parallel.tensor=2", f"model.init_from_hf={out}", "train.steps=1",
+    rc = launch(run, ["parallel.tensor=1", "parallel.pipeline=2", f"model.init_from_hf={out}", "train.steps=1",
                       "checkpoint.interval=0", "checkpoint.save_at_end=false"])
     assert rc == 0, f"see {run}/launch.log"
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
