@@ -13,7 +13,8 @@ name that resolves, as on a real cluster.
         cluster.wait_job(job_id, timeout=120)
 
 Or by hand: `python -m megaspeech.ops.local_slurm DIR` starts it and prints the SLURM_CONF to
-export, until Ctrl-C.
+export; Ctrl-C (or SIGTERM) stops it. Then e.g. `python launch/submit.py --config configs/tiny.yaml
+--tool launch/pretrain.py --gpus-per-node 2 --device cpu --cpus-per-task 2`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import getpass
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -207,15 +209,27 @@ class LocalSlurm:
         self.procs.clear()
 
 
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/megaspeech-slurm")
-    with LocalSlurm(root) as cluster:
-        print(f"Slurm is up. In another shell: export SLURM_CONF={cluster.conf}  (Ctrl-C stops it)", flush=True)
-        try:
+    # Ctrl-C or `kill PID` stops the daemons (SIGINT is ignored in a background job, hence TERM too)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stop)
+    try:
+        with LocalSlurm(root) as cluster:
+            print(f"Slurm is up. In another shell: export SLURM_CONF={cluster.conf}  "
+                  f"(Ctrl-C or kill {os.getpid()} stops it)", flush=True)
             while all(p.poll() is None for p in cluster.procs):
                 time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+    except _Stop:
+        pass
     return 0
 
 
