@@ -89,7 +89,12 @@ class KVCacheLM:
             vc[:, :, t0:t0 + S] = qkv[:, :, self.group + 1]
             q = apply_rope(q, cos, sin, self.interleaved)
             k, v = kc[:, :, :t0 + S], vc[:, :, :t0 + S]
-            if mask is None:
+            if S == 1:  # decode: grouped matmuls (no K/V expansion for GQA), additive pad bias
+                att = torch.matmul(q.view(B, self.kv, self.group, self.hd), k.transpose(-1, -2)) * self.hd ** -0.5
+                if mask is not None:
+                    att = att + mask
+                o = torch.matmul(torch.softmax(att, -1), v).view(B, self.heads, 1, self.hd)
+            elif mask is None:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.group > 1)
             else:
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.group > 1)
@@ -116,8 +121,12 @@ class KVCacheLM:
         self.k = [torch.zeros(B, self.kv, self.max_len, self.hd, dtype=dt, device=dev) for _ in self.blocks]
         self.v = [torch.zeros_like(k) for k in self.k]
         pos = (torch.arange(T, device=dev)[None] - self.pad[:, None]).clamp(min=0)
-        mask = None
+        mask = self.bias = None
         if bool(self.pad.any()):
+            # decode steps: additive bias [B, 1, 1, max_len], -inf on each row's padding slots
+            slots = torch.arange(self.max_len, device=dev)[None]
+            self.bias = torch.zeros(B, 1, 1, self.max_len, dtype=dt, device=dev).masked_fill(
+                (slots < self.pad[:, None])[:, None, None], float("-inf"))
             j = torch.arange(T, device=dev)
             # causal, real keys only; a pad query sees itself so its (ignored) row stays finite
             mask = ((j[None, :] <= j[:, None])[None] & (j[None, None, :] >= self.pad[:, None, None])) | torch.eye(T, dtype=torch.bool, device=dev)
@@ -132,9 +141,7 @@ class KVCacheLM:
         if t >= self.max_len:
             raise RuntimeError(f"KV cache full ({self.max_len} slots): raise max_new in prefill()")
         pos = (t - self.pad)[:, None]
-        mask = None
-        if bool(self.pad.any()):
-            mask = (torch.arange(t + 1, device=ids.device)[None] >= self.pad[:, None])[:, None, None]
+        mask = self.bias[..., :t + 1] if self.bias is not None else None
         h = self._layers(self.model.embedding.embed(ids[:, None]), pos, t, mask, causal=False)
         self.t = t + 1
         return self._logits(h[:, 0])
@@ -144,6 +151,8 @@ class KVCacheLM:
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
         self.pad = self.pad.index_select(0, rows)
+        if self.bias is not None:
+            self.bias = self.bias.index_select(0, rows)
 
 
 def _choose(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
