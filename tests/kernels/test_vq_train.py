@@ -16,9 +16,8 @@ from kernels.vq_lookup import vq_lookup_reference
 BACKENDS = ["triton", "torch"]
 
 
-def _plain_ema(embed, count, total, x, decay, eps):
+def _plain_ema(embed, count, total, x, idx, decay, eps):
     """One EMA step written out with one-hot matrices (no index_add/atomics)."""
-    idx = vq_lookup_reference(x, embed)[0]
     onehot = F.one_hot(idx, embed.shape[0]).float()
     count = decay * count + (1 - decay) * onehot.sum(0)
     total = decay * total + (1 - decay) * (onehot.T @ x)
@@ -48,8 +47,14 @@ def test_forward_and_ema_match_plain_torch(seed, backend):
         x = torch.randn(4, 25, d, requires_grad=True)
         old = vq.embed.clone()
         q, idx, commit = vq(x)
-        ref_idx = vq_lookup_reference(x.detach().reshape(-1, d), old)[0]
-        assert idx.shape == (4, 25) and torch.equal(idx.reshape(-1), ref_idx)
+        flat = x.detach().reshape(-1, d)
+        ref_idx = vq_lookup_reference(flat, old)[0]
+        assert idx.shape == (4, 25)
+        # equal to the reference except where fp32 rounding decides a near-tie
+        true = torch.cdist(flat.double(), old.double()).pow(2)
+        rows = torch.arange(flat.shape[0])
+        assert torch.all(true[rows, idx.reshape(-1)] - true[rows, ref_idx] <= 1e-4)
+        assert (idx.reshape(-1) == ref_idx).float().mean() >= 0.98
         # pre-update codebook rows; x + (q - x) is q up to one rounding
         torch.testing.assert_close(q.detach(), old[idx], rtol=0, atol=1e-6)
         g = torch.randn_like(q)
@@ -59,7 +64,7 @@ def test_forward_and_ema_match_plain_torch(seed, backend):
         ((q * g).sum() + commit).backward()
         ref_commit.backward()
         torch.testing.assert_close(x.grad, g + xx.grad, rtol=1e-5, atol=1e-6)  # straight-through
-        embed, count, total = _plain_ema(embed, count, total, x.detach().reshape(-1, d), decay, eps)
+        embed, count, total = _plain_ema(embed, count, total, flat, idx.reshape(-1), decay, eps)
         torch.testing.assert_close(vq.embed, embed, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(vq.ema_count, count, rtol=1e-6, atol=1e-6)
     vq.eval()
@@ -139,9 +144,12 @@ def _worker(rank, port, x, init_state, out):
 def test_two_ranks_reduce_ema_statistics(seed):
     """Each rank sees half the batch; counts/sums are all-reduced, so both ranks end with the
     single-process codebook on the whole batch (and identical restarted codes)."""
-    x = torch.randn(120, 5)
+    # small integers: exact distances, so each rank's chunked lookup on its half picks exactly
+    # the codes the single process picks (no near-tie can round differently)
+    x = torch.randint(-3, 4, (120, 5)).float()
     single = VectorQuantizer(24, 5, decay=0.4, dead_code_threshold=0.5, backend="torch")
     with torch.no_grad():
+        single.embed.copy_(torch.randint(-3, 4, (24, 5)).float())
         single.embed[-4:] += 100.0  # never nearest: restarted after one step (0.4 < 0.5)
         single.ema_sum.copy_(single.embed)
     init_state = {k: v.clone() for k, v in single.state_dict().items()}
