@@ -1,9 +1,11 @@
 """2-process training runs for the checkpoint tests: launch, then read metrics / sample-id logs."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,9 @@ def launch(run_dir: Path, overrides: list[str], env: dict | None = None, kill_at
     """torchrun 2 processes of launch/pretrain.py; returns the exit code. `kill_at_step`: SIGKILL the
     whole process group as soon as metrics.jsonl shows that step."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "--nproc_per_node", "2",
            str(REPO / "launch" / "pretrain.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
            *COMMON, f"run.dir={run_dir}", *overrides]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MEGASPEECH_LOG_SAMPLES": "1", **(env or {})}
@@ -46,7 +50,16 @@ def launch(run_dir: Path, overrides: list[str], env: dict | None = None, kill_at
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            # DeepSpeed's shared-memory all-reduce buffers (~70 MB per rank) outlive killed ranks.
+            for f in glob.glob(f"/dev/shm/deepspeed_*_{port}_*"):
+                os.unlink(f)
     return proc.returncode
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -16,15 +16,16 @@ TP2 = ["parallel.tensor=2", "parallel.pipeline=1", "checkpoint.interval=2", "che
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """One run dir: crash inside the save of step 4, resume and SIGKILL at a random step in
-    [5, STEPS-1], resume to the end. Snapshots of the checkpoint dir after each phase."""
+    [5, STEPS-2], resume to the end. Snapshots of the checkpoint dir after each phase."""
     run = tmp_path_factory.mktemp("interrupted") / "run"
     ck = run / "checkpoints"
     rc_crash = launch(run, TP2, env={"MEGASPEECH_CRASH_IN_SAVE": "4"})
+    assert (ck / "latest").is_file(), f"the run died before its first checkpoint; see {run}/launch.log"
     after_crash = {"dirs": sorted(p.name for p in ck.iterdir()), "latest": (ck / "latest").read_text(),
                    "tmp_files": sorted(p.name for p in (ck / "step00000004.tmp").iterdir())
                    if (ck / "step00000004.tmp").is_dir() else [], "losses": losses(run)}
     seed = int.from_bytes(os.urandom(4), "little")
-    kill_at = random.Random(seed).randint(5, STEPS - 1)
+    kill_at = random.Random(seed).randint(5, STEPS - 2)  # >= 2 steps left to kill
     print(f"SIGKILL at step {kill_at} (seed {seed})")
     rc_kill = launch(run, TP2, kill_at_step=kill_at)
     n_killed = len(losses(run))
