@@ -6,7 +6,11 @@ It is launch/pretrain.py (same trainer, parallel layouts, checkpoints, metrics) 
 the data is what a text-to-token model needs: every source is a `speech` dataset of supervised pairs
 (codes + transcript `text`) and data.asr_fraction is 0, so every pair is rendered as
     <|bos|> transcript <|begin_of_speech|> codes <|end_of_speech|>
-which is exactly the prompt megaspeech/synth/generate.py continues. The loss covers the transcript
+which is exactly the prompt megaspeech/synth/generate.py continues.
+
+Quality check (no training): WER of codes generated for held-out transcripts, read back through the
+speech tokenizer's ASR path (megaspeech/synth/evaluate.py), for the checkpoint in run.dir:
+    python launch/train_text_to_token.py --config ... --eval-heldout DIR --speech-tokenizer DIR The loss covers the transcript
 tokens too (the data pipeline has no per-modality loss mask yet); `loss_speech` in metrics.jsonl is
 the text-to-token loss proper.
 """
@@ -46,11 +50,37 @@ def check_tts_data(cfg: PretrainConfig) -> list[str]:
     return errors
 
 
+def evaluate(cfg: PretrainConfig, args) -> int:
+    from megaspeech.data.text import TextTokenizer
+    from megaspeech.synth.evaluate import generated_wer, heldout_transcripts
+    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator, load_decoder
+    tok = TextTokenizer.from_dir(args.text_tokenizer)
+    model, vocab, version = load_decoder(cfg.run.dir)
+    tok.vocab.check_same(vocab, f"text-to-token model {cfg.run.dir}")
+    gen = SpeechGenerator(model, vocab, GenerationConfig(batch_size=32), version)
+    refs = heldout_transcripts(args.eval_heldout, tok, args.eval_limit)
+    res = generated_wer(gen, tok, args.speech_tokenizer, refs)
+    print(json.dumps({"model": version, **res, "speech_codes_per_s": round(gen.codes_per_second, 1)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg, _ = parse_args(PretrainConfig, __doc__, argv,
-                        extra=lambda p: (p.add_argument("--dry-run", action="store_true"),
-                                         p.add_argument("--world-size", type=int, default=None)))
+
+    def extra(p):
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--world-size", type=int, default=None)
+        p.add_argument("--eval-heldout", default=None, help="held-out speech/audio dataset: report WER, do not train")
+        p.add_argument("--speech-tokenizer", default=None, help="speech tokenizer dir (with --eval-heldout)")
+        p.add_argument("--text-tokenizer", default=str(Path(__file__).resolve().parents[1] / "megaspeech/demo/tokenizer"),
+                       help="dir with vocab.json + SentencePiece model (with --eval-heldout)")
+        p.add_argument("--eval-limit", type=int, default=100)
+    cfg, args = parse_args(PretrainConfig, __doc__, argv, extra=extra)
+    if args.eval_heldout:
+        if not args.speech_tokenizer:
+            print("config error: --eval-heldout needs --speech-tokenizer DIR", file=sys.stderr)
+            return 2
+        return evaluate(cfg, args)
     errors = check_tts_data(cfg)
     if errors:
         print("config error: " + json.dumps(errors, indent=1), file=sys.stderr)

@@ -82,3 +82,13 @@ def write_pair_dataset(out: Path, docs, vocab, starts_word, words_per_pair=(4, 1
                 n += 1
                 i = j
     return out
+
+
+@pytest.fixture(scope="session")
+def speech_tokenizer(tmp_path_factory):
+    from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer
+    cfg = TokenizerConfig(codebook_size=1024)
+    model, whisper = build_tokenizer(cfg)  # untrained codebook: the pipeline, not the code quality, is tested
+    d = tmp_path_factory.mktemp("stok") / "tokenizer"
+    save_tokenizer(d, model, cfg, whisper)
+    return d

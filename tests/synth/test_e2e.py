@@ -21,7 +21,7 @@ SMALL = ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidden_size=2
          "metrics.wandb=disabled", "metrics.tensorboard=false"]
 
 
-def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word):
+def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word, speech_tokenizer):
     vocab = Vocab.load(DEMO / "vocab.json")
     vocab.sp_model = str(demo_tok.path)
     docs = list(read_shard(DEMO / "part-00000-000001.tar", "text"))
@@ -41,6 +41,17 @@ def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word):
     assert p.returncode == 0, p.stderr[-4000:]
     rows = read_metrics(t2t)
     assert rows[-1]["loss_speech"] < rows[0]["loss_speech"] - 0.5
+    # quality-check mode (acceptance 4 plumbing): codes for held-out transcripts, read back by the speech
+    # tokenizer's ASR path. The toy model was trained on generated codes and the tokenizer here is untrained,
+    # so only the mechanics are checked, not the WER value.
+    ev = subprocess.run([sys.executable, "launch/train_text_to_token.py", "--config", "configs/text_to_token_tiny.yaml",
+                         f"run.dir={t2t}", *SMALL, "--eval-heldout", str(pairs), "--speech-tokenizer",
+                         str(speech_tokenizer), "--eval-limit", "3"],
+                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    res = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert res["utterances"] == 3 and res["wer"] >= 0 and res["codes_per_word"] > 0 and len(res["examples"]) == 3
+    assert res["model"].startswith("step00000012@")
     bad = subprocess.run([sys.executable, "launch/train_text_to_token.py", "--config", "configs/text_to_token_tiny.yaml",
                           "data.asr_fraction=0.5", f"data.sources=[{{name: text, path: {text}}}]"],
                          cwd=ROOT, capture_output=True, text=True)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from megaspeech.data.shards import ShardWriter, open_dataset
 from megaspeech.speech.asr import normalize_text, wer
@@ -27,16 +26,6 @@ for its children, and the national government should encourage learning in every
 
 The treasury reports a surplus this year. The debt has been reduced, and the revenue from customs
 has exceeded every estimate made by the secretary at the opening of the session."""
-
-
-@pytest.fixture(scope="module")
-def speech_tokenizer(tmp_path_factory):
-    from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer
-    cfg = TokenizerConfig(codebook_size=1024)
-    model, whisper = build_tokenizer(cfg)  # untrained codebook: the pipeline, not the code quality, is tested
-    d = tmp_path_factory.mktemp("stok") / "tokenizer"
-    save_tokenizer(d, model, cfg, whisper)
-    return d
 
 
 def test_filter_and_templates():
