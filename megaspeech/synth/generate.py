@@ -188,7 +188,7 @@ class SpeechGenerator:
         """One batch -> raw codes int64 [C_i]. fixed_len: exactly that many codes, no stop (benchmarks)."""
         cfg, B = self.cfg, len(texts)
         lims = [cfg.length_limits(w) for w in n_words]
-        lo = torch.tensor([0 if fixed_len else a for a, _ in lims])
+        lo = torch.tensor([fixed_len if fixed_len else a for a, _ in lims])
         hi = torch.tensor([fixed_len if fixed_len else b for _, b in lims])
         logits = self.lm.prefill([self.prompt(t) for t in texts], int(hi.max()))
         out = torch.zeros(B, int(hi.max()), dtype=torch.long)
