@@ -3,8 +3,9 @@
 
     python benchmarks/checkpoint_io.py --config configs/tiny.yaml [model.hidden_size=512 ...] [--reps 3]
 
-Starts a 1-process group by itself (or runs under torchrun). GB/s = bytes written / seconds, each
-side's own bytes; the best of --reps. Both sides write into the page cache (no fsync on either).
+Starts a 1-process group by itself (or runs under torchrun). GB/s = bytes / seconds, each side's own
+bytes; the median of --reps interleaved repetitions. Saves include an fsync of every file written
+(bytes on disk, not in the page cache) on both sides; loads read what was just written.
 Prints save/load GB/s per side, then `ratio=` (our round trip throughput / torch's) last.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -35,17 +37,17 @@ def dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def best(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def fsync_tree(p: Path) -> None:
+    for f in ([p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def main() -> int:
-    cfg, args = parse_args(PretrainConfig, __doc__, extra=lambda p: p.add_argument("--reps", type=int, default=3))
+    cfg, args = parse_args(PretrainConfig, __doc__, extra=lambda p: p.add_argument("--reps", type=int, default=5))
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(_free_port())}.items():
         os.environ.setdefault(k, v)
@@ -63,33 +65,41 @@ def main() -> int:
     tr.step = 1
     n_params = sum(p.numel() for p in tr.engine.module.parameters())
 
-    tag = [None]
-
-    def save():  # a new step each time, as in training (no overwrite of an existing tag)
-        tr.step += 1
-        tag[0] = tr.save()
-    t_save = best(save, args.reps)
-    ours_bytes = dir_bytes(tr.ckpt_root / tag[0])
-    t_load = best(lambda: ckpt.load(tr.engine, tr.ckpt_root, tag[0], layout, work / "uni"), args.reps)
-
     state = {"module": tr.engine.module.state_dict(), "optimizer": tr.engine.optimizer.state_dict()}
-    plain_files = iter(work / f"plain{i}.pt" for i in range(args.reps))
-
-    def tsave():
-        nonlocal plain
-        plain = next(plain_files)
-        torch.save(state, plain)
-    plain = None
-    t_tsave = best(tsave, args.reps)
-    plain_bytes = plain.stat().st_size
     from deepspeed.runtime.fp16.loss_scaler import LossScaler  # the ZeRO optimizer state holds these
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    def tload():
-        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
-            torch.load(plain, map_location="cpu", weights_only=True)
-    t_tload = best(tload, args.reps)
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    # Interleaved (ours, torch, ours, torch, ...) so load changes on the shared machine hit both sides;
+    # every save is a new step / new file and is fsynced, so both sides measure bytes on disk.
+    t = {"save": [], "load": [], "tsave": [], "tload": []}
+    for i in range(args.reps):
+        tr.step += 1
+
+        def save():
+            tr.save()
+            fsync_tree(tr.ckpt_root / ckpt.tag_for(tr.step))
+        t["save"].append(timed(save))
+        plain = work / f"plain{i}.pt"
+
+        def tsave():
+            torch.save(state, plain)
+            fsync_tree(plain)
+        t["tsave"].append(timed(tsave))
+        tag = ckpt.tag_for(tr.step)
+        t["load"].append(timed(lambda: ckpt.load(tr.engine, tr.ckpt_root, tag, layout, work / "uni")))
+
+        def tload():
+            with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+                torch.load(plain, map_location="cpu", weights_only=True)
+        t["tload"].append(timed(tload))
+    ours_bytes, plain_bytes = dir_bytes(tr.ckpt_root / ckpt.tag_for(tr.step)), plain.stat().st_size
+    t_save, t_load, t_tsave, t_tload = (statistics.median(t[k]) for k in ("save", "load", "tsave", "tload"))
 
     gb = 1e9
     print(f"params={n_params / 1e6:.1f}M  checkpoint={ours_bytes / gb:.3f} GB  torch.save file={plain_bytes / gb:.3f} GB")
