@@ -139,7 +139,10 @@ def _tool_args(job: SlurmJob) -> list[str]:
 
 def _step_command(job: SlurmJob) -> str:
     """The `srun ... &` line: the job step whose processes receive the forwarded SIGUSR1."""
-    srun = f"srun --nodes={job.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
+    # Slurm 22.05-23.02 steps do not inherit the job's --cpus-per-task: without it the launcher and
+    # all its ranks would be confined to one CPU wherever task/affinity or cgroups bind cores.
+    cpus = job.cpus_per_task or '"$SLURM_CPUS_ON_NODE"'
+    srun = f"srun --nodes={job.nodes} --ntasks-per-node=1 --cpus-per-task={cpus} --kill-on-bad-exit=1"
     if job.launcher == "python":
         cmd = [job.python, *_tool_args(job)]
         line = f"{srun} {shlex.join(cmd)}"

@@ -67,7 +67,7 @@ def test_script_parses_and_quotes_overrides(tmp_path):
     f.write_text(script)
     subprocess.run(["bash", "-n", str(f)], check=True)
     srun = [line for line in script.splitlines() if line.strip().startswith("srun ")]
-    assert len(srun) == 1 and "--nodes=4 --ntasks-per-node=1" in srun[0]
+    assert len(srun) == 1 and '--nodes=4 --ntasks-per-node=1 --cpus-per-task="$SLURM_CPUS_ON_NODE"' in srun[0]
     # the per-task command survives two levels of quoting with the node rank left to each task
     inner = srun[0].split("bash -c ", 1)[1]
     words = subprocess.run(["bash", "-c", f"printf '%s\\n' {inner.rstrip(' &')}"],
