@@ -8,13 +8,15 @@ rows are the kept runs in order, padded with zeros to T' = max(new_lengths).
 
 Backends: a Triton forward (one program per output run x D tile) and backward (one program per
 frame tile: grad_h = grad_out[run] * w / sum_w, grad_w = <grad_out[run], h - out[run]> / sum_w);
-a vectorised torch path on CPU (a sparse runs x frames matrix times h, and its backward). Arithmetic in fp32 (fp64 for fp64 input).
+on CPU a vectorised torch path (one weighted embedding_bag over the kept frames) with the same
+backward in torch. Arithmetic in fp32 (fp64 for fp64 input on the torch paths).
 """
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from kernels._triton import interpreting, pick_backend, tl, triton
 
@@ -104,9 +106,10 @@ def _runs(labels, lengths, blank, mode):
 
 
 class _CTCCompressTorch(torch.autograd.Function):
-    """CPU path: the forward is one sparse (runs x frames) @ dense (frames x D) product whose
-    values are the normalised weights w / sum_w, so h is read once and nothing of size
-    B x T x D is allocated; the backward gathers grad rows per kept frame."""
+    """CPU path: the forward is one weighted `embedding_bag` over h's kept frames (bag = run,
+    weights w / sum_w), so h is read once and nothing of size B x T x D is allocated; measured
+    2-3x faster here than a sparse (runs x frames) @ h product, 5-10x faster than index_add_.
+    The backward gathers grad rows per kept frame."""
 
     @staticmethod
     def forward(ctx, h, w, frame_row, n_rows):
@@ -119,10 +122,11 @@ class _CTCCompressTorch(torch.autograd.Function):
         den = torch.zeros(n_rows, dtype=acc, device=h.device).index_add_(0, rows, wk)
         den = torch.where(den != 0, den, torch.ones_like(den))  # zero weight sum: divide by 1
         scale = wk / den[rows]
-        # 3-10x faster here than index_add_ of weighted copies; CSR measured no faster
-        s = torch.sparse_coo_tensor(torch.stack([rows, cols]), scale, (n_rows, b * t),
-                                    is_coalesced=True, check_invariants=False)  # sorted, unique
-        out = torch.sparse.mm(s, hf) if n_rows else hf.new_zeros(0, d)
+        out = hf.new_zeros(0, d)
+        if n_rows:  # bag r = the kept frames of output row r (empty for padding rows -> zeros)
+            offsets = torch.zeros(n_rows, dtype=torch.int64, device=h.device)
+            offsets[1:] = torch.bincount(rows, minlength=n_rows)[:-1].cumsum(0)
+            out = F.embedding_bag(cols, hf, offsets, mode="sum", per_sample_weights=scale)
         ctx.save_for_backward(hf, w, out, rows, cols, den, scale)
         ctx.shape = (b, t, d, h.dtype)
         return out
