@@ -29,24 +29,11 @@ class ExportConfig:
         check(bool(self.out), "out", "set out=<output directory>")
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A step dir, or the `latest` of a checkpoints dir / run dir."""
-    from megaspeech.train.checkpoint import read_latest
-    p = Path(path)
-    if (p / "meta.json").is_file():
-        return p
-    for root in (p, p / "checkpoints"):
-        tag = read_latest(root) if root.is_dir() else None
-        if tag is not None:
-            return root / tag
-    raise FileNotFoundError(f"checkpoint={p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
-                            f"pass a step directory written by launch/pretrain.py")
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(ExportConfig, __doc__, argv)
     from megaspeech.model.hf_export import export_hf
-    src = resolve_checkpoint(cfg.checkpoint)
+    from megaspeech.train.checkpoint import resolve
+    src = resolve(cfg.checkpoint)
     out = export_hf(src, cfg.out, cfg.dtype)
     print(f"exported {src} -> {out}")
     return 0

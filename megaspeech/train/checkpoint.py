@@ -69,6 +69,19 @@ def read_latest(root: Path) -> str | None:
     return tag
 
 
+def resolve(path: str | Path) -> Path:
+    """A step directory (holding meta.json), or the `latest` of a checkpoints dir or of a run dir."""
+    p = Path(path).expanduser()
+    if (p / "meta.json").is_file():
+        return p
+    for root in (p, p / "checkpoints"):
+        tag = read_latest(root) if root.is_dir() else None
+        if tag is not None:
+            return root / tag
+    raise FileNotFoundError(f"{p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
+                            f"pass a step directory written by launch/pretrain.py")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:

@@ -91,10 +91,13 @@ class Trainer:
         policy = self.cfg.run.resume
         if policy == "none":
             return
-        root, tag = (self.ckpt_root, ckpt.read_latest(self.ckpt_root)) if policy == "auto" else \
-            (Path(policy).parent, Path(policy).name)
-        if tag is None:
-            return
+        if policy == "auto":
+            root, tag = self.ckpt_root, ckpt.read_latest(self.ckpt_root)
+            if tag is None:
+                return
+        else:  # a step dir, or another run's (checkpoints) dir: its latest
+            step_dir = ckpt.resolve(policy)
+            root, tag = step_dir.parent, step_dir.name
         check_compatible(self.cfg, ckpt.read_meta(root / tag), root / tag)  # before any weight is read
         client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
                                        universal_root=self.run_dir / "checkpoints_universal")
