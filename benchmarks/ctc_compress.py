@@ -125,7 +125,8 @@ def main():
           f"threads={torch.get_num_threads()} baseline=python loop over runs (ctc_compress_reference)")
     peaks = {}
     for m in METHODS:
-        cmd = [sys.executable, __file__, "--worker", m] + [f"--{k}={getattr(args, k)}" for k in ("b", "t", "d", "v")]
+        cmd = [sys.executable, __file__, "--worker", m]
+        cmd += [f"--{k}={getattr(args, k)}" for k in ("b", "t", "d", "v")]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         peaks[m] = json.loads(out.strip().splitlines()[-1])["peak"]
     res = compare(_inputs(args.b, args.t, args.d, args.v, "cpu"), args, "cpu")

@@ -42,7 +42,8 @@ def _prepare(h, labels, lengths, blank, mode, reduce, probs):
     if tuple(labels.shape[:2]) != (b, t):
         raise ValueError(f"ctc_compress: labels {tuple(labels.shape)} do not match h {tuple(h.shape)}")
     if lengths.shape != (b,) or lengths.is_floating_point():
-        raise ValueError(f"ctc_compress: lengths must be int [B={b}], got {lengths.dtype} {tuple(lengths.shape)}")
+        raise ValueError(f"ctc_compress: lengths must be int [B={b}], "
+                         f"got {lengths.dtype} {tuple(lengths.shape)}")
     if b and (int(lengths.min()) < 0 or int(lengths.max()) > t):
         raise ValueError(f"ctc_compress: lengths must lie in [0, T={t}], got {lengths.tolist()}")
     w = None
@@ -118,7 +119,10 @@ class _CTCCompressTorch(torch.autograd.Function):
         hf = h.reshape(b * t, d).to(acc)
         cols = (frame_row >= 0).nonzero().squeeze(1)  # kept frames, in order
         rows = frame_row[cols]  # their output rows: non-decreasing, so (rows, cols) is sorted
-        wk = torch.ones(cols.numel(), dtype=acc, device=h.device) if w is None else w.reshape(-1)[cols].to(acc)
+        if w is None:
+            wk = torch.ones(cols.numel(), dtype=acc, device=h.device)
+        else:
+            wk = w.reshape(-1)[cols].to(acc)
         den = torch.zeros(n_rows, dtype=acc, device=h.device).index_add_(0, rows, wk)
         den = torch.where(den != 0, den, torch.ones_like(den))  # zero weight sum: divide by 1
         scale = wk / den[rows]
@@ -214,7 +218,8 @@ if triton is not None:
             if NEED_GW:
                 ht = tl.load(h_ptr + fr64[:, None] * D + ds[None, :], mask=kept[:, None] & dm,
                              other=0.0).to(tl.float32)
-                o = tl.load(out_ptr + row64[:, None] * D + ds[None, :], mask=kept[:, None] & dm, other=0.0)
+                o = tl.load(out_ptr + row64[:, None] * D + ds[None, :], mask=kept[:, None] & dm,
+                            other=0.0)
                 gw += tl.sum(g * (ht - o), axis=1)
         if NEED_GW:
             tl.store(gw_ptr + fr, gw / den, mask=fm)

@@ -17,7 +17,9 @@ from kernels.vq_lookup import MODES, vq_lookup
 
 
 def code_stats_reference(indices: torch.Tensor, x: torch.Tensor, codebook_size: int):
-    """Per-code usage count and vector sum. indices int64 [N], x [N, D] -> (float32 [K], float32 [K, D])."""
+    """Per-code usage count and vector sum.
+
+    indices int64 [N], x [N, D] -> (counts float32 [K], sums float32 [K, D])."""
     counts = torch.bincount(indices, minlength=codebook_size).float()
     sums = torch.zeros(codebook_size, x.shape[1], device=x.device).index_add_(0, indices, x.float())
     return counts, sums
@@ -109,7 +111,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"VectorQuantizer: decay={decay}; use a value in [0, 1)")
         self.codebook_size, self.dim, self.decay, self.eps = codebook_size, dim, decay, eps
         self.commitment_weight, self.mode = commitment_weight, mode
-        self.dead_code_threshold, self.process_group, self.backend = dead_code_threshold, process_group, backend
+        self.dead_code_threshold = dead_code_threshold
+        self.process_group, self.backend = process_group, backend
         embed = torch.randn(codebook_size, dim)
         if mode == "cosine":
             embed = F.normalize(embed, dim=1)

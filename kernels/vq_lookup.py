@@ -160,9 +160,11 @@ if triton is not None:
             m = row_ok[:, None] & (ds < D)[None, :]
             # upcast at once: bf16 arithmetic is wrong in the interpreter; the fp32->bf16
             # store is exact for values that came from bf16, so rows stay bit-equal
-            cq = tl.load(c_ptr + idx64[:, None] * stride_c + ds[None, :], mask=m, other=0.0).to(tl.float32)
+            cq = tl.load(c_ptr + idx64[:, None] * stride_c + ds[None, :], mask=m,
+                         other=0.0).to(tl.float32)
             tl.store(q_ptr + rows64[:, None] * stride_q + ds[None, :], cq, mask=m)
-            xt = tl.load(x_ptr + rows64[:, None] * stride_x + ds[None, :], mask=m, other=0.0).to(tl.float32)
+            xt = tl.load(x_ptr + rows64[:, None] * stride_x + ds[None, :], mask=m,
+                         other=0.0).to(tl.float32)
             if COSINE:
                 acc_d += tl.sum(xt * xt, axis=1)
             else:

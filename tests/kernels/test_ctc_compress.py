@@ -45,7 +45,6 @@ def test_reference_gradcheck(seed, mode, reduce):
     h = torch.randn(b, t, d, dtype=torch.float64, requires_grad=True)
     w = (torch.rand(b, t, dtype=torch.float64) + 0.1).requires_grad_(reduce == "weighted")
     lab, lens = _labels(b, t), _lengths(b, t)
-    probs = w if reduce == "weighted" else None
     inputs = (h, w) if reduce == "weighted" else (h,)
 
     def fn(h, *rest):
