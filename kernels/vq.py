@@ -92,7 +92,8 @@ class VectorQuantizer(nn.Module):
     """EMA vector quantiser. forward(x [..., D]) -> (quantized_st [..., D] in x.dtype,
     indices int64 [...], commit_loss scalar float32).
 
-    - quantized_st = x + sg(q - x): values of q (up to one rounding), gradient of identity to x.
+    - quantized_st = q + (x - sg(x)): exactly q's values, identity gradient to x (straight-
+      through; the usual x + sg(q - x) would be off by a rounding of q - x).
     - commit_loss (l2) = commitment_weight * mean ||x - sg(q)||^2 / D = weight * F.mse_loss;
       (cosine) = weight * mean(1 - cos(x, sg(q))). Differentiable w.r.t. x only.
     - In training mode the codebook follows an EMA of the assigned vectors (Laplace-smoothed
@@ -130,7 +131,7 @@ class VectorQuantizer(nn.Module):
         flat = x.reshape(-1, self.dim)
         idx, q, min_dist = vq_lookup(flat.detach(), self.embed, self.mode, backend=self.backend)
         q = q.to(x.dtype)
-        quantized = flat + (q - flat).detach()
+        quantized = q + (flat - flat.detach())  # straight-through, and exactly q's values
         if flat.shape[0] == 0:
             commit = flat.float().sum() * 0.0
         elif self.mode == "l2":

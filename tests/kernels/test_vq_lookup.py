@@ -117,6 +117,11 @@ def test_triton_chunked_launch_and_auto_dispatch(seed):
     ref = vq_lookup_reference(x, c)
     for out in (vq_lookup(x, c, backend="triton", chunk_rows=50), vq_lookup(x, c)):
         assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    wide = torch.zeros(150, 40)
+    wide[:, ::2] = x  # a strided (non-contiguous) view with the same values
+    for backend in BACKENDS:
+        out = vq_lookup(wide[:, ::2], c, backend=backend)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
 def test_bad_input_is_refused():

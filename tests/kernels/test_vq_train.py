@@ -55,8 +55,7 @@ def test_forward_and_ema_match_plain_torch(seed, backend):
         rows = torch.arange(flat.shape[0])
         assert torch.all(true[rows, idx.reshape(-1)] - true[rows, ref_idx] <= 1e-4)
         assert (idx.reshape(-1) == ref_idx).float().mean() >= 0.98
-        # pre-update codebook rows; x + (q - x) is q up to one rounding
-        torch.testing.assert_close(q.detach(), old[idx], rtol=0, atol=1e-6)
+        assert torch.equal(q.detach(), old[idx])  # pre-update codebook rows, exactly
         g = torch.randn_like(q)
         xx = x.detach().clone().requires_grad_()
         ref_commit = 10.0 * F.mse_loss(xx, old[idx])
@@ -82,6 +81,19 @@ def test_cosine_mode_keeps_unit_codes(seed):
     commit.backward()
     assert x.grad.abs().sum() > 0
     torch.testing.assert_close(vq.embed.norm(dim=1), torch.ones(20), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_activations_fp32_codebook(seed, backend):
+    vq = VectorQuantizer(16, 8, backend=backend)
+    x = torch.randn(3, 7, 8).bfloat16().requires_grad_()
+    old = vq.embed.clone()
+    q, idx, commit = vq(x)
+    assert q.dtype == torch.bfloat16 and commit.dtype == torch.float32
+    assert torch.equal(q.detach(), old[idx].bfloat16())
+    commit.backward()
+    expect = 10.0 * 2 * (x.detach().float() - old[idx]) / x.numel()
+    torch.testing.assert_close(x.grad.float(), expect, rtol=1e-2, atol=1e-3)
 
 
 def test_dead_code_restart(seed):
