@@ -1,8 +1,9 @@
 """Submit a megaspeech tool to Slurm (or print the sbatch script with --dry-run).
 
-Training, N nodes x G GPUs, from the same YAML config and overrides the tool takes:
-  python launch/submit.py --config configs/tiny.yaml --nodes 2 --gpus-per-node 8 \\
-      --tool launch/pretrain.py --time 2-00:00:00 --partition gpu train.steps=1000
+Training, N nodes x G GPUs, from the same YAML config and overrides the tool takes (cluster
+settings from a preset, configs/slurm/*.yaml, or flags):
+  python launch/submit.py --slurm configs/slurm/h100.yaml --nodes 16 \\
+      --config configs/9b.yaml --tool launch/pretrain.py train.steps=1000
 Data preparation as a job array of 64 single-process workers (each gets index/count overrides):
   python launch/submit.py --config configs/data/demo.yaml --tool launch/prepare_data.py --tool-arg text \\
       --launcher python --array 64 --index-key text.worker --count-key text.num_workers \\
@@ -31,6 +32,9 @@ from megaspeech.ops.slurm import SlurmJob, render_sbatch  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--slurm", default=None, metavar="FILE",
+                   help="cluster preset YAML (configs/slurm/*.yaml): defaults for the flags below, "
+                        "keys spelled like them (gpus_per_node: 8); flags given here win")
     p.add_argument("--config", required=True, help="the tool's YAML config")
     p.add_argument("--tool", required=True, help="tool script, e.g. launch/pretrain.py")
     p.add_argument("--tool-arg", action="append", default=[], metavar="ARG",
@@ -132,10 +136,39 @@ def submit(job: SlurmJob) -> tuple[str, Path]:
     return res.stdout.strip().split(";")[0], script
 
 
+def apply_preset(p: argparse.ArgumentParser, path: str) -> None:
+    """Use a cluster preset's values as the parser's defaults (explicit flags still override)."""
+    tree = load_yaml_tree(path)
+    allowed = {a.dest for a in p._actions} - {"help", "slurm", "config", "tool", "overrides", "dry_run"}
+    unknown = sorted(set(tree) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; allowed: {sorted(allowed)}")
+    if "env" in tree and isinstance(tree["env"], dict):  # env: {OMP_NUM_THREADS: 8} reads best in YAML
+        tree["env"] = [f"{k}={v}" for k, v in tree["env"].items()]
+    actions = {a.dest: a for a in p._actions}
+    for key, value in tree.items():
+        a = actions[key]
+        if isinstance(a, (argparse._StoreTrueAction,)):
+            ok = isinstance(value, bool)
+        elif isinstance(a, argparse._AppendAction):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif a.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:  # YAML reads 48:00:00 as a base-60 integer: times and partitions must be quoted strings
+            ok = isinstance(value, str)
+        if not ok or (a.choices and value not in a.choices):
+            want = f"one of {list(a.choices)}" if a.choices else (a.type or str).__name__
+            raise ConfigError(f"{path}: {key}: {value!r} is not a valid value ({want}; quote times like \"48:00:00\")")
+    p.set_defaults(**tree)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    args = p.parse_args(argv)
+    known, _ = p.parse_known_args(argv)
     try:
+        if known.slurm:
+            apply_preset(p, known.slurm)
+        args = p.parse_args(argv)
         job = job_from_args(args)
     except ConfigError as e:
         p.exit(2, f"submit: config error: {e}\n")

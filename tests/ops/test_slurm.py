@@ -46,10 +46,8 @@ def slurm_log(run: Path) -> str:
 
 def submit_tiny(cluster: LocalSlurm, run: Path) -> str:
     """The tiny config on 1 node x 2 CPU ranks; checkpoints only at the end and on a signal."""
-    return submit(cluster, "--config", "configs/tiny.yaml", "--tool", "launch/pretrain.py",
-                  "--nodes", "1", "--gpus-per-node", "2", "--device", "cpu", "--cpus-per-task", "2",
-                  "--env", "OMP_NUM_THREADS=1",
-                  f"run.dir={run}", f"train.steps={STEPS}", "checkpoint.interval=0", "train.progress_bar=false")
+    return submit(cluster, "--slurm", "configs/slurm/local_cpu.yaml", "--config", "configs/tiny.yaml",
+                  "--tool", "launch/pretrain.py", "--nodes", "1", f"run.dir={run}", f"train.steps={STEPS}", "checkpoint.interval=0", "train.progress_bar=false")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +74,18 @@ def test_script_parses_and_quotes_overrides(tmp_path):
     assert words[0].endswith("run.resume=auto")
     assert words[1:] == ["", "", ""]  # $HOSTFILE $MASTER_ADDR $MASTER_PORT, unset outside a job
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --signal=B:USR1@300" in script
+
+
+def test_preset_values_are_checked(tmp_path):
+    preset = tmp_path / "cluster.yaml"
+    preset.write_text("time: 48:00:00\n")  # YAML 1.1 reads this as the integer 172800
+    r = subprocess.run([sys.executable, "launch/submit.py", "--slurm", str(preset), "--config", "configs/tiny.yaml",
+                        "--tool", "launch/pretrain.py", "--dry-run"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "time: 172800 is not a valid value" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "launch/submit.py", "--slurm", "configs/slurm/local_cpu.yaml",
+                        "--config", "configs/tiny.yaml", "--tool", "launch/pretrain.py", "--cpus-per-task", "1",
+                        "--dry-run"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "#SBATCH --cpus-per-task=1" in r.stdout and "export OMP_NUM_THREADS=1" in r.stdout  # flag wins
 
 
 def test_two_rank_job_trains_to_completion(reference_run):
@@ -125,7 +135,7 @@ def test_two_node_recipe_matches_one_node(reference_run, tmp_path):
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     job = SlurmJob(tool=str(REPO / "launch/pretrain.py"), config=str(REPO / "configs/tiny.yaml"),
                    log_dir=str(tmp_path), nodes=2, gpus_per_node=1, device="cpu",
-                   overrides=[f"run.dir={run}", "train.steps=2", "train.progress_bar=false"])
+                   overrides=[f"run.dir={run}", "train.steps=1", "train.progress_bar=false"])
     port = str(29000 + int(time.time()) % 1000)
     nodes = [subprocess.Popen(["bash", "-c", node_command(job), str(hostfile), "localhost", port], cwd=REPO,
                               env={**os.environ, "SLURM_NODEID": str(i), "OMP_NUM_THREADS": "1"},
@@ -135,7 +145,7 @@ def test_two_node_recipe_matches_one_node(reference_run, tmp_path):
     logs = "\n".join((tmp_path / f"node{i}.log").read_text() for i in range(2))
     assert codes == [0, 0], logs
     assert logs.count("dist_world_size=2") == 2 and "'127.0.0.1': [1]" in logs  # node 1 holds rank 1
-    ref = [r["loss"] for r in metrics(ref_run)][:2]
+    ref = [r["loss"] for r in metrics(ref_run)][:1]
     assert [r["loss"] for r in metrics(run)] == pytest.approx(ref, rel=1e-6, abs=0)
 
 
