@@ -19,3 +19,17 @@ def test_deepspeed_launcher_tiny_30_steps(tmp_path):
     first, last = sum(r["loss"] for r in rows[:3]) / 3, sum(r["loss"] for r in rows[-3:]) / 3
     assert last < first - 0.25, f"loss did not fall: {first:.3f} -> {last:.3f}"
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step00000030"
+
+    # The same series reaches the metric backends (offline wandb, TensorBoard) and the plot.
+    from megaspeech.train.metrics_backends import read_tensorboard_scalars, read_wandb_history
+    tb = read_tensorboard_scalars(tmp_path / "tensorboard")
+    assert [s for s, _ in tb["loss"]] == list(range(1, 31))
+    assert all(abs(v - r["loss"]) <= 1e-5 * r["loss"] for (_, v), r in zip(tb["loss"], rows))
+    (run,) = [p for p in (tmp_path / "wandb").iterdir() if p.name.startswith("offline-run")]
+    history = [h for h in read_wandb_history(run) if "loss" in h]
+    assert [h["loss"] for h in history] == [r["loss"] for r in rows]
+    import subprocess
+    import sys
+    from tests.trainer.launch_util import ROOT
+    subprocess.run([sys.executable, "launch/plot_metrics.py", str(tmp_path)], cwd=ROOT, check=True, timeout=300)
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
