@@ -112,11 +112,8 @@ def set_rng_state(s: dict) -> None:
 # crashes on those (it calls .float() on every module entry), so they are dropped while saving and
 # put back (as None, which megatron ignores) before a strict load. The methods themselves stay:
 # removing them breaks loading checkpoints that do hold the entries.
-_SAVING = False
-
-
 def _drop_extra_state(module, state_dict, prefix, local_metadata) -> None:
-    if _SAVING and state_dict.get(prefix + "_extra_state", 0) is None:
+    if getattr(module, "_ms_saving", False) and state_dict.get(prefix + "_extra_state", 0) is None:
         del state_dict[prefix + "_extra_state"]
 
 
@@ -124,23 +121,31 @@ def _restore_extra_state(module, state_dict, prefix, *args) -> None:
     state_dict.setdefault(prefix + "_extra_state", None)
 
 
+def _hooked(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if type(m).get_extra_state is not nn.Module.get_extra_state]
+
+
 def install_extra_state_hooks(model: nn.Module) -> None:
     """Idempotent; hooks every module that overrides get_extra_state (megatron-core TP layers)."""
-    for m in model.modules():
-        if type(m).get_extra_state is not nn.Module.get_extra_state and not getattr(m, "_ms_hooked", False):
+    for m in _hooked(model):
+        if not getattr(m, "_ms_hooked", False):
             m.register_state_dict_post_hook(_drop_extra_state)
             m.register_load_state_dict_pre_hook(_restore_extra_state)
             m._ms_hooked = True
 
 
 @contextlib.contextmanager
-def _saving():
-    global _SAVING
-    _SAVING = True
+def _saving(model: nn.Module):
+    """The drop applies inside this block only: other state_dict() callers see megatron's entries."""
+    install_extra_state_hooks(model)
+    mods = _hooked(model)
+    for m in mods:
+        m._ms_saving = True
     try:
         yield
     finally:
-        _SAVING = False
+        for m in mods:
+            m._ms_saving = False
 
 
 # ---- save / load -----------------------------------------------------------------------------
@@ -155,8 +160,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
         shutil.rmtree(root / tmp, ignore_errors=True)  # leftovers of a crashed save
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    install_extra_state_hooks(engine.module)
-    with _saving():
+    with _saving(engine.module):
         engine.save_checkpoint(str(root), tag=tmp, client_state=client_state, save_latest=False)
     torch.save(rank_state, root / tmp / f"rank{rank}.pt")
     if rank == 0 and meta is not None:

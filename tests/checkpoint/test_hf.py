@@ -136,7 +136,7 @@ def test_smollm2_import_export_round_trip(tmp_path):
         with torch.no_grad():
             a, b = orig(ids).logits, new(ids).logits
             assert b.shape[-1] == cfg.padded_vocab_size()
-            assert float((a - b[..., :V]).abs().max()) <= 1e-5
+            assert rel(b[..., :V], a) <= 1e-5  # (exactly 0 with 1 thread: same kernels, same weights)
             ga = orig.generate(ids, max_new_tokens=20, do_sample=False)
             gb = new.generate(ids, max_new_tokens=20, do_sample=False)
         assert ga.shape[1] == ids.shape[1] + 20, "the original stopped early: pick prompts that run 20 tokens"
