@@ -20,7 +20,6 @@ forced at ceil(max_ratio * e) + 2 codes.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -137,7 +136,7 @@ class KVCacheLM:
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """ids int64 [B] (the token at slot self.t of every row) -> logits [B, V'] of the next one."""
-        B, t = ids.shape[0], self.t
+        t = self.t
         if t >= self.max_len:
             raise RuntimeError(f"KV cache full ({self.max_len} slots): raise max_new in prefill()")
         pos = (t - self.pad)[:, None]
@@ -274,6 +273,3 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     digest = hashlib.sha256((ckpt / "meta.json").read_bytes()).hexdigest()[:12]
     return model.to(dtype).eval(), vocab, f"{ckpt.name}@{digest}"
 
-
-def describe(gen: SpeechGenerator) -> str:
-    return json.dumps({"version": gen.version, **gen.stats, "codes_per_s": round(gen.codes_per_second, 1)})
