@@ -157,8 +157,9 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
     rank = dist.get_rank()
     tag, tmp = tag_for(step), tag_for(step) + ".tmp"
     if rank == 0:
-        shutil.rmtree(root / tmp, ignore_errors=True)  # leftovers of a crashed save
         root.mkdir(parents=True, exist_ok=True)
+        for old in root.glob("step*.tmp"):  # leftovers of crashed saves (one save runs at a time)
+            shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     with _saving(engine.module):
         engine.save_checkpoint(str(root), tag=tmp, client_state=client_state, save_latest=False)
@@ -229,12 +230,18 @@ def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[di
                          f"or save with zero_stage>=1")
     if universal:
         dst = universal_root / tag
+        failure = [None]
         if dist.get_rank() == 0:
             log.info("checkpoint %s has TP=%d PP=%d DP=%d, this run TP=%d PP=%d DP=%d: converting to a "
                      "universal checkpoint in %s", src, saved["tp"], saved["pp"], saved["dp"],
                      layout.tp, layout.pp, layout.dp, dst)
-            convert_to_universal(src, dst)
-        dist.barrier()
+            try:
+                convert_to_universal(src, dst)
+            except Exception as e:  # every rank must learn of it, not wait forever
+                failure = [f"{type(e).__name__}: {e}"]
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise RuntimeError(f"converting {src} to a universal checkpoint failed on rank 0: {failure[0]}")
         root, src = universal_root, dst
         engine._config.load_universal_checkpoint = True  # read by engine and ZeRO optimizer at load
     install_extra_state_hooks(engine.module)

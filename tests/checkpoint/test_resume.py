@@ -47,6 +47,7 @@ def test_crash_mid_save_keeps_previous_latest(interrupted, ref_run):
     assert [s for s, _ in resumed[:2]] == [3, 4]
     for s, loss in resumed[:2]:
         assert loss == pytest.approx(ref[s], rel=1e-6, abs=0)
+    assert not list((interrupted["run"] / "checkpoints").glob("*.tmp"))  # later saves removed the debris
 
 
 def test_sigkill_then_resume_is_exact(interrupted, ref_run):
