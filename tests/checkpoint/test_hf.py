@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ckpt_runs import REPO, SP_MODEL, launch, losses
-from ckpt_smollm2 import smollm2_dir
+from tests.checkpoint.ckpt_runs import REPO, SP_MODEL, launch, losses
+from tests.checkpoint.ckpt_smollm2 import smollm2_dir
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import ModelConfig, PretrainConfig
 from megaspeech.data.synthetic import SyntheticLoader

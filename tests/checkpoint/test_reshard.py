@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ckpt_runs import STEPS, launch, losses
+from tests.checkpoint.ckpt_runs import STEPS, launch, losses
 from megaspeech.train.checkpoint import full_state_dict
 
 
