@@ -65,8 +65,10 @@ class SyntheticLoader:
     def state_dict(self) -> dict:
         return {"kind": "synthetic", "batches": self.batches, "dp_size": self.dp_size}
 
-    def load_state_dict(self, sd: dict) -> None:
-        # Row ids are global (index * dp_size + rank), so a new DP size resumes from the global row.
+    def load_state_dict(self, sd: dict | list[dict]) -> None:
+        # Row ids are global (index * dp_size + rank), so a new DP size resumes from the global row;
+        # every old rank yielded the same number of batches, so any one state (or the list) will do.
+        sd = sd[0] if isinstance(sd, list) else sd
         rows_done = sd["batches"] * sd["dp_size"]
         if rows_done % self.dp_size:
             raise ValueError(f"cannot resume synthetic data consumed at dp={sd['dp_size']} with dp={self.dp_size}")

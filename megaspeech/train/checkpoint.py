@@ -215,6 +215,16 @@ def convert_to_universal(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def data_states(step_dir: Path, saved_layout: dict) -> list[dict]:
+    """The data-loader state of every data-parallel rank of a checkpoint, in DP order (saved ranks are
+    numbered TP fastest, then DP: DP index d's first rank is d * tp)."""
+    files = [step_dir / f"rank{d * saved_layout['tp']}.pt" for d in range(saved_layout["dp"])]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {step_dir} lacks {missing}; it is incomplete, resume from another tag")
+    return [torch.load(f, weights_only=True)["data"] for f in files]
+
+
 def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[dict, dict]:
     """Load model / optimizer / LR schedule into `engine` from root/tag; returns (client_state, this
     rank's state). A checkpoint of another TP/PP/DP layout is converted to a universal checkpoint

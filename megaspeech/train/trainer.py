@@ -103,7 +103,11 @@ class Trainer:
                                        universal_root=self.run_dir / "checkpoints_universal")
         self.load_state_dict(client["trainer"])
         ckpt.set_rng_state(rank_state["rng"])
-        self.loader.load_state_dict(rank_state["data"])
+        saved = ckpt.read_meta(root / tag)["layout"]
+        # Same DP size: this rank's own position. Another DP size (elastic): every saved DP rank's
+        # position, from which the loader deals the unread remainder out to the new ranks.
+        self.loader.load_state_dict(rank_state["data"] if saved["dp"] == self.layout.dp
+                                    else ckpt.data_states(root / tag, saved))
         if self.is_logger:
             log.info("resumed from %s at step %d", root / tag, self.step)
 
