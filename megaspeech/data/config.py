@@ -14,6 +14,8 @@
   asr_fraction      supervised speech pairs rendered as ASR (speech then text); the rest as TTS
   document_mask     also emit doc_ids for block-diagonal attention inside packed rows
   num_workers       torch DataLoader worker processes (0: in the training process)
+  loss_modalities   label modalities that count in the loss ([speech]: a text-to-token model is not
+                    trained on its transcripts)
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 from megaspeech.config.load import check
+
+
+MODALITY_IDS = {"text": 0, "speech": 1}  # the batch's `modality` values
 
 
 @dataclass
@@ -58,6 +63,7 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     verify_checksums: bool = True
     asr_fraction: float = 0.5
+    loss_modalities: list[Literal["text", "speech"]] = field(default_factory=lambda: ["text", "speech"])
 
     def __post_init__(self):
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")

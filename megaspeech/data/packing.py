@@ -65,8 +65,10 @@ def format_sample(kind: str, sample: dict, vocab: Vocab, asr: bool) -> tuple[np.
 class Packer:
     """Fixed-length rows from a document stream; `carry` (the cut-off rest) is part of the state."""
 
-    def __init__(self, seq_len: int, micro_batch: int, pad_id: int, document_mask: bool):
+    def __init__(self, seq_len: int, micro_batch: int, pad_id: int, document_mask: bool,
+                 loss_modalities: tuple[int, ...] = (0, 1)):
         self.L, self.B, self.pad_id, self.document_mask = seq_len, micro_batch, pad_id, document_mask
+        self.loss_modalities = np.asarray(loss_modalities, np.uint8)
         self.tok = np.zeros(0, np.int64)
         self.mod = np.zeros(0, np.uint8)
         self.starts: list[tuple[int, int]] = []  # (position in carry, sample id) of documents starting there
@@ -109,7 +111,7 @@ class Packer:
         np.concatenate(mods, out=mbuf[:n])
         idx = np.arange(B)[:, None] * L + np.arange(L + 1)
         rows, mrows = buf[idx], mbuf[idx]
-        loss = (idx[:, 1:] < n).astype(np.float32)
+        loss = ((idx[:, 1:] < n) & np.isin(mrows[:, 1:], self.loss_modalities)).astype(np.float32)
         # carry: from the last row's final token on (it is the next row's first input)
         self.tok, self.mod = buf[B * L:n].copy(), mbuf[B * L:n].copy()
         self.starts = [(p - B * L, s) for p, s in starts if p >= B * L]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megaspeech.data.config import DataConfig
+from megaspeech.data.config import MODALITY_IDS, DataConfig
 from megaspeech.data.mixture import Mixer, SourceStream, merge_source_states
 from megaspeech.data.packing import Packer, format_sample, unit_hash
 from megaspeech.data.shards import Dataset
@@ -42,7 +42,8 @@ class RankPipeline:
                                      verify=cfg.verify_checksums, stats=self.stats)
                         for i, (s, ds) in enumerate(zip(cfg.sources, datasets))]
         self.mixer = Mixer([s.weight for s in cfg.sources])
-        self.packer = Packer(seq_len, micro_batch, vocab.pad_id, cfg.document_mask)
+        self.packer = Packer(seq_len, micro_batch, vocab.pad_id, cfg.document_mask,
+                             tuple(MODALITY_IDS[m] for m in cfg.loss_modalities))
         self.active = np.ones(len(self.streams), bool)
         self.per_source = np.zeros((len(self.streams), 2), np.int64)  # samples, tokens
 

@@ -273,3 +273,15 @@ def test_missing_shard_and_vocab_fail_at_start(tmp_path):
     (paths["text"] / "shard-000002.tar").unlink()
     with pytest.raises(ShardError, match=r"shard-000002\.tar: listed in .* but missing"):
         loaders(cfg, 1)
+
+
+def test_loss_modalities_masks_other_labels():
+    """data.loss_modalities=[speech] (text-to-token training): only speech labels count."""
+    import numpy as np
+
+    from megaspeech.data.packing import Packer
+    docs = iter([(np.arange(1, 6), np.array([0, 0, 1, 1, 1], np.uint8), 0),
+                 (np.arange(6, 12), np.array([0, 0, 0, 1, 1, 1], np.uint8), 1)])
+    batch = Packer(8, 1, 0, False, (1,)).next_batch(lambda: next(docs, None))
+    assert batch["loss_mask"].tolist() == (batch["modality"] == 1).float().tolist()
+    assert batch["loss_mask"].sum() == 4
