@@ -48,17 +48,18 @@ def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """x [B, h, S, hd]; rotates the first 2*cos.shape[-1] dims. Llama rotates halves (interleaved=False);
+    """x [..., S, hd]; rotates the first 2*cos.shape[-1] dims. Llama rotates halves (interleaved=False);
     GLM rotates adjacent pairs (interleaved=True)."""
     rot = 2 * cos.shape[-1]
-    xr, xp = x[..., :rot].float(), x[..., rot:]
+    xr = x[..., :rot].float()
     if interleaved:
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
     else:
         x1, x2 = xr.chunk(2, dim=-1)
         out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return torch.cat((out.to(x.dtype), xp), dim=-1)
+    out = out.to(x.dtype)
+    return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
 
 
 def causal_attention(q, k, v, mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
@@ -104,11 +105,12 @@ class Attention(nn.Module):
         qkv = self.qkv(x)  # [S, B, kv * (group + 2) * hd] (full S even under sequence parallelism)
         S, B = qkv.shape[:2]
         qkv = qkv.view(S, B, self.kv, self.group + 2, self.hd).permute(1, 2, 3, 0, 4)  # [B, kv, g+2, S, hd]
-        q = qkv[:, :, : self.group].reshape(B, self.heads, S, self.hd)
-        k, v = qkv[:, :, self.group], qkv[:, :, self.group + 1]
         tables = rope_tables.__wrapped__ if torch.compiler.is_compiling() else rope_tables  # no cache in graphs
         cos, sin = tables(S, self.rot_dim, self.theta, x.device)
-        q, k = apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
+        # RoPE on the strided views writes fresh contiguous tensors, so the head reshape is free.
+        q = apply_rope(qkv[:, :, : self.group], cos, sin, self.interleaved).reshape(B, self.heads, S, self.hd)
+        k = apply_rope(qkv[:, :, self.group], cos, sin, self.interleaved)
+        v = qkv[:, :, self.group + 1]
         out = causal_attention(q, k, v, mask, self.impl)  # [B, h, S, hd]
         return self.proj(out.permute(2, 0, 1, 3).reshape(S, B, self.heads * self.hd))
 
