@@ -16,9 +16,10 @@ import numpy as np
 from megaspeech.vocab import Vocab
 
 FORMAT = "megaspeech-shards/1"
-KINDS = ("text", "speech", "interleaved")
-REQUIRED = {"text": ("tokens",), "speech": ("codes",), "interleaved": ("tokens", "modality")}
-TOKEN_FIELDS = {"text": ("tokens",), "speech": ("codes", "text"), "interleaved": ("tokens",)}
+KINDS = ("text", "speech", "interleaved", "audio")
+# `audio`: raw speech for the speech tokenizer (audio.flac bytes, optional transcript), no tokens.
+REQUIRED = {"text": ("tokens",), "speech": ("codes",), "interleaved": ("tokens", "modality"), "audio": ("audio.flac",)}
+TOKEN_FIELDS = {"text": ("tokens",), "speech": ("codes", "text"), "interleaved": ("tokens",), "audio": ()}
 PICKLE_EXTS = {"pyd", "pickle", "pkl", "pth", "pt"}
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 

@@ -21,6 +21,8 @@ Sample kinds and their fields (arrays stored as .npy, read with allow_pickle=Fal
                                   <|end_of_speech|>
                modality  uint8 [T] 0 text / 1 speech, per token
                source    str      optional
+  audio        audio.flac bytes   16 kHz mono FLAC, the speech tokenizer's input (no tokens)
+               transcript str     optional; duration, source as above
 Extra fields are allowed: str -> .txt, int/float -> .json, bytes kept as-is (name the field with
 its extension, e.g. `audio.flac`). Pickle payloads (.pyd/.pickle/.pkl/.pth/.pt, object arrays)
 are refused on write and on read.

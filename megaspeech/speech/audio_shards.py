@@ -5,26 +5,13 @@
     duration    float  seconds
     source      str    where it came from (TTS voice + text source, or the input file)
 
-megaspeech.data.shards knows text/speech/interleaved; `register_audio_kind()` adds `audio` to
-its tables (idempotent) until the data module lists it natively.
+The kind itself is declared with the others in megaspeech/data/shard_format.py.
 """
 from __future__ import annotations
-
-import sys
 
 from megaspeech.data import shards
 
 AUDIO_FIELD = "audio.flac"
-
-
-def register_audio_kind() -> None:
-    """Add `audio` to the kind tables of megaspeech.data's shard modules (shared dicts are
-    extended in place; the KINDS tuple is rebound wherever a module imported it)."""
-    shards.REQUIRED.setdefault("audio", (AUDIO_FIELD,))
-    shards.TOKEN_FIELDS.setdefault("audio", ())
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("megaspeech.data.") and "audio" not in getattr(mod, "KINDS", ("audio",)):
-            mod.KINDS = tuple(mod.KINDS) + ("audio",)
 
 
 def audio_bytes(sample: dict, where: str) -> bytes:
@@ -34,5 +21,3 @@ def audio_bytes(sample: dict, where: str) -> bytes:
             return v
     raise shards.ShardError(f"{where}: no audio.<ext> bytes field; write samples with 'audio.flac'")
 
-
-register_audio_kind()
