@@ -13,6 +13,8 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": p.zero_stage},
         "bf16": {"enabled": t.precision == "bf16"},
+        # Accumulate bf16 gradients in fp32 across micro-batches (Megatron's main_grad behaviour).
+        **({"data_types": {"grad_accum_dtype": "fp32"}} if t.precision == "bf16" else {}),
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,  # our metrics module does the logging
