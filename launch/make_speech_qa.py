@@ -73,7 +73,6 @@ def build_parts(cfg: SpeechQAConfig) -> list:
             raise ValueError(f"input={cfg.input}: no passage of >= {cfg.context.words[0]} words found")
         return [items[i:i + cfg.part_size] for i in range(0, len(items), cfg.part_size)]
     from megaspeech.data.shards import Dataset
-    from megaspeech.speech import audio_shards  # noqa: F401 - registers the `audio` kind
     ds = Dataset(_resolve(cfg.input), kind="audio")
     return [(ds.path, s) for s in ds.shards]
 

@@ -18,7 +18,6 @@ from megaspeech.synth.generate import SpeechGenerator
 
 def heldout_transcripts(path: str | Path, tok: TextTokenizer, limit: int) -> list[str]:
     """Up to `limit` reference transcripts of a `speech` (with text) or `audio` dataset."""
-    from megaspeech.speech import audio_shards  # noqa: F401 - registers the `audio` kind
     ds = Dataset(path)
     out = []
     for key, s in ds:

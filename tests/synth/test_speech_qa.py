@@ -71,7 +71,6 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
     assert n >= 4
 
     # unlabeled real speech: faster-whisper pseudo-labels become the contexts
-    from megaspeech.speech import audio_shards  # noqa: F401 - registers the `audio` kind
     from megaspeech.speech.audio import decode_audio, encode_flac
     refs = dict(line.rsplit("(", 1)[::-1] for line in (LIBRIVOX / "transcription").read_text().splitlines())
     audio_dir = tmp_path / "audio"
