@@ -167,17 +167,23 @@ class LocalSlurm:
         """Wait until the job has ended; returns its final job_info.
 
         Slurm keeps a requeued job pending for ~2 minutes (BeginTime); with release_requeued we
-        make it eligible at once (`scontrol update StartTime=now`), which users may do too."""
+        make it eligible 3 s later (`scontrol update StartTime=now+3`), which users may do too."""
         deadline = time.monotonic() + timeout
         info: dict[str, str] = {}
+        released: set[str] = set()  # restart counts already released (release each requeue once)
         while time.monotonic() < deadline:
             info = self.job_info(job_id)
             state = info.get("JobState", "")
             if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                          "BOOT_FAIL", "DEADLINE", "PREEMPTED"):
                 return info
-            if release_requeued and state == "PENDING" and info.get("Reason") == "BeginTime":
-                self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            restarts = info.get("Restarts", "?")
+            if release_requeued and state == "PENDING" and info.get("Reason") == "BeginTime" \
+                    and restarts not in released:
+                # Not `now`: slurmd compares credential times at 1 s resolution, and a relaunch in
+                # the same second as the requeue is refused ("Job credential revoked").
+                self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], check=False)
+                released.add(restarts)
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} not finished after {timeout}s: {info}")
 
