@@ -75,7 +75,8 @@ def main():
     base = load_whisper()
     model, whisper, cfg = load_tokenizer(a.tokenizer)
     K = model.vq.codebook_size
-    print(f"tokenizer={a.tokenizer} split_layer={cfg.split_layer} codebook_size={K} threads={a.threads}")
+    print(f"tokenizer={a.tokenizer} split_layer={cfg.split_layer} unpool={cfg.unpool} codebook_size={K} "
+          f"threads={a.threads}")
     sets = {"librivox": librivox(), "synthetic": synthetic(a.synthetic, a.n_synthetic)}
     results = {}
     all_codes = []
@@ -92,7 +93,7 @@ def main():
         def cont(b):
             pooled, keep = model.pooled(*features(b, model.conv1.in_channels))
             with torch.no_grad():
-                return [whisper.decode_text(t) for t in greedy_decode(whisper, model.post(pooled, keep), keep)]
+                return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(pooled, keep))]
         hyp_cont = batched(cont, audios, a.batch)
         r = {"wer_base": wer(refs, hyp_base), "wer_vq": wer(refs, hyp_vq), "wer_continuous": wer(refs, hyp_cont),
              "utterances": len(items), "audio_s": secs, "tokenize_audio_s_per_s": secs / t_tok}

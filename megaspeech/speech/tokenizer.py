@@ -33,19 +33,26 @@ class TokenizerConfig:
     decay: float = 0.99
     commitment_weight: float = 10.0
     dead_code_threshold: float = 0.0
+    # what the layers above the VQ read: "none" = the 12.5 Hz quantized frames; "repeat" = each
+    # repeated x4 back to 50 Hz (the layout the pre-trained upper layers/decoder expect); see
+    # megaspeech.speech.tokenizer_model
+    unpool: str = "none"
+    silence_mel: float = -0.75  # log-mel value of the silence tail with unpool=repeat (Whisper's padding)
 
     def __post_init__(self):
         check(self.split_layer >= 1, "tokenizer.split_layer", "must be >= 1")
         check(self.pool == 4, "tokenizer.pool", "the 12.5 Hz frame rule (ceil(samples/1280)) assumes pool=4")
         check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2")
         check(0.0 <= self.decay < 1.0, "tokenizer.decay", "must be in [0, 1)")
+        check(self.unpool in ("none", "repeat"), "tokenizer.unpool", "must be 'none' or 'repeat'")
 
 
 def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tuple[SpeechTokenizer, Whisper]:
     """Fresh tokenizer on the pre-trained Whisper (its weights are shared with `whisper.model`)."""
     whisper = whisper or load_whisper(cfg.whisper_ct2_dir, cfg.whisper_cache)
     model = SpeechTokenizer(whisper.model, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
-                            cfg.commitment_weight, cfg.dead_code_threshold)
+                            cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
+                            cfg.silence_mel)
     return model, whisper
 
 
@@ -107,7 +114,8 @@ def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, Tokenize
     whisper = Whisper(hf, Tokenizer.from_file(str(path / "whisper" / "tokenizer.json")),
                       json.loads((path / "whisper" / "meta.json").read_text()))
     model = SpeechTokenizer(hf, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
-                            cfg.commitment_weight, cfg.dead_code_threshold)
+                            cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
+                            cfg.silence_mel)
     model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
     hf.tie_weights()
     return model.eval(), whisper, cfg

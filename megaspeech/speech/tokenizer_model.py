@@ -6,6 +6,18 @@ commitment 10.0), then the remaining encoder layers and the Whisper decoder trai
     -> [B, T, D] -> VQ -> codes int64 [B, T] / quantized [B, T, D] -> layers[split:] -> norm
     -> Whisper decoder (cross-attention over the T quantized frames) -> transcript
 
+`unpool` picks what the layers above the VQ see:
+  "none"   the T quantized 12.5 Hz frames (GLM-4-Voice: the upper layers and the decoder are
+           trained to read 12.5 Hz frames);
+  "repeat" each quantized vector repeated `pool` times back to 50 Hz (frames past the utterance
+           masked), plus the difference between each 50 Hz frame's sinusoidal position embedding
+           and its group's mean (the pooled vector carries the mean); after the utterance, up to
+           Whisper's 30 s window (1500 frames), the states of silence (layers[:split] run once on
+           a constant log-mel of value `silence_mel`, the padding Whisper sees), so the
+           pre-trained upper layers and decoder see the 30 s layout they were trained on. Without
+           that tail the frozen decoder finds no end of speech and loops. Codes are unchanged
+           (still 12.5 Hz, from the utterance's own frames); only the reading side differs.
+
 Frame rule (megaspeech.speech.audio): an utterance of n samples has T = ceil(n / 1280) tokens.
 Each utterance's log-mel is computed on its own 30 s padded window (as Whisper); the model keeps
 only the first 8T mel frames, so tokens cover the real audio (the last token also sees up to
@@ -27,8 +39,13 @@ class SpeechTokenizer(nn.Module):
     """Wraps a transformers WhisperForConditionalGeneration (its modules are reused, not copied)."""
 
     def __init__(self, whisper_model, split_layer: int, codebook_size: int, pool: int = 4,
-                 decay: float = 0.99, commitment_weight: float = 10.0, dead_code_threshold: float = 0.0):
+                 decay: float = 0.99, commitment_weight: float = 10.0, dead_code_threshold: float = 0.0,
+                 unpool: str = "none", silence_mel: float = -0.75):
         super().__init__()
+        if unpool not in ("none", "repeat"):
+            raise ValueError(f"tokenizer.unpool={unpool!r}: must be 'none' or 'repeat'")
+        self.unpool, self.silence_mel = unpool, silence_mel
+        self._silence = None  # cached [1500, D] silence states (eval mode only)
         enc = whisper_model.model.encoder
         n = len(enc.layers)
         if not 0 < split_layer <= n:
@@ -46,12 +63,9 @@ class SpeechTokenizer(nn.Module):
         self.frames_per_token = pool * enc.conv1.stride[0] * enc.conv2.stride[0]  # mel frames per token
 
     # encoder up to the bottleneck ---------------------------------------------------------
-    def pooled(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Continuous 12.5 Hz features before the VQ.
-
-        feats float32 [B, n_mels, >= 8 * max(n_tokens)] (per-utterance 30 s log-mel);
-        n_tokens int64 [B] -> (pooled float32 [B, T, D], keep bool [B, T]), T = max(n_tokens).
-        """
+    def frames50(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """50 Hz hidden states after layers[:split]: feats [B, n_mels, >= 8T], n_tokens int64 [B]
+        -> (x float32 [B, 4T, D], keep50 bool [B, 4T]), T = max(n_tokens)."""
         T = int(n_tokens.max())
         x = feats[:, :, :T * self.frames_per_token]
         # zero mel frames past each utterance's end: the conv stem (kernel 3) then sees at the
@@ -64,38 +78,104 @@ class SpeechTokenizer(nn.Module):
         mask = additive_mask(keep50, x.dtype)
         for layer in self.pre_layers:
             x = layer(x, mask)
+        return x, keep50
+
+    def pooled(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous 12.5 Hz features before the VQ.
+
+        feats float32 [B, n_mels, >= 8 * max(n_tokens)] (per-utterance 30 s log-mel);
+        n_tokens int64 [B] -> (pooled float32 [B, T, D], keep bool [B, T]), T = max(n_tokens).
+        """
+        x, _ = self.frames50(feats, n_tokens)
         pooled = F.avg_pool1d(x.transpose(1, 2), self.pool, self.pool).transpose(1, 2)  # [B, T, D]
-        keep = torch.arange(T)[None, :] < n_tokens[:, None]
+        keep = torch.arange(pooled.shape[1])[None, :] < n_tokens[:, None]
         return pooled, keep
 
-    def post(self, q: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Remaining encoder layers over quantized frames. q [B, T, D], keep bool [B, T] -> [B, T, D]."""
+    def teacher(self, mel30: torch.Tensor) -> torch.Tensor:
+        """The original Whisper encoder (un-pooled, un-quantized, as the base ASR runs it) on the
+        30 s window: mel30 float32 [B, n_mels, 3000] -> float32 [B, 1500, D]. Distillation target."""
+        x = F.gelu(self.conv2(F.gelu(self.conv1(mel30)))).transpose(1, 2) + self.embed_positions.weight
+        for layer in list(self.pre_layers) + list(self.post_layers):
+            x = layer(x, None)
+        return self.enc_norm(x)
+
+    def silence_states(self) -> torch.Tensor:
+        """layers[:split] over 30 s of constant log-mel `silence_mel` -> float32 [1500, D]."""
+        if self._silence is not None and not self.training:
+            return self._silence
+        n = self.embed_positions.weight.shape[0]
+        with torch.no_grad():
+            x = torch.full((1, self.conv1.in_channels, 2 * n), self.silence_mel)
+            x = F.gelu(self.conv2(F.gelu(self.conv1(x)))).transpose(1, 2) + self.embed_positions.weight
+            for layer in self.pre_layers:
+                x = layer(x, None)
+        self._silence = None if self.training else x[0]
+        return x[0]
+
+    def post(self, q: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Remaining encoder layers over quantized frames. q [B, T, D], keep bool [B, T]
+        -> (encoder states [B, T', D], keep' bool [B, T']); T' = T, or max(1500, 4T) with unpool=repeat."""
+        if self.unpool == "repeat":
+            T = q.shape[1]
+            pos = self.embed_positions.weight[:T * self.pool]
+            # the pooled vector holds the group's mean position embedding: restore each frame's own
+            pos_delta = pos - pos.reshape(T, self.pool, -1).mean(1).repeat_interleave(self.pool, 0)
+            q = q.repeat_interleave(self.pool, 1) + pos_delta.to(q.dtype)
+            keep = keep.repeat_interleave(self.pool, 1)
+            sil = self.silence_states().to(q.dtype)
+            n = max(sil.shape[0], q.shape[1])
+            if n > q.shape[1]:
+                q = torch.cat([q, q.new_zeros(q.shape[0], n - q.shape[1], q.shape[2])], 1)
+                keep = torch.cat([keep, keep.new_zeros(keep.shape[0], n - keep.shape[1])], 1)
+            tail = sil[:n].expand(q.shape[0], -1, -1) if n <= sil.shape[0] else q.new_zeros(q.shape)
+            # each utterance: its own frames, then silence up to 30 s (beyond 30 s: no tail)
+            real = keep
+            q = torch.where(real[..., None], q, tail)
+            keep = real | (torch.arange(n) < sil.shape[0])[None, :]
         mask = additive_mask(keep, q.dtype)
         for layer in self.post_layers:
             q = layer(q, mask)
-        return self.enc_norm(q)
+        return self.enc_norm(q), keep
 
     # public API ----------------------------------------------------------------------------
-    def forward(self, feats, n_tokens, text_in, text_out):
+    def forward(self, feats, n_tokens, text_in, text_out, asr_weight: float = 1.0):
         """ASR training step. text_in/text_out int64 [B, S] (decoder inputs / targets, -100 = ignore).
 
         Returns (total loss, dict of float metrics, codes int64 [B, T], keep bool [B, T]).
         """
-        return self.forward_pooled(*self.pooled(feats, n_tokens), text_in, text_out)
+        return self.forward_pooled(*self.pooled(feats, n_tokens), text_in, text_out, asr_weight=asr_weight)
 
-    def forward_pooled(self, pooled, keep, text_in, text_out):
-        """ASR training step from pre-VQ features (pooled [B, T, D], keep bool [B, T]); as forward()."""
+    def forward_pooled(self, pooled, keep, text_in, text_out, teacher=None, asr_weight: float = 1.0,
+                       distill_weight: float = 0.0):
+        """Training step from pre-VQ features (pooled [B, T, D], keep bool [B, T]); as forward().
+
+        loss = asr_weight * CE(decoder over the post-VQ states) + commitment
+             + distill_weight * MSE(post-VQ encoder states, teacher) over real frames, where
+        teacher float32 [B, 1500, D] is self.teacher()'s output on the same audio (the post-VQ
+        states must have the 30 s layout, so distillation needs unpool=repeat). asr_weight=0
+        skips the decoder entirely.
+        """
         # only real frames reach the VQ (padding would pull the EMA codebook towards silence)
         q_flat, codes_flat, commit = self.vq(pooled[keep])
         q = torch.zeros_like(pooled)
         q[keep] = q_flat
         codes = torch.zeros(keep.shape, dtype=torch.long)
         codes[keep] = codes_flat
-        enc = self.post(q, keep)
-        logits = self.proj_out(run_decoder(self.decoder, text_in, enc, keep))
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), text_out.reshape(-1), ignore_index=-100)
-        loss = ce + commit
-        return loss, {"ce": ce.item(), "commit": commit.item()}, codes, keep
+        enc, enc_keep = self.post(q, keep)
+        loss, logs = commit, {"commit": commit.item()}
+        if asr_weight > 0:
+            logits = self.proj_out(run_decoder(self.decoder, text_in, enc, enc_keep))
+            ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), text_out.reshape(-1),
+                                 ignore_index=-100)
+            loss = loss + asr_weight * ce
+            logs["ce"] = ce.item()
+        if distill_weight > 0:
+            if teacher is None or teacher.shape[:2] != enc.shape[:2]:
+                raise ValueError("distillation needs teacher states [B, 1500, D] and tokenizer.unpool=repeat")
+            mse = F.mse_loss(enc[enc_keep], teacher[enc_keep].to(enc.dtype))
+            loss = loss + distill_weight * mse
+            logs["distill"] = mse.item()
+        return loss, logs, codes, keep
 
     @torch.no_grad()
     def tokenize(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -119,7 +199,7 @@ class SpeechTokenizer(nn.Module):
         keep = torch.arange(int(lens.max()))[None, :] < lens[:, None]
         q = torch.zeros(*keep.shape, self.vq.dim)
         q[keep] = self.vq.codebook[torch.cat(list(codes)).long()].float()
-        return self.post(q, keep), keep
+        return self.post(q, keep)
 
     @torch.no_grad()
     def decode_tokens(self, whisper, codes: list[torch.Tensor], max_new_tokens: int = 200) -> list[list[int]]:

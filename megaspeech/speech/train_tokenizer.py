@@ -1,4 +1,8 @@
-"""Training the supervised speech tokenizer on audio shards with the ASR loss (+ VQ commitment).
+"""Training the supervised speech tokenizer on audio shards with the ASR loss (+ VQ commitment),
+and/or distillation: MSE between the post-VQ encoder states and the original (frozen, un-quantized,
+un-pooled) Whisper encoder's states on the same audio (train.distill_weight, needs
+tokenizer.unpool=repeat). Dense per-frame targets generalise where 1,600 transcripts let the
+decoder memorise; with freeze=pre_vq_and_decoder only the layers above the VQ learn.
 
 One process, batched, resumable: RUN_DIR/checkpoint.pt holds model (with VQ EMA buffers),
 optimizer, LR schedule, step and the data position, written atomically; a restarted run continues
@@ -21,7 +25,7 @@ import torch
 
 from megaspeech.config.load import check
 from megaspeech.data.shards import open_dataset
-from megaspeech.speech.audio import decode_audio
+from megaspeech.speech.audio import decode_audio, log_mel
 from megaspeech.speech.audio_shards import audio_bytes
 from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets
 
@@ -43,7 +47,11 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    freeze: Literal["none", "pre_vq", "pre_vq_and_decoder_embeddings"] = "none"
+    # pre_vq_and_decoder: only the encoder layers above the VQ train (the decoder cannot memorise)
+    freeze: Literal["none", "pre_vq", "pre_vq_and_decoder_embeddings", "pre_vq_and_decoder"] = "none"
+    asr_weight: float = 1.0  # weight of the decoder's cross-entropy (0 = decoder not run)
+    distill_weight: float = 0.0  # weight of MSE(post-VQ encoder states, original Whisper encoder)
+    codebook_ema_epochs: int = 0  # EMA (k-means-like) passes over the init vectors before training
     codebook_init_batches: int = 8  # batches of pooled frames sampled to initialise the codebook
     max_seconds: float = 0.0  # wall-clock budget; 0 = none. Stops (and checkpoints) when exceeded
     checkpoint_every: int = 100
@@ -55,6 +63,8 @@ class TrainConfig:
         check(self.batch_size > 0, "train.batch_size", "must be > 0")
         check(self.lr > 0, "train.lr", "must be > 0")
         check(self.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
+        check(self.asr_weight > 0 or self.distill_weight > 0, "train.asr_weight",
+              "asr_weight or distill_weight must be > 0")
 
 
 @dataclass
@@ -124,22 +134,30 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def _freeze(model, how: str) -> None:
-    if how in ("pre_vq", "pre_vq_and_decoder_embeddings"):
+    if how in ("pre_vq", "pre_vq_and_decoder_embeddings", "pre_vq_and_decoder"):
         for m in (model.conv1, model.conv2, model.embed_positions, model.pre_layers):
             m.requires_grad_(False)
     if how == "pre_vq_and_decoder_embeddings":  # the 51k x D tied embedding is most of tiny's weights
         model.decoder.embed_tokens.requires_grad_(False)
+    if how == "pre_vq_and_decoder":
+        model.decoder.requires_grad_(False)
 
 
 @torch.no_grad()
-def _pooled_cache(model, data: AudioBatches, chunk: int = 16) -> list[torch.Tensor]:
+def _pooled_cache(model, data: AudioBatches, teacher: bool, chunk: int = 16):
+    """Per utterance: pooled pre-VQ features [T_i, D], and (teacher=True) the original encoder's
+    states [1500, D], computed before any training step or resume so they are the frozen teacher."""
     model.eval()
-    out = []
+    out, tout = [], []
     for s in range(0, len(data.items), chunk):
         audios, _ = data._load(range(s, min(s + chunk, len(data.items))))
-        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+        feats, n_tok = features(audios, model.conv1.in_channels)
+        pooled, keep = model.pooled(feats, n_tok)
         out.extend(p[k].clone() for p, k in zip(pooled, keep))
-    return out
+        if teacher:  # the original encoder on the 30 s window, stored in float16 (1500 x D each)
+            mel30 = torch.from_numpy(np.stack([log_mel(a, model.conv1.in_channels) for a in audios]))
+            tout.extend(model.teacher(mel30).half())
+    return out, (tout if teacher else None)
 
 
 def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,11 +188,16 @@ def train(cfg: Config, log=print) -> dict:
     data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    cache = None
+    cache = tcache = None
+    distill = cfg.train.distill_weight > 0
+    check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
+          "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
+    check(not distill or cfg.train.freeze != "none", "train.distill_weight",
+          "distillation uses cached teacher states: set train.freeze to a pre_vq option")
     if cfg.train.freeze != "none":
         # the layers below the VQ are fixed: compute their 12.5 Hz output once per utterance
         # (the CPU-saving path; gradients then reach only the layers above the bottleneck)
-        cache = _pooled_cache(model, data)
+        cache, tcache = _pooled_cache(model, data, teacher=distill)
         log(f"cached pre-VQ features of {len(cache)} utterances")
     step = 0
     ckpt = run / "checkpoint.pt"
@@ -193,7 +216,14 @@ def train(cfg: Config, log=print) -> dict:
                 for audios, _ in data.peek(cfg.train.codebook_init_batches):
                     pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
                     vecs.append(pooled[keep])
-        model.init_codebook(torch.cat(vecs), torch.Generator().manual_seed(cfg.run.seed))
+        vecs = torch.cat(vecs)
+        gen = torch.Generator().manual_seed(cfg.run.seed)
+        model.init_codebook(vecs, gen)
+        model.vq.train()
+        with torch.no_grad():  # EMA passes = online k-means on the frozen pre-VQ features
+            for _ in range(cfg.train.codebook_ema_epochs):
+                for chunk in vecs[torch.randperm(len(vecs), generator=gen)].split(4096):
+                    model.vq(chunk)
 
     def save():
         _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "data": data.state_dict(),
@@ -203,40 +233,42 @@ def train(cfg: Config, log=print) -> dict:
     model.train()
     t_start = t_win = time.time()
     last = {}
-    acc = {"ce": 0.0, "commit": 0.0, "n": 0, "audio_s": 0.0, "codes": []}
+    acc = {"n": 0, "audio_s": 0.0, "codes": []}
     with open(run / "metrics.jsonl", "a") as mf:
         while step < cfg.train.steps:
             idx = data.next_indices()
             texts = [data.items[i][2] for i in idx]
-            text_in, text_out = text_targets(whisper, texts)
+            text_in, text_out = text_targets(whisper, texts) if cfg.train.asr_weight > 0 else (None, None)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train)
             if cache is not None:
                 pooled, keep = _pad([cache[i] for i in idx])
-                loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out)
+                teacher = torch.stack([tcache[i] for i in idx]) if distill else None
+                loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
+                                                               cfg.train.asr_weight, cfg.train.distill_weight)
             else:
                 feats, n_tok = features(data._load(idx)[0], model.conv1.in_channels)
-                loss, logs, codes, keep = model(feats, n_tok, text_in, text_out)
+                loss, logs, codes, keep = model(feats, n_tok, text_in, text_out, cfg.train.asr_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             opt.step()
             step += 1
-            acc["ce"] += logs["ce"]
-            acc["commit"] += logs["commit"]
+            for k, v in logs.items():
+                acc[k] = acc.get(k, 0.0) + v
             acc["n"] += 1
             acc["audio_s"] += int(keep.sum()) * 0.08  # 80 ms per token
             acc["codes"].append(codes[keep])
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 now = time.time()
-                last = {"step": step, "ce": acc["ce"] / acc["n"], "commit": acc["commit"] / acc["n"],
+                last = {"step": step, **{k: acc[k] / acc["n"] for k in logs},
                         "perplexity": float(model.vq.perplexity(torch.cat(acc["codes"]))),
                         "lr": lr_at(step - 1, cfg.train), "grad_norm": float(gnorm),
                         "audio_s_per_s": acc["audio_s"] / (now - t_win), "elapsed_s": now - t_start}
                 mf.write(json.dumps(last) + "\n")
                 mf.flush()
                 log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
-                acc = {"ce": 0.0, "commit": 0.0, "n": 0, "audio_s": 0.0, "codes": []}
+                acc = {"n": 0, "audio_s": 0.0, "codes": []}
                 t_win = now
             out_of_time = cfg.train.max_seconds and time.time() - t_start > cfg.train.max_seconds
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or out_of_time:

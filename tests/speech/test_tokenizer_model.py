@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from megaspeech.speech.asr import greedy_decode
-from megaspeech.speech.audio import decode_audio
+from megaspeech.speech.audio import decode_audio, log_mel
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text, features,
                                          load_tokenizer, save_tokenizer, text_targets, tokenize_audios)
 from tests.speech.conftest import librivox_items
@@ -46,7 +46,7 @@ def test_quantized_path_equals_continuous_when_codebook_holds_the_features(whisp
     model.init_codebook(pooled[keep], torch.Generator().manual_seed(0))  # every frame is a code
     codes = tokenize_audios(model, [a])
     assert sorted(codes[0].tolist()) == sorted(set(codes[0].tolist()))  # distinct frames, distinct codes
-    cont = greedy_decode(whisper, model.post(pooled, keep), keep)
+    cont = greedy_decode(whisper, *model.post(pooled, keep))
     via_codes = decode_tokens_to_text(model, whisper, codes)
     assert via_codes == [whisper.decode_text(cont[0])]
     assert len(via_codes[0].split()) >= 3
@@ -76,3 +76,49 @@ def test_training_step_sends_asr_gradient_through_the_bottleneck(whisper):
     assert not torch.equal(before, model.vq.codebook)  # EMA update in train mode
     assert model.vq.codebook.grad is None
     assert keep.sum().item() == n_tok.sum().item()
+
+
+def test_unpool_repeat_keeps_codes_and_reads_50hz_and_distills(whisper):
+    """unpool=repeat: codes still follow the 12.5 Hz rule; the layers above the VQ read 4 frames per
+    code (masked past each utterance, batch independent); the quantized path equals the continuous
+    one when the codebook holds the pooled frames; the distillation loss trains only those layers."""
+    torch.manual_seed(0)
+    items = librivox_items()[1:3]
+    auds = [decode_audio(p) for p, _ in items]
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=3, codebook_size=256, unpool="repeat"), whisper)
+    model.eval()
+    feats, n_tok = features(auds)
+    pooled, keep = model.pooled(feats, n_tok)
+    assert int(keep.sum()) <= 256
+    model.init_codebook(torch.cat([pooled[keep]] * 4), torch.Generator().manual_seed(0))
+    model.vq.embed[:int(keep.sum())] = pooled[keep]  # every real frame is its own code
+    codes = tokenize_audios(model, auds)
+    assert [len(c) for c in codes] == n_tok.tolist()
+    enc_q, keep_q = model.codes_to_encoder_states([torch.from_numpy(c) for c in codes])
+    enc_c, keep_c = model.post(pooled, keep)
+    assert enc_c.shape[:2] == keep_c.shape == (2, 1500) and bool(keep_c.all())  # Whisper's 30 s layout
+    torch.testing.assert_close(enc_q, enc_c, rtol=0, atol=1e-4)
+    # each utterance reads its own 4 T frames then the silence tail: alone == batched
+    short = int(n_tok.argmin())
+    enc_1, _ = model.post(pooled[short:short + 1, :int(n_tok[short])], keep[short:short + 1, :int(n_tok[short])])
+    torch.testing.assert_close(enc_1[0], enc_c[short], rtol=0, atol=1e-4)
+    # distillation against the original 30 s encoder: gradient reaches the post-VQ layers only
+    mel30 = torch.from_numpy(np.stack([log_mel(a) for a in auds]))
+    with torch.no_grad():
+        teacher = model.teacher(mel30)
+        torch.testing.assert_close(teacher, whisper.model.model.encoder(mel30).last_hidden_state,
+                                   rtol=0, atol=1e-4)
+    assert teacher.shape == enc_c.shape
+    model.train()
+    model.zero_grad(set_to_none=True)  # the session's Whisper is shared with other tests
+    model.decoder.requires_grad_(False)
+    try:
+        loss, logs, _, _ = model.forward_pooled(pooled, keep, None, None, teacher, asr_weight=0.0,
+                                                distill_weight=1.0)
+        loss.backward()
+        assert logs["distill"] > 0 and "ce" not in logs
+        assert model.post_layers[0].fc1.weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in model.decoder.parameters())
+    finally:
+        model.decoder.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
