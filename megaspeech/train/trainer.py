@@ -98,12 +98,13 @@ class Trainer:
         else:  # a step dir, or another run's (checkpoints) dir: its latest
             step_dir = ckpt.resolve(policy)
             root, tag = step_dir.parent, step_dir.name
-        check_compatible(self.cfg, ckpt.read_meta(root / tag), root / tag)  # before any weight is read
+        meta = ckpt.read_meta(root / tag)
+        check_compatible(self.cfg, meta, root / tag)  # before any weight is read
         client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
                                        universal_root=self.run_dir / "checkpoints_universal")
         self.load_state_dict(client["trainer"])
         ckpt.set_rng_state(rank_state["rng"])
-        saved = ckpt.read_meta(root / tag)["layout"]
+        saved = meta["layout"]
         # Same DP size: this rank's own position. Another DP size (elastic): every saved DP rank's
         # position, from which the loader deals the unread remainder out to the new ranks.
         self.loader.load_state_dict(rank_state["data"] if saved["dp"] == self.layout.dp
