@@ -5,11 +5,12 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.trainer.launch_util import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SP_MODEL = REPO / "megaspeech" / "demo" / "tokenizer" / "tokenizer.model"
@@ -27,7 +28,7 @@ def launch(run_dir: Path, overrides: list[str], env: dict | None = None, kill_at
     """torchrun 2 processes of launch/pretrain.py; returns the exit code. `kill_at_step`: SIGKILL the
     whole process group as soon as metrics.jsonl shows that step."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "--nproc_per_node", "2",
            str(REPO / "launch" / "pretrain.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
@@ -54,12 +55,6 @@ def launch(run_dir: Path, overrides: list[str], env: dict | None = None, kill_at
             for f in glob.glob(f"/dev/shm/deepspeed_*_{port}_*"):
                 os.unlink(f)
     return proc.returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jsonl(path: Path) -> list[dict]:
