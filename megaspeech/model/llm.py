@@ -203,9 +203,11 @@ class DecoderLM(nn.Module):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | None, doc_ids: torch.Tensor | None = None,
+                embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [S, B, H] (e.g. megaspeech.model.bridge.splice) replaces the token embedding."""
         mask = document_mask(doc_ids) if doc_ids is not None else None
-        x = self.embedding(input_ids)
+        x = self.embedding(input_ids) if embeds is None else embeds
         for block in self.blocks:
             x = block(x, mask)
         return self.head(x)

@@ -1,0 +1,92 @@
+"""Speech-to-LM bridge (arXiv 2312.03668, HuBERT+GPT): shortens a speech encoder's frames to about
+one vector per text unit and maps them into the LM's embedding space.
+
+    frames h [B, T, D_speech] (50 Hz encoder states) --ctc_head--> logits [B, T, V_ctc]
+      kind "ctc":  runs of equal argmax label -> one vector each (blank runs dropped), the
+                   probability-weighted mean of the run's frames (kernels.ctc_compress), trained
+                   with a CTC loss on the transcript so the runs follow the text units
+      kind "conv": a strided Conv1d (the paper's downsampling alternative; no CTC head)
+    -> projector (Linear, GELU, Linear) -> speech embeddings [B, T', H_lm], lengths [B]
+
+`splice` places the speech embeddings in front of the text token embeddings, the layout the LM
+then reads ([S, B, H], DecoderLM.forward(embeds=...)). The continuous-speech pipeline (LaSyn's
+latent synthesizer feeds the same bridge from text) builds on this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.ctc_compress import ctc_compress
+
+
+@dataclass
+class BridgeOutput:
+    embeds: torch.Tensor  # [B, T', H_lm], zero past lengths
+    lengths: torch.Tensor  # int64 [B]
+    ctc_logits: torch.Tensor | None  # [B, T, V_ctc] (kind "ctc")
+
+
+class SpeechBridge(nn.Module):
+    def __init__(self, speech_dim: int, lm_dim: int, kind: Literal["ctc", "conv"] = "ctc",
+                 ctc_vocab: int = 0, blank: int = 0, reduce: Literal["mean", "weighted"] = "weighted",
+                 stride: int = 4, hidden: int | None = None):
+        super().__init__()
+        if kind not in ("ctc", "conv"):
+            raise ValueError(f"bridge.kind={kind!r}: use 'ctc' or 'conv'")
+        if kind == "ctc" and not 0 <= blank < ctc_vocab:
+            raise ValueError(f"bridge: blank={blank} must be a label of the CTC vocabulary "
+                             f"(ctc_vocab={ctc_vocab}); set bridge.ctc_vocab to the transcript units + blank")
+        self.kind, self.blank, self.reduce, self.stride = kind, blank, reduce, stride
+        if kind == "ctc":
+            self.ctc_head = nn.Linear(speech_dim, ctc_vocab)
+        else:
+            self.down = nn.Conv1d(speech_dim, speech_dim, stride, stride)
+        hidden = hidden or lm_dim
+        self.proj = nn.Sequential(nn.Linear(speech_dim, hidden), nn.GELU(), nn.Linear(hidden, lm_dim))
+
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> BridgeOutput:
+        """h [B, T, D_speech], lengths int [B] (valid frames) -> BridgeOutput."""
+        logits = None
+        if self.kind == "ctc":
+            logits = self.ctc_head(h)
+            # labels from the argmax; weights = the argmax label's probability (differentiable,
+            # so the LM loss also reaches the CTC head)
+            probs = logits.float().softmax(-1).amax(-1) if self.reduce == "weighted" else None
+            x, lengths = ctc_compress(h, logits.detach().argmax(-1), lengths, self.blank,
+                                      mode="remove_blank", reduce=self.reduce, probs=probs)
+        else:
+            x = self.down(h.transpose(1, 2)).transpose(1, 2)
+            lengths = torch.div(lengths, self.stride, rounding_mode="floor").clamp(max=x.shape[1])
+        keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        return BridgeOutput(self.proj(x) * keep[..., None], lengths, logits)
+
+    def ctc_loss(self, out: BridgeOutput, frame_lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lengths: torch.Tensor) -> torch.Tensor:
+        """CTC loss of the head (targets int [B, U] padded, units never the blank), mean over the batch."""
+        if out.ctc_logits is None:
+            raise ValueError("bridge.kind='conv' has no CTC head")
+        logp = out.ctc_logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, V]
+        return F.ctc_loss(logp, targets, frame_lengths, target_lengths, blank=self.blank,
+                          reduction="mean", zero_infinity=True)
+
+
+def splice(speech: BridgeOutput, text_embeds: torch.Tensor, text_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: its speech embeddings, then its text embeddings, left-aligned, zero-padded.
+
+    speech.embeds [B, T', H], text_embeds [B, U, H], text_lengths int [B]
+    -> (embeds [S, B, H] with S = max(len_speech + len_text), lengths int64 [B]).
+    """
+    b, _, hdim = text_embeds.shape
+    total = speech.lengths + text_lengths.to(speech.lengths.device)
+    s = int(total.max()) if b else 0
+    out = text_embeds.new_zeros(b, s, hdim)
+    for i in range(b):  # B small copies; the gradient reaches both sources
+        n, m = int(speech.lengths[i]), int(text_lengths[i])
+        out[i, :n] = speech.embeds[i, :n]
+        out[i, n:n + m] = text_embeds[i, :m]
+    return out.transpose(0, 1), total
