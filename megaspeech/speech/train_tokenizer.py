@@ -47,8 +47,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    # pre_vq_and_decoder: only the encoder layers above the VQ train (the decoder cannot memorise)
-    freeze: Literal["none", "pre_vq", "pre_vq_and_decoder_embeddings", "pre_vq_and_decoder"] = "none"
+    # pre_vq_and_decoder: only the encoder layers above the VQ train (the decoder cannot memorise);
+    # decoder: the whole encoder and the VQ train under the frozen decoder (features per step)
+    freeze: Literal["none", "pre_vq", "pre_vq_and_decoder_embeddings", "pre_vq_and_decoder", "decoder"] = "none"
     asr_weight: float = 1.0  # weight of the decoder's cross-entropy (0 = decoder not run)
     distill_weight: float = 0.0  # weight of MSE(post-VQ encoder states, original Whisper encoder)
     codebook_ema_epochs: int = 0  # EMA (k-means-like) passes over the init vectors before training
@@ -139,14 +140,15 @@ def _freeze(model, how: str) -> None:
             m.requires_grad_(False)
     if how == "pre_vq_and_decoder_embeddings":  # the 51k x D tied embedding is most of tiny's weights
         model.decoder.embed_tokens.requires_grad_(False)
-    if how == "pre_vq_and_decoder":
-        model.decoder.requires_grad_(False)
+    if how in ("pre_vq_and_decoder", "decoder"):
+        model.decoder.requires_grad_(False)  # proj_out is tied to its embedding
 
 
 @torch.no_grad()
 def _pooled_cache(model, data: AudioBatches, teacher: bool, chunk: int = 16):
-    """Per utterance: pooled pre-VQ features [T_i, D], and (teacher=True) the original encoder's
-    states [1500, D], computed before any training step or resume so they are the frozen teacher."""
+    """Per utterance: pooled pre-VQ features [T_i, D] (the training input when the layers below the
+    VQ are frozen, else the codebook's init data), and (teacher=True) the original encoder's states
+    [1500, D], computed before any training step or resume so they are the frozen teacher."""
     model.eval()
     out, tout = [], []
     for s in range(0, len(data.items), chunk):
@@ -192,13 +194,12 @@ def train(cfg: Config, log=print) -> dict:
     distill = cfg.train.distill_weight > 0
     check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
           "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
-    check(not distill or cfg.train.freeze != "none", "train.distill_weight",
-          "distillation uses cached teacher states: set train.freeze to a pre_vq option")
-    if cfg.train.freeze != "none":
-        # the layers below the VQ are fixed: compute their 12.5 Hz output once per utterance
-        # (the CPU-saving path; gradients then reach only the layers above the bottleneck)
+    pre_vq_frozen = cfg.train.freeze.startswith("pre_vq")
+    if pre_vq_frozen or distill:
+        # pre-VQ frozen: compute their 12.5 Hz output once per utterance (the CPU-saving path;
+        # gradients then reach only the layers above the bottleneck); distillation: the teacher
         cache, tcache = _pooled_cache(model, data, teacher=distill)
-        log(f"cached pre-VQ features of {len(cache)} utterances")
+        log(f"cached pre-VQ features{' and teacher states' if distill else ''} of {len(cache)} utterances")
     step = 0
     ckpt = run / "checkpoint.pt"
     if cfg.run.resume and ckpt.is_file():
@@ -211,7 +212,7 @@ def train(cfg: Config, log=print) -> dict:
     else:  # data-dependent codebook init from real pooled frames (no EMA from random points)
         model.eval()
         vecs = list(cache) if cache is not None else []
-        if cache is None:
+        if not vecs:
             with torch.no_grad():
                 for audios, _ in data.peek(cfg.train.codebook_init_batches):
                     pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
@@ -241,14 +242,13 @@ def train(cfg: Config, log=print) -> dict:
             text_in, text_out = text_targets(whisper, texts) if cfg.train.asr_weight > 0 else (None, None)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train)
-            if cache is not None:
+            if pre_vq_frozen:
                 pooled, keep = _pad([cache[i] for i in idx])
-                teacher = torch.stack([tcache[i] for i in idx]) if distill else None
-                loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
-                                                               cfg.train.asr_weight, cfg.train.distill_weight)
             else:
-                feats, n_tok = features(data._load(idx)[0], model.conv1.in_channels)
-                loss, logs, codes, keep = model(feats, n_tok, text_in, text_out, cfg.train.asr_weight)
+                pooled, keep = model.pooled(*features(data._load(idx)[0], model.conv1.in_channels))
+            teacher = torch.stack([tcache[i] for i in idx]) if distill else None
+            loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
+                                                           cfg.train.asr_weight, cfg.train.distill_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -29,30 +30,44 @@ def _audio_shards(path):
             w.write(f"u{i}", {"audio.flac": encode_flac(a), "transcript": t, "duration": len(a) / 16000})
 
 
-def _cfg(tmp_path, steps, whisper_cache):
-    tok = TokenizerConfig(split_layer=3, codebook_size=32, whisper_cache=str(whisper_cache))
+# (tokenizer overrides, train overrides): the paper's 12.5 Hz reading side with cached pre-VQ
+# features; the CPU recipe (whole encoder + VQ under the frozen decoder, ASR + distillation)
+RECIPES = {"cached_pre_vq": ({}, {"freeze": "pre_vq_and_decoder_embeddings"}),
+           "frozen_decoder": ({"unpool": "repeat"}, {"freeze": "decoder", "distill_weight": 1.0})}
+
+
+def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
+    tok_kw, train_kw = RECIPES[recipe]
+    tok = TokenizerConfig(split_layer=3, codebook_size=32, whisper_cache=str(whisper_cache), **tok_kw)
     return Config(run=RunConfig(dir=str(tmp_path / "run"), seed=3),
                   tokenizer=tok,
                   train=TrainConfig(data=str(tmp_path / "audio"), steps=steps, batch_size=2, lr=1e-4,
-                                    warmup_steps=0, min_lr_ratio=1.0, freeze="pre_vq_and_decoder_embeddings",
-                                    checkpoint_every=2, log_every=1))
+                                    warmup_steps=0, min_lr_ratio=1.0, checkpoint_every=2, log_every=1,
+                                    **train_kw))
 
 
-def test_training_resumes_exactly(tmp_path, whisper_cache, whisper):
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     _audio_shards(tmp_path / "audio")
-    full = train(_cfg(tmp_path, 4, whisper_cache), log=lambda *_: None)
+    initial = build_tokenizer(_cfg(tmp_path, 4, whisper_cache, recipe).tokenizer)[0].state_dict()  # fresh weights
+    full = train(_cfg(tmp_path, 4, whisper_cache, recipe), log=lambda *_: None)
     ref = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
     assert all(1 <= x["perplexity"] <= 32 for x in lines)
     shutil.rmtree(tmp_path / "run")
-    train(_cfg(tmp_path, 2, whisper_cache), log=lambda *_: None)  # "interrupted" after 2 steps
-    resumed = train(_cfg(tmp_path, 4, whisper_cache), log=lambda *_: None)
+    train(_cfg(tmp_path, 2, whisper_cache, recipe), log=lambda *_: None)  # "interrupted" after 2 steps
+    resumed = train(_cfg(tmp_path, 4, whisper_cache, recipe), log=lambda *_: None)
     got = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert got["step"] == 4 and got["data"] == ref["data"]
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
-    assert resumed["ce"] == full["ce"]
+    assert resumed["ce"] == full["ce"] and resumed.get("distill") == full.get("distill")
+    # what trains: the layers below the VQ only when they are not frozen; the decoder only when it is not
+    changed = {k for k, v in ref["model"].items() if not torch.equal(v, initial[k])}
+    assert any(k.startswith("post_layers.") for k in changed)
+    assert any(k.startswith("pre_layers.") for k in changed) == (recipe == "frozen_decoder")
+    assert any(k.startswith("decoder.layers.") for k in changed) == (recipe == "cached_pre_vq")
     assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()
 
 
