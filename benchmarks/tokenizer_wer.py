@@ -93,7 +93,7 @@ def main():
         def cont(b):
             pooled, keep = model.pooled(*features(b, model.conv1.in_channels))
             with torch.no_grad():
-                return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(pooled, keep))]
+                return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
         hyp_cont = batched(cont, audios, a.batch)
         r = {"wer_base": wer(refs, hyp_base), "wer_vq": wer(refs, hyp_vq), "wer_continuous": wer(refs, hyp_cont),
              "utterances": len(items), "audio_s": secs, "tokenize_audio_s_per_s": secs / t_tok}

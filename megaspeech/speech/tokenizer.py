@@ -38,6 +38,9 @@ class TokenizerConfig:
     # megaspeech.speech.tokenizer_model
     unpool: str = "none"
     silence_mel: float = -0.75  # log-mel value of the silence tail with unpool=repeat (Whisper's padding)
+    # factorized codes: the VQ works in a learned code_dim-dim projection of the pooled features
+    # (Linear in, codebook lookup, Linear back to D; PCA-initialised); null = the VQ on D itself
+    code_dim: int | None = None
 
     def __post_init__(self):
         check(self.split_layer >= 1, "tokenizer.split_layer", "must be >= 1")
@@ -45,6 +48,7 @@ class TokenizerConfig:
         check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2")
         check(0.0 <= self.decay < 1.0, "tokenizer.decay", "must be in [0, 1)")
         check(self.unpool in ("none", "repeat"), "tokenizer.unpool", "must be 'none' or 'repeat'")
+        check(self.code_dim is None or self.code_dim >= 1, "tokenizer.code_dim", "must be >= 1 or null")
 
 
 def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tuple[SpeechTokenizer, Whisper]:
@@ -52,7 +56,7 @@ def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tup
     whisper = whisper or load_whisper(cfg.whisper_ct2_dir, cfg.whisper_cache)
     model = SpeechTokenizer(whisper.model, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
                             cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
-                            cfg.silence_mel)
+                            cfg.silence_mel, cfg.code_dim)
     return model, whisper
 
 
@@ -115,7 +119,7 @@ def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, Tokenize
                       json.loads((path / "whisper" / "meta.json").read_text()))
     model = SpeechTokenizer(hf, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
                             cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
-                            cfg.silence_mel)
+                            cfg.silence_mel, cfg.code_dim)
     model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
     hf.tie_weights()
     return model.eval(), whisper, cfg

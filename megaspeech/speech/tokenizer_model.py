@@ -40,7 +40,7 @@ class SpeechTokenizer(nn.Module):
 
     def __init__(self, whisper_model, split_layer: int, codebook_size: int, pool: int = 4,
                  decay: float = 0.99, commitment_weight: float = 10.0, dead_code_threshold: float = 0.0,
-                 unpool: str = "none", silence_mel: float = -0.75):
+                 unpool: str = "none", silence_mel: float = -0.75, code_dim: int | None = None):
         super().__init__()
         if unpool not in ("none", "repeat"):
             raise ValueError(f"tokenizer.unpool={unpool!r}: must be 'none' or 'repeat'")
@@ -58,7 +58,11 @@ class SpeechTokenizer(nn.Module):
         self.enc_norm = enc.layer_norm
         self.decoder = whisper_model.model.decoder
         self.proj_out = whisper_model.proj_out  # tied to decoder.embed_tokens
-        self.vq = VectorQuantizer(codebook_size, enc.config.d_model, decay=decay,
+        d = enc.config.d_model
+        # factorized codes: quantize a learned low-dimensional projection (set by init_projection)
+        self.vq_in = nn.Linear(d, code_dim) if code_dim else nn.Identity()
+        self.vq_out = nn.Linear(code_dim, d) if code_dim else nn.Identity()
+        self.vq = VectorQuantizer(codebook_size, code_dim or d, decay=decay,
                                   commitment_weight=commitment_weight, dead_code_threshold=dead_code_threshold)
         self.frames_per_token = pool * enc.conv1.stride[0] * enc.conv2.stride[0]  # mel frames per token
 
@@ -156,9 +160,9 @@ class SpeechTokenizer(nn.Module):
         skips the decoder entirely.
         """
         # only real frames reach the VQ (padding would pull the EMA codebook towards silence)
-        q_flat, codes_flat, commit = self.vq(pooled[keep])
+        q_flat, codes_flat, commit = self.vq(self.vq_in(pooled[keep]))
         q = torch.zeros_like(pooled)
-        q[keep] = q_flat
+        q[keep] = self.vq_out(q_flat)
         codes = torch.zeros(keep.shape, dtype=torch.long)
         codes[keep] = codes_flat
         enc, enc_keep = self.post(q, keep)
@@ -181,7 +185,7 @@ class SpeechTokenizer(nn.Module):
     def tokenize(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> list[torch.Tensor]:
         """feats [B, n_mels, >= 8T], n_tokens int64 [B] -> list of B code tensors int64 [n_tokens[b]]."""
         pooled, keep = self.pooled(feats, n_tokens)
-        _, codes, _ = self._eval_vq(pooled[keep])  # never an EMA update while tokenizing
+        _, codes, _ = self._eval_vq(self.vq_in(pooled[keep]))  # never an EMA update while tokenizing
         return list(codes.split(n_tokens.tolist()))
 
     def _eval_vq(self, x):
@@ -197,8 +201,8 @@ class SpeechTokenizer(nn.Module):
         """List of int64 [T_b] code sequences -> (encoder states [B, T, D], keep bool [B, T]) via the codebook."""
         lens = torch.tensor([len(c) for c in codes])
         keep = torch.arange(int(lens.max()))[None, :] < lens[:, None]
-        q = torch.zeros(*keep.shape, self.vq.dim)
-        q[keep] = self.vq.codebook[torch.cat(list(codes)).long()].float()
+        q = torch.zeros(*keep.shape, self.embed_positions.weight.shape[1])
+        q[keep] = self.vq_out(self.vq.codebook[torch.cat(list(codes)).long()].float())
         return self.post(q, keep)
 
     @torch.no_grad()
@@ -207,10 +211,31 @@ class SpeechTokenizer(nn.Module):
         enc, keep = self.codes_to_encoder_states(codes)
         return greedy_decode(whisper, enc, keep, max_new_tokens)
 
+    def unquantized(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The bottleneck without the codebook lookup (the VQ bypassed): pooled [..., D] -> [..., D]."""
+        return self.vq_out(self.vq_in(pooled))
+
+    @torch.no_grad()
+    def init_projection(self, vectors: torch.Tensor) -> None:
+        """Factorized codes: vq_in/vq_out = the top code_dim principal components of the pooled
+        features `vectors` [N, D] (projection and its reconstruction), so training starts from the
+        best linear code_dim-dim bottleneck. No-op without code_dim."""
+        if isinstance(self.vq_in, nn.Identity):
+            return
+        x = vectors.double()
+        mu = x.mean(0)
+        evals, evecs = torch.linalg.eigh((x - mu).T @ (x - mu) / len(x))  # ascending
+        u = evecs[:, -self.vq.dim:].flip(1)  # [D, code_dim], largest first
+        self.vq_in.weight.copy_(u.T)
+        self.vq_in.bias.copy_(-(u.T @ mu))
+        self.vq_out.weight.copy_(u)
+        self.vq_out.bias.copy_(mu)
+
     @torch.no_grad()
     def init_codebook(self, vectors: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Data-dependent init: codebook rows = distinct random rows of `vectors` [N, D] (N >= K)
-        with EMA count 1, so the first EMA steps refine real clusters instead of random points."""
+        """Data-dependent init: codebook rows = distinct random rows of `vectors` [N, code dim]
+        (already through vq_in; N >= K) with EMA count 1, so the first EMA steps refine real
+        clusters instead of random points."""
         K = self.vq.codebook_size
         if vectors.shape[0] < K:
             raise ValueError(f"init_codebook: {vectors.shape[0]} vectors for {K} codes; "

@@ -218,6 +218,9 @@ def train(cfg: Config, log=print) -> dict:
                     pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
                     vecs.append(pooled[keep])
         vecs = torch.cat(vecs)
+        model.init_projection(vecs)
+        with torch.no_grad():
+            vecs = model.vq_in(vecs)
         gen = torch.Generator().manual_seed(cfg.run.seed)
         model.init_codebook(vecs, gen)
         model.vq.train()

@@ -31,9 +31,9 @@ def _audio_shards(path):
 
 
 # (tokenizer overrides, train overrides): the paper's 12.5 Hz reading side with cached pre-VQ
-# features; the CPU recipe (whole encoder + VQ under the frozen decoder, ASR + distillation)
+# features; the CPU recipe (whole encoder + factorized VQ under the frozen decoder, ASR + distillation)
 RECIPES = {"cached_pre_vq": ({}, {"freeze": "pre_vq_and_decoder_embeddings"}),
-           "frozen_decoder": ({"unpool": "repeat"}, {"freeze": "decoder", "distill_weight": 1.0})}
+           "frozen_decoder": ({"unpool": "repeat", "code_dim": 8}, {"freeze": "decoder", "distill_weight": 1.0})}
 
 
 def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
@@ -66,6 +66,7 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     # what trains: the layers below the VQ only when they are not frozen; the decoder only when it is not
     changed = {k for k, v in ref["model"].items() if not torch.equal(v, initial[k])}
     assert any(k.startswith("post_layers.") for k in changed)
+    assert any(k.startswith("vq_in.") for k in changed) == (recipe == "frozen_decoder")
     assert any(k.startswith("pre_layers.") for k in changed) == (recipe == "frozen_decoder")
     assert any(k.startswith("decoder.layers.") for k in changed) == (recipe == "cached_pre_vq")
     assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()

@@ -1,5 +1,6 @@
 """Acceptance 2 (12.5 Hz frame rule) and the tokenizer's quantized path, on real LibriVox audio."""
 import numpy as np
+import pytest
 import torch
 
 from megaspeech.speech.asr import greedy_decode
@@ -34,22 +35,26 @@ def test_ten_seconds_is_125_tokens_and_batch_independent(whisper):
     torch.testing.assert_close(pooled_b[0, :38], pooled_1[0], rtol=0, atol=1e-5)
 
 
-def test_quantized_path_equals_continuous_when_codebook_holds_the_features(whisper, tmp_path):
+@pytest.mark.parametrize("code_dim", [None, 8])
+def test_quantized_path_equals_continuous_when_codebook_holds_the_features(whisper, tmp_path, code_dim):
     (path, text), = librivox_items()[1:2]
     a = decode_audio(path)
-    cfg = TokenizerConfig(split_layer=3, codebook_size=38)
+    cfg = TokenizerConfig(split_layer=3, codebook_size=38, code_dim=code_dim)
     model, _ = build_tokenizer(cfg, whisper)
     model.eval()
     feats, n_tok = features([a])
     assert n_tok.tolist() == [38]
     pooled, keep = model.pooled(feats, n_tok)
-    model.init_codebook(pooled[keep], torch.Generator().manual_seed(0))  # every frame is a code
+    model.init_projection(pooled[keep])
+    with torch.no_grad():
+        model.init_codebook(model.vq_in(pooled[keep]), torch.Generator().manual_seed(0))  # every frame a code
     codes = tokenize_audios(model, [a])
     assert sorted(codes[0].tolist()) == sorted(set(codes[0].tolist()))  # distinct frames, distinct codes
-    cont = greedy_decode(whisper, *model.post(pooled, keep))
+    with torch.no_grad():
+        cont = greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))
     via_codes = decode_tokens_to_text(model, whisper, codes)
     assert via_codes == [whisper.decode_text(cont[0])]
-    assert len(via_codes[0].split()) >= 3
+    assert len(via_codes[0].split()) >= (3 if code_dim is None else 1)  # an untrained 8-dim bottleneck loses words
     # save / load round trip keeps codes and text
     save_tokenizer(tmp_path / "tok", model, cfg, whisper)
     m2, w2, cfg2 = load_tokenizer(tmp_path / "tok")
@@ -122,3 +127,21 @@ def test_unpool_repeat_keeps_codes_and_reads_50hz_and_distills(whisper):
     finally:
         model.decoder.requires_grad_(True)
         model.zero_grad(set_to_none=True)
+
+
+def test_factorized_codes_start_from_the_pca_bottleneck(whisper):
+    """code_dim: vq_out(vq_in(x)) is the rank-code_dim PCA reconstruction of the pooled features."""
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=2, codebook_size=16, code_dim=6), whisper)
+    items = librivox_items()
+    with torch.no_grad():
+        pooled, keep = model.pooled(*features([decode_audio(p) for p, _ in items]))
+        x = pooled[keep]
+        model.init_projection(x)
+        got = model.unquantized(x)
+    xd = x.double()
+    mu = xd.mean(0)
+    _, _, vh = torch.linalg.svd(xd - mu, full_matrices=False)
+    ref = (xd - mu) @ vh[:6].T @ vh[:6] + mu
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+    assert model.vq.codebook.shape == (16, 6)
+    assert (got - x).square().mean() < (mu - x).square().mean()  # keeps part of the variance
