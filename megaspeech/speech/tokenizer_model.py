@@ -18,6 +18,9 @@ commitment 10.0), then the remaining encoder layers and the Whisper decoder trai
            that tail the frozen decoder finds no end of speech and loops. Codes are unchanged
            (still 12.5 Hz, from the utterance's own frames); only the reading side differs.
 
+`code_dim` (factorized codes): the VQ quantizes vq_in(pooled), a learned code_dim-dim projection
+(PCA-initialised), and the layers above read vq_out(code vector); without it both are identities.
+
 Frame rule (megaspeech.speech.audio): an utterance of n samples has T = ceil(n / 1280) tokens.
 Each utterance's log-mel is computed on its own 30 s padded window (as Whisper); the model keeps
 only the first 8T mel frames, so tokens cover the real audio (the last token also sees up to
@@ -224,7 +227,7 @@ class SpeechTokenizer(nn.Module):
             return
         x = vectors.double()
         mu = x.mean(0)
-        evals, evecs = torch.linalg.eigh((x - mu).T @ (x - mu) / len(x))  # ascending
+        _, evecs = torch.linalg.eigh((x - mu).T @ (x - mu) / len(x))  # ascending
         u = evecs[:, -self.vq.dim:].flip(1)  # [D, code_dim], largest first
         self.vq_in.weight.copy_(u.T)
         self.vq_in.bias.copy_(-(u.T @ mu))
