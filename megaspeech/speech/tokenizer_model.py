@@ -70,6 +70,11 @@ class SpeechTokenizer(nn.Module):
         self.frames_per_token = pool * enc.conv1.stride[0] * enc.conv2.stride[0]  # mel frames per token
 
     # encoder up to the bottleneck ---------------------------------------------------------
+    def _stem(self, mel: torch.Tensor) -> torch.Tensor:
+        """Whisper's conv stem + position embeddings: mel [B, n_mels, 2F] -> [B, F, D] at 50 Hz."""
+        x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
+        return x + self.embed_positions.weight[:x.shape[1]]
+
     def frames50(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """50 Hz hidden states after layers[:split]: feats [B, n_mels, >= 8T], n_tokens int64 [B]
         -> (x float32 [B, 4T, D], keep50 bool [B, 4T]), T = max(n_tokens)."""
@@ -78,9 +83,7 @@ class SpeechTokenizer(nn.Module):
         # zero mel frames past each utterance's end: the conv stem (kernel 3) then sees at the
         # edge exactly the zero padding it sees when the utterance is alone
         real = torch.arange(x.shape[-1])[None, :] < (n_tokens * self.frames_per_token)[:, None]
-        x = x * real[:, None, :]
-        x = F.gelu(self.conv2(F.gelu(self.conv1(x)))).transpose(1, 2)  # [B, 4T, D] at 50 Hz
-        x = x + self.embed_positions.weight[:x.shape[1]]
+        x = self._stem(x * real[:, None, :])  # [B, 4T, D] at 50 Hz
         keep50 = torch.arange(x.shape[1])[None, :] < (n_tokens * self.pool)[:, None]
         mask = additive_mask(keep50, x.dtype)
         for layer in self.pre_layers:
@@ -101,7 +104,7 @@ class SpeechTokenizer(nn.Module):
     def teacher(self, mel30: torch.Tensor) -> torch.Tensor:
         """The original Whisper encoder (un-pooled, un-quantized, as the base ASR runs it) on the
         30 s window: mel30 float32 [B, n_mels, 3000] -> float32 [B, 1500, D]. Distillation target."""
-        x = F.gelu(self.conv2(F.gelu(self.conv1(mel30)))).transpose(1, 2) + self.embed_positions.weight
+        x = self._stem(mel30)
         for layer in list(self.pre_layers) + list(self.post_layers):
             x = layer(x, None)
         return self.enc_norm(x)
@@ -113,7 +116,7 @@ class SpeechTokenizer(nn.Module):
         n = self.embed_positions.weight.shape[0]
         with torch.no_grad():
             x = torch.full((1, self.conv1.in_channels, 2 * n), self.silence_mel)
-            x = F.gelu(self.conv2(F.gelu(self.conv1(x)))).transpose(1, 2) + self.embed_positions.weight
+            x = self._stem(x)
             for layer in self.pre_layers:
                 x = layer(x, None)
         self._silence = None if self.training else x[0]
