@@ -25,7 +25,7 @@ import torch
 
 from megaspeech.config.load import check
 from megaspeech.data.shards import open_dataset
-from megaspeech.speech.audio import decode_audio, log_mel
+from megaspeech.speech.audio import SAMPLE_RATE, decode_audio, log_mel
 from megaspeech.speech.audio_shards import audio_bytes
 from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets
 
@@ -54,6 +54,7 @@ class TrainConfig:
     distill_weight: float = 0.0  # weight of MSE(post-VQ encoder states, original Whisper encoder)
     codebook_ema_epochs: int = 0  # EMA (k-means-like) passes over the init vectors before training
     codebook_init_batches: int = 8  # batches of pooled frames sampled to initialise the codebook
+    pack_seconds: float = 0.0  # > 0: pack consecutive utterances into items of at most this (<= 30 s)
     max_seconds: float = 0.0  # wall-clock budget; 0 = none. Stops (and checkpoints) when exceeded
     checkpoint_every: int = 100
     log_every: int = 10
@@ -66,6 +67,7 @@ class TrainConfig:
         check(self.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
         check(self.asr_weight > 0 or self.distill_weight > 0, "train.asr_weight",
               "asr_weight or distill_weight must be > 0")
+        check(0 <= self.pack_seconds <= 30, "train.pack_seconds", "must be in [0, 30] (Whisper's window)")
 
 
 @dataclass
@@ -79,36 +81,63 @@ class AudioBatches:
     """Shuffled batches of (audio, transcript) from `audio` shards, resumable by (epoch, cursor).
 
     The encoded (FLAC) bytes are held in memory (a CPU-sized corpus); decoding happens per batch.
+    pack_seconds > 0: utterances are packed once (seeded) into groups of consecutive shuffled
+    utterances of at most pack_seconds (with `gap` s of silence between them, transcripts joined by
+    a space), as Whisper trains on long segments. A training item is then one group: the layers
+    above the VQ and the decoder cost the same per item (Whisper's 30 s window) however much
+    speech it holds, so packing multiplies the speech seen per step.
     """
 
-    def __init__(self, path: str, batch_size: int, seed: int):
-        items = []
+    def __init__(self, path: str, batch_size: int, seed: int, pack_seconds: float = 0.0, gap: float = 0.3):
+        items, durations = [], []
         for key, s in open_dataset(path, kind="audio"):
             if "transcript" not in s:
                 raise ValueError(f"{path} key {key!r}: no transcript; ASR training needs audio+transcript shards")
             items.append((key, audio_bytes(s, f"{path} key {key!r}"), s["transcript"]))
-        if len(items) < batch_size:
-            raise ValueError(f"{path}: {len(items)} utterances < train.batch_size={batch_size}")
+            durations.append(float(s["duration"]) if "duration" in s else
+                             len(decode_audio(items[-1][1], key)) / SAMPLE_RATE)
         self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.pack_seconds, self.gap = pack_seconds, gap
+        self.groups = [[i] for i in range(len(items))]
+        if pack_seconds > 0:
+            self.groups, cur, t = [], [], 0.0
+            for i in np.random.default_rng([seed, 1 << 20]).permutation(len(items)).tolist():
+                d = durations[i]
+                if cur and t + gap + d > pack_seconds:
+                    self.groups.append(cur)
+                    cur, t = [], 0.0
+                t += d + (gap if cur else 0.0)
+                cur.append(i)
+            self.groups.append(cur)
+        if len(self.groups) < batch_size:
+            raise ValueError(f"{path}: {len(self.groups)} training items (utterances, or packs of "
+                             f"train.pack_seconds) < train.batch_size={batch_size}")
         self.epoch, self.cursor = 0, 0
 
+    def __len__(self) -> int:
+        return len(self.groups)
+
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
 
     def peek(self, n_batches: int) -> list[tuple[list[np.ndarray], list[str]]]:
         """The first n batches of epoch 0 without moving the position (codebook init)."""
         order = self._order(0)
-        out = []
-        for b in range(n_batches):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            out.append(self._load(idx))
-        return out
+        return [self._load(order[b * self.batch_size:(b + 1) * self.batch_size]) for b in range(n_batches)]
+
+    def texts(self, idx) -> list[str]:
+        return [" ".join(self.items[i][2] for i in self.groups[g]) for g in idx]
 
     def _load(self, idx) -> tuple[list[np.ndarray], list[str]]:
-        return ([decode_audio(self.items[i][1], self.items[i][0]) for i in idx], [self.items[i][2] for i in idx])
+        silence = np.zeros(int(self.gap * SAMPLE_RATE), np.float32)
+        audios = []
+        for g in idx:
+            parts = [decode_audio(self.items[i][1], self.items[i][0]) for i in self.groups[g]]
+            audios.append(np.concatenate([x for p in parts for x in (silence, p)][1:]))
+        return audios, self.texts(idx)
 
     def next_indices(self) -> np.ndarray:
-        if self.cursor + self.batch_size > len(self.items):  # drop the ragged tail, new epoch
+        if self.cursor + self.batch_size > len(self.groups):  # drop the ragged tail, new epoch
             self.epoch, self.cursor = self.epoch + 1, 0
         idx = self._order(self.epoch)[self.cursor:self.cursor + self.batch_size]
         self.cursor += self.batch_size
@@ -118,12 +147,13 @@ class AudioBatches:
         return self._load(self.next_indices())
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "n": len(self.items), "seed": self.seed}
+        return {"epoch": self.epoch, "cursor": self.cursor, "n": len(self.groups), "seed": self.seed}
 
     def load_state_dict(self, s: dict) -> None:
-        if s["n"] != len(self.items) or s["seed"] != self.seed:
-            raise ValueError(f"checkpoint was written for {s['n']} utterances / seed {s['seed']}, data has "
-                             f"{len(self.items)} / {self.seed}; resume with the same train.data and run.seed")
+        if s["n"] != len(self.groups) or s["seed"] != self.seed:
+            raise ValueError(f"checkpoint was written for {s['n']} training items / seed {s['seed']}, data has "
+                             f"{len(self.groups)} / {self.seed}; resume with the same train.data, "
+                             f"train.pack_seconds and run.seed")
         self.epoch, self.cursor = s["epoch"], s["cursor"]
 
 
@@ -151,8 +181,8 @@ def _pooled_cache(model, data: AudioBatches, teacher: bool, chunk: int = 16):
     [1500, D], computed before any training step or resume so they are the frozen teacher."""
     model.eval()
     out, tout = [], []
-    for s in range(0, len(data.items), chunk):
-        audios, _ = data._load(range(s, min(s + chunk, len(data.items))))
+    for s in range(0, len(data), chunk):
+        audios, _ = data._load(range(s, min(s + chunk, len(data))))
         feats, n_tok = features(audios, model.conv1.in_channels)
         pooled, keep = model.pooled(feats, n_tok)
         out.extend(p[k].clone() for p, k in zip(pooled, keep))
@@ -187,7 +217,7 @@ def train(cfg: Config, log=print) -> dict:
     torch.manual_seed(cfg.run.seed)
     model, whisper = build_tokenizer(cfg.tokenizer)
     _freeze(model, cfg.train.freeze)
-    data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed)
+    data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed, cfg.train.pack_seconds)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     cache = tcache = None
@@ -199,7 +229,7 @@ def train(cfg: Config, log=print) -> dict:
         # pre-VQ frozen: compute their 12.5 Hz output once per utterance (the CPU-saving path;
         # gradients then reach only the layers above the bottleneck); distillation: the teacher
         cache, tcache = _pooled_cache(model, data, teacher=distill)
-        log(f"cached pre-VQ features{' and teacher states' if distill else ''} of {len(cache)} utterances")
+        log(f"cached pre-VQ features{' and teacher states' if distill else ''} of {len(cache)} training items")
     step = 0
     ckpt = run / "checkpoint.pt"
     if cfg.run.resume and ckpt.is_file():
@@ -241,7 +271,7 @@ def train(cfg: Config, log=print) -> dict:
     with open(run / "metrics.jsonl", "a") as mf:
         while step < cfg.train.steps:
             idx = data.next_indices()
-            texts = [data.items[i][2] for i in idx]
+            texts = data.texts(idx)
             text_in, text_out = text_targets(whisper, texts) if cfg.train.asr_weight > 0 else (None, None)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train)

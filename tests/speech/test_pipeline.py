@@ -13,7 +13,7 @@ from megaspeech.speech import audio_shards  # noqa: F401
 from megaspeech.speech.audio import decode_audio, encode_flac
 from megaspeech.speech.tokenize_corpus import TokenizeConfig, tokenize_corpus
 from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer, tokenize_audios
-from megaspeech.speech.train_tokenizer import Config, RunConfig, TrainConfig, train
+from megaspeech.speech.train_tokenizer import AudioBatches, Config, RunConfig, TrainConfig, train
 from megaspeech.speech.tts import synthesize
 from tests.speech.conftest import librivox_items
 
@@ -31,9 +31,11 @@ def _audio_shards(path):
 
 
 # (tokenizer overrides, train overrides): the paper's 12.5 Hz reading side with cached pre-VQ
-# features; the CPU recipe (whole encoder + factorized VQ under the frozen decoder, ASR + distillation)
+# features; the CPU recipe (whole encoder + factorized VQ under the frozen decoder, ASR + distillation,
+# utterances packed into longer items)
 RECIPES = {"cached_pre_vq": ({}, {"freeze": "pre_vq_and_decoder_embeddings"}),
-           "frozen_decoder": ({"unpool": "repeat", "code_dim": 8}, {"freeze": "decoder", "distill_weight": 1.0})}
+           "frozen_decoder": ({"unpool": "repeat", "code_dim": 8},
+                              {"freeze": "decoder", "distill_weight": 1.0, "pack_seconds": 8.0})}
 
 
 def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
@@ -70,6 +72,25 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     assert any(k.startswith("pre_layers.") for k in changed) == (recipe == "frozen_decoder")
     assert any(k.startswith("decoder.layers.") for k in changed) == (recipe == "cached_pre_vq")
     assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()
+
+
+def test_packing_concatenates_utterances(tmp_path):
+    _audio_shards(tmp_path / "audio")
+    plain = AudioBatches(str(tmp_path / "audio"), 1, seed=3)
+    packed = AudioBatches(str(tmp_path / "audio"), 1, seed=3, pack_seconds=8.0, gap=0.25)
+    assert sorted(i for g in packed.groups for i in g) == [0, 1, 2, 3] and 1 < len(packed) < 4
+    audio = {i: plain._load([i])[0][0] for i in range(4)}
+    gap = np.zeros(4000, np.float32)
+    for g, idx in enumerate(packed.groups):
+        audios, texts = packed._load([g])
+        want = np.concatenate([x for i in idx for x in (gap, audio[i])][1:])
+        assert np.array_equal(audios[0], want) and len(want) <= 8 * 16000
+        assert texts == [" ".join(plain.items[i][2] for i in idx)]
+    # greedy: no two neighbouring packs would have fitted together
+    sizes = [sum(len(audio[i]) for i in g) / 16000 + 0.25 * (len(g) - 1) for g in packed.groups]
+    assert all(a + 0.25 + b > 8.0 for a, b in zip(sizes, sizes[1:]))
+    with pytest.raises(ValueError, match="pack_seconds"):
+        packed.load_state_dict(plain.state_dict())
 
 
 def test_tokenize_files_and_shards(tmp_path, whisper):
