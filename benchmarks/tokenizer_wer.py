@@ -15,6 +15,7 @@ launch/make_speech_corpus.py corpus.split=heldout).
 Prints `wer_vq=` and `wer_base=` (held-out synthetic speech) last.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -70,6 +71,7 @@ def main():
     p.add_argument("--n_synthetic", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dump", help="write each utterance's reference and hypotheses here (jsonl)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     base = load_whisper()
@@ -98,6 +100,10 @@ def main():
         r = {"wer_base": wer(refs, hyp_base), "wer_vq": wer(refs, hyp_vq), "wer_continuous": wer(refs, hyp_cont),
              "utterances": len(items), "audio_s": secs, "tokenize_audio_s_per_s": secs / t_tok}
         results[name] = r
+        if a.dump:
+            with open(a.dump, "a") as f:
+                for ref, hb, hv, hc in zip(refs, hyp_base, hyp_vq, hyp_cont):
+                    f.write(json.dumps({"set": name, "ref": ref, "base": hb, "vq": hv, "vq_bypassed": hc}) + "\n")
         for ref, hb, hv in list(zip(refs, hyp_base, hyp_vq))[:3]:
             print(f"  [{name}] ref: {ref}\n  [{name}] base: {hb}\n  [{name}] vq:   {hv}")
         print(f"{name}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))

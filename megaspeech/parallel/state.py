@@ -6,6 +6,7 @@ that the two agree so a pipeline stage's DeepSpeed groups are megatron's.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -36,8 +37,24 @@ def init_distributed(tp: int, pp: int) -> Layout:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     deepspeed.init_distributed(dist_backend=backend)
+    _unlink_deepspeed_shm()
     ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     return current_layout()
+
+
+def _unlink_deepspeed_shm() -> None:
+    """DeepSpeed's CPU shared-memory all-reduce (all ranks on one host) creates
+    /dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank> (69 MB per rank)
+    and never unlinks it, so every CPU run left that much RAM behind. Each rank maps all its peers'
+    segments inside init_distributed; once every rank is past it (the barrier), the names are no
+    longer needed: unlinking them now frees the memory when the processes exit, killed or not."""
+    if torch.cuda.is_available():
+        return
+    dist.barrier()
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
 
 
 def current_layout() -> Layout:

@@ -41,6 +41,9 @@ class TokenizerConfig:
     # factorized codes: the VQ works in a learned code_dim-dim projection of the pooled features
     # (Linear in, codebook lookup, Linear back to D; PCA-initialised); null = the VQ on D itself
     code_dim: int | None = None
+    # position-free codes: a learned per-position offset is removed before the codebook lookup and
+    # restored after it, so codes hold content, not time (megaspeech.speech.tokenizer_model)
+    position_free: bool = False
 
     def __post_init__(self):
         check(self.split_layer >= 1, "tokenizer.split_layer", "must be >= 1")
@@ -56,7 +59,7 @@ def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tup
     whisper = whisper or load_whisper(cfg.whisper_ct2_dir, cfg.whisper_cache)
     model = SpeechTokenizer(whisper.model, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
                             cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
-                            cfg.silence_mel, cfg.code_dim)
+                            cfg.silence_mel, cfg.code_dim, cfg.position_free)
     return model, whisper
 
 
@@ -119,7 +122,7 @@ def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, Tokenize
                       json.loads((path / "whisper" / "meta.json").read_text()))
     model = SpeechTokenizer(hf, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
                             cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
-                            cfg.silence_mel, cfg.code_dim)
+                            cfg.silence_mel, cfg.code_dim, cfg.position_free)
     model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
     hf.tie_weights()
     return model.eval(), whisper, cfg

@@ -21,6 +21,12 @@ commitment 10.0), then the remaining encoder layers and the Whisper decoder trai
 `code_dim` (factorized codes): the VQ quantizes vq_in(pooled), a learned code_dim-dim projection
 (PCA-initialised), and the layers above read vq_out(code vector); without it both are identities.
 
+`position_free` codes: Whisper's position embeddings leave each pooled frame's time index in its
+features (measured: per-position means explain ~half the variance of the 32-dim code inputs), so a
+codebook also spends its codes on *when*. With it, a learned offset per 12.5 Hz token position
+(vq_pos, initialised to the per-position mean code input) is subtracted before the lookup and added
+back after it: a code is the content; the position comes from the token's index, as in the LM.
+
 Frame rule (megaspeech.speech.audio): an utterance of n samples has T = ceil(n / 1280) tokens.
 Each utterance's log-mel is computed on its own 30 s padded window (as Whisper); the model keeps
 only the first 8T mel frames, so tokens cover the real audio (the last token also sees up to
@@ -43,7 +49,8 @@ class SpeechTokenizer(nn.Module):
 
     def __init__(self, whisper_model, split_layer: int, codebook_size: int, pool: int = 4,
                  decay: float = 0.99, commitment_weight: float = 10.0, dead_code_threshold: float = 0.0,
-                 unpool: str = "none", silence_mel: float = -0.75, code_dim: int | None = None):
+                 unpool: str = "none", silence_mel: float = -0.75, code_dim: int | None = None,
+                 position_free: bool = False):
         super().__init__()
         if unpool not in ("none", "repeat"):
             raise ValueError(f"tokenizer.unpool={unpool!r}: must be 'none' or 'repeat'")
@@ -67,6 +74,8 @@ class SpeechTokenizer(nn.Module):
         self.vq_out = nn.Linear(code_dim, d) if code_dim else nn.Identity()
         self.vq = VectorQuantizer(codebook_size, code_dim or d, decay=decay,
                                   commitment_weight=commitment_weight, dead_code_threshold=dead_code_threshold)
+        n_tok = self.embed_positions.weight.shape[0] // pool  # token positions in Whisper's 30 s window
+        self.vq_pos = nn.Parameter(torch.zeros(n_tok, code_dim or d)) if position_free else None
         self.frames_per_token = pool * enc.conv1.stride[0] * enc.conv2.stride[0]  # mel frames per token
 
     # encoder up to the bottleneck ---------------------------------------------------------
@@ -147,6 +156,22 @@ class SpeechTokenizer(nn.Module):
             q = layer(q, mask)
         return self.enc_norm(q), keep
 
+    # the bottleneck ----------------------------------------------------------------------------
+    def code_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """What the codebook quantizes: pooled frames x [N, D] at token positions pos int64 [N]
+        -> [N, code dim] (vq_in(x), less vq_pos[pos] for position-free codes)."""
+        z = self.vq_in(x)
+        return z if self.vq_pos is None else z - self.vq_pos[pos]
+
+    def code_output(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Inverse side: code vectors q [N, code dim] at positions pos [N] -> [N, D] for the upper layers."""
+        return self.vq_out(q if self.vq_pos is None else q + self.vq_pos[pos])
+
+    @staticmethod
+    def positions(keep: torch.Tensor) -> torch.Tensor:
+        """Token index of each real frame: keep bool [B, T] -> int64 [keep.sum()] (row-major, as x[keep])."""
+        return torch.arange(keep.shape[1]).expand_as(keep)[keep]
+
     # public API ----------------------------------------------------------------------------
     def forward(self, feats, n_tokens, text_in, text_out, asr_weight: float = 1.0):
         """ASR training step. text_in/text_out int64 [B, S] (decoder inputs / targets, -100 = ignore).
@@ -166,9 +191,10 @@ class SpeechTokenizer(nn.Module):
         skips the decoder entirely.
         """
         # only real frames reach the VQ (padding would pull the EMA codebook towards silence)
-        q_flat, codes_flat, commit = self.vq(self.vq_in(pooled[keep]))
+        pos = self.positions(keep)
+        q_flat, codes_flat, commit = self.vq(self.code_input(pooled[keep], pos))
         q = torch.zeros_like(pooled)
-        q[keep] = self.vq_out(q_flat)
+        q[keep] = self.code_output(q_flat, pos)
         codes = torch.zeros(keep.shape, dtype=torch.long)
         codes[keep] = codes_flat
         enc, enc_keep = self.post(q, keep)
@@ -191,7 +217,8 @@ class SpeechTokenizer(nn.Module):
     def tokenize(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> list[torch.Tensor]:
         """feats [B, n_mels, >= 8T], n_tokens int64 [B] -> list of B code tensors int64 [n_tokens[b]]."""
         pooled, keep = self.pooled(feats, n_tokens)
-        _, codes, _ = self._eval_vq(self.vq_in(pooled[keep]))  # never an EMA update while tokenizing
+        # never an EMA update while tokenizing
+        _, codes, _ = self._eval_vq(self.code_input(pooled[keep], self.positions(keep)))
         return list(codes.split(n_tokens.tolist()))
 
     def _eval_vq(self, x):
@@ -208,7 +235,7 @@ class SpeechTokenizer(nn.Module):
         lens = torch.tensor([len(c) for c in codes])
         keep = torch.arange(int(lens.max()))[None, :] < lens[:, None]
         q = torch.zeros(*keep.shape, self.embed_positions.weight.shape[1])
-        q[keep] = self.vq_out(self.vq.codebook[torch.cat(list(codes)).long()].float())
+        q[keep] = self.code_output(self.vq.codebook[torch.cat(list(codes)).long()].float(), self.positions(keep))
         return self.post(q, keep)
 
     @torch.no_grad()
@@ -218,16 +245,29 @@ class SpeechTokenizer(nn.Module):
         return greedy_decode(whisper, enc, keep, max_new_tokens)
 
     def unquantized(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The bottleneck without the codebook lookup (the VQ bypassed): pooled [..., D] -> [..., D]."""
+        """The bottleneck without the codebook lookup (the VQ bypassed): pooled [..., D] -> [..., D]
+        (position-free codes: the offset subtracted before the lookup is added back, so it cancels)."""
         return self.vq_out(self.vq_in(pooled))
 
     @torch.no_grad()
-    def init_projection(self, vectors: torch.Tensor) -> None:
-        """Factorized codes: vq_in/vq_out = the top code_dim principal components of the pooled
-        features `vectors` [N, D] (projection and its reconstruction), so training starts from the
-        best linear code_dim-dim bottleneck. No-op without code_dim."""
-        if isinstance(self.vq_in, nn.Identity):
-            return
+    def init_projection(self, vectors: torch.Tensor, pos: torch.Tensor | None = None) -> None:
+        """Data-dependent init of the bottleneck from pooled features `vectors` [N, D] at token
+        positions pos int64 [N]. Factorized codes: vq_in/vq_out = the top code_dim principal
+        components (projection and its reconstruction), so training starts from the best linear
+        code_dim-dim bottleneck. Position-free codes: vq_pos[t] = the mean of vq_in(x) over the
+        frames at position t, shrunk towards the overall mean by 16 pseudo-frames. Without either, a no-op."""
+        if not isinstance(self.vq_in, nn.Identity):
+            self._init_pca(vectors)
+        if self.vq_pos is not None:
+            if pos is None:
+                raise ValueError("position-free codes: init_projection needs the token positions")
+            z = self.vq_in(vectors).double()
+            n = torch.zeros(self.vq_pos.shape[0], dtype=torch.float64).index_add_(0, pos, torch.ones_like(z[:, 0]))
+            total = torch.zeros(self.vq_pos.shape, dtype=torch.float64).index_add_(0, pos, z)
+            k = 16.0  # shrink rarely seen positions towards the overall mean (a few frames are content)
+            self.vq_pos.copy_((total + k * z.mean(0)) / (n + k)[:, None])
+
+    def _init_pca(self, vectors: torch.Tensor) -> None:
         x = vectors.double()
         mu = x.mean(0)
         _, evecs = torch.linalg.eigh((x - mu).T @ (x - mu) / len(x))  # ascending

@@ -35,6 +35,9 @@ class RunConfig:
     dir: str = "runs/speech_tokenizer"
     seed: int = 1234
     resume: bool = True  # continue from RUN_DIR/checkpoint.pt when present
+    # a fresh run starts from this tokenizer training checkpoint's weights (codebook and EMA state
+    # included; optimizer, step and data position start anew: Megatron's --finetune); null = Whisper
+    init_from: str | None = None
 
 
 @dataclass
@@ -175,21 +178,29 @@ def _freeze(model, how: str) -> None:
 
 
 @torch.no_grad()
-def _pooled_cache(model, data: AudioBatches, teacher: bool, chunk: int = 16):
-    """Per utterance: pooled pre-VQ features [T_i, D] (the training input when the layers below the
-    VQ are frozen, else the codebook's init data), and (teacher=True) the original encoder's states
-    [1500, D], computed before any training step or resume so they are the frozen teacher."""
+def _pooled_cache(model, data: AudioBatches, chunk: int = 16) -> list[torch.Tensor]:
+    """Per training item: pooled pre-VQ features [T_i, D] (the training input when the layers below
+    the VQ are frozen, and the codebook's init data)."""
     model.eval()
-    out, tout = [], []
+    out = []
+    for s in range(0, len(data), chunk):
+        pooled, keep = model.pooled(*features(data._load(range(s, min(s + chunk, len(data))))[0],
+                                             model.conv1.in_channels))
+        out.extend(p[k].clone() for p, k in zip(pooled, keep))
+    return out
+
+
+@torch.no_grad()
+def _teacher_cache(model, data: AudioBatches, chunk: int = 16) -> list[torch.Tensor]:
+    """Per training item: the original encoder's states on the 30 s window, float16 [1500, D]; run
+    before any weights are loaded or trained, so it is the frozen teacher."""
+    model.eval()
+    out = []
     for s in range(0, len(data), chunk):
         audios, _ = data._load(range(s, min(s + chunk, len(data))))
-        feats, n_tok = features(audios, model.conv1.in_channels)
-        pooled, keep = model.pooled(feats, n_tok)
-        out.extend(p[k].clone() for p, k in zip(pooled, keep))
-        if teacher:  # the original encoder on the 30 s window, stored in float16 (1500 x D each)
-            mel30 = torch.from_numpy(np.stack([log_mel(a, model.conv1.in_channels) for a in audios]))
-            tout.extend(model.teacher(mel30).half())
-    return out, (tout if teacher else None)
+        mel30 = torch.from_numpy(np.stack([log_mel(a, model.conv1.in_channels) for a in audios]))
+        out.extend(model.teacher(mel30).half())
+    return out
 
 
 def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,37 +231,50 @@ def train(cfg: Config, log=print) -> dict:
     data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed, cfg.train.pack_seconds)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    cache = tcache = None
     distill = cfg.train.distill_weight > 0
     check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
           "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
-    pre_vq_frozen = cfg.train.freeze.startswith("pre_vq")
-    if pre_vq_frozen or distill:
-        # pre-VQ frozen: compute their 12.5 Hz output once per utterance (the CPU-saving path;
-        # gradients then reach only the layers above the bottleneck); distillation: the teacher
-        cache, tcache = _pooled_cache(model, data, teacher=distill)
-        log(f"cached pre-VQ features{' and teacher states' if distill else ''} of {len(cache)} training items")
+    tcache = _teacher_cache(model, data) if distill else None
     step = 0
     ckpt = run / "checkpoint.pt"
-    if cfg.run.resume and ckpt.is_file():
+    resume = cfg.run.resume and ckpt.is_file()
+    if resume:
         s = torch.load(ckpt, weights_only=True, map_location="cpu")
         model.load_state_dict(s["model"])
         opt.load_state_dict(s["optim"])
         data.load_state_dict(s["data"])
         step = s["step"]
         log(f"resumed from {ckpt} at step {step}")
-    else:  # data-dependent codebook init from real pooled frames (no EMA from random points)
+    elif cfg.run.init_from:
+        src = Path(cfg.run.init_from)
+        if not src.is_file():
+            raise FileNotFoundError(f"run.init_from={src}: no such checkpoint; give a tokenizer run's "
+                                    f"RUN_DIR/checkpoint.pt")
+        model.load_state_dict(torch.load(src, weights_only=True, map_location="cpu")["model"])
+        log(f"initialised from {src} (fresh optimizer, step 0)")
+    init_codebook = not resume and not cfg.run.init_from
+    pre_vq_frozen = cfg.train.freeze.startswith("pre_vq")
+    # pre-VQ frozen: their 12.5 Hz output once per item, from the weights as loaded (the CPU-saving
+    # path: gradients reach only the layers above the bottleneck); with distillation the whole data
+    # set also initialises the codebook
+    cache = _pooled_cache(model, data) if pre_vq_frozen or (init_codebook and distill) else None
+    if tcache or cache:
+        log(f"cached {' and '.join(n for n, c in (('teacher states', tcache), ('pre-VQ features', cache)) if c)} "
+            f"of {len(data)} training items")
+    if init_codebook:  # data-dependent codebook init from real pooled frames (no EMA from random points)
         model.eval()
         vecs = list(cache) if cache is not None else []
+        pos = [torch.arange(len(v)) for v in vecs]
         if not vecs:
             with torch.no_grad():
                 for audios, _ in data.peek(cfg.train.codebook_init_batches):
                     pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
                     vecs.append(pooled[keep])
-        vecs = torch.cat(vecs)
-        model.init_projection(vecs)
+                    pos.append(model.positions(keep))
+        vecs, pos = torch.cat(vecs), torch.cat(pos)
+        model.init_projection(vecs, pos)
         with torch.no_grad():
-            vecs = model.vq_in(vecs)
+            vecs = model.code_input(vecs, pos)
         gen = torch.Generator().manual_seed(cfg.run.seed)
         model.init_codebook(vecs, gen)
         model.vq.train()

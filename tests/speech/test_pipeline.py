@@ -12,7 +12,8 @@ from megaspeech.data.shards import ShardWriter, open_dataset
 from megaspeech.speech import audio_shards  # noqa: F401
 from megaspeech.speech.audio import decode_audio, encode_flac
 from megaspeech.speech.tokenize_corpus import TokenizeConfig, tokenize_corpus
-from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer, tokenize_audios
+from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets,
+                                         tokenize_audios)
 from megaspeech.speech.train_tokenizer import AudioBatches, Config, RunConfig, TrainConfig, train
 from megaspeech.speech.tts import synthesize
 from tests.speech.conftest import librivox_items
@@ -31,10 +32,10 @@ def _audio_shards(path):
 
 
 # (tokenizer overrides, train overrides): the paper's 12.5 Hz reading side with cached pre-VQ
-# features; the CPU recipe (whole encoder + factorized VQ under the frozen decoder, ASR + distillation,
-# utterances packed into longer items)
+# features; the CPU recipe (whole encoder + factorized position-free VQ under the frozen decoder, ASR +
+# distillation, utterances packed into longer items)
 RECIPES = {"cached_pre_vq": ({}, {"freeze": "pre_vq_and_decoder_embeddings"}),
-           "frozen_decoder": ({"unpool": "repeat", "code_dim": 8},
+           "frozen_decoder": ({"unpool": "repeat", "code_dim": 8, "position_free": True},
                               {"freeze": "decoder", "distill_weight": 1.0, "pack_seconds": 8.0})}
 
 
@@ -69,9 +70,44 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     changed = {k for k, v in ref["model"].items() if not torch.equal(v, initial[k])}
     assert any(k.startswith("post_layers.") for k in changed)
     assert any(k.startswith("vq_in.") for k in changed) == (recipe == "frozen_decoder")
+    assert ("vq_pos" in changed) == (recipe == "frozen_decoder")
     assert any(k.startswith("pre_layers.") for k in changed) == (recipe == "frozen_decoder")
     assert any(k.startswith("decoder.layers.") for k in changed) == (recipe == "cached_pre_vq")
     assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()
+
+
+def test_init_from_starts_from_a_checkpoint(tmp_path, whisper_cache, whisper):
+    """run.init_from: weights (pre-VQ layers, projection, codebook) come from the checkpoint, the
+    frozen pre-VQ features are computed from them (not from Whisper), optimizer/step/data start anew."""
+    _audio_shards(tmp_path / "audio")
+    train(_cfg(tmp_path, 2, whisper_cache, "frozen_decoder"), log=lambda *_: None)  # trains pre-VQ layers
+    src = tmp_path / "run" / "checkpoint.pt"
+    a = torch.load(src, weights_only=True)["model"]
+    cfg = _cfg(tmp_path, 1, whisper_cache, "frozen_decoder")
+    cfg.run.dir, cfg.run.init_from = str(tmp_path / "b"), str(src)
+    cfg.train.freeze, cfg.train.distill_weight = "pre_vq_and_decoder", 0.0
+    first = train(cfg, log=lambda *_: None)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert b["step"] == 1 and b["data"]["epoch"] == 0 and b["data"]["cursor"] == 2
+    fresh = build_tokenizer(cfg.tokenizer)[0].state_dict()
+    for k in [k for k in a if k.startswith(("pre_layers.", "conv1.", "conv2."))]:
+        assert torch.equal(b["model"][k], a[k]), k  # frozen, loaded
+    assert any(not torch.equal(a[k], fresh[k]) for k in a if k.startswith("pre_layers."))
+    # the first step's loss is the loaded model's on the first batch
+    model, wh = build_tokenizer(cfg.tokenizer)
+    model.load_state_dict(a)
+    data = AudioBatches(cfg.train.data, 2, cfg.run.seed, cfg.train.pack_seconds)
+    audios, texts = data.next()
+    model.eval()
+    with torch.no_grad():
+        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+        model.train()
+        _, logs, _, _ = model.forward_pooled(pooled, keep, *text_targets(wh, texts))
+    assert first["ce"] == pytest.approx(logs["ce"], rel=1e-4)
+    cfg.run.init_from = str(tmp_path / "missing.pt")
+    cfg.run.dir = str(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        train(cfg, log=lambda *_: None)
 
 
 def test_packing_concatenates_utterances(tmp_path):

@@ -35,19 +35,21 @@ def test_ten_seconds_is_125_tokens_and_batch_independent(whisper):
     torch.testing.assert_close(pooled_b[0, :38], pooled_1[0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("code_dim", [None, 8])
-def test_quantized_path_equals_continuous_when_codebook_holds_the_features(whisper, tmp_path, code_dim):
+@pytest.mark.parametrize("code_dim,position_free", [(None, False), (8, False), (8, True)])
+def test_quantized_path_equals_continuous_when_codebook_holds_the_features(whisper, tmp_path, code_dim,
+                                                                           position_free):
     (path, text), = librivox_items()[1:2]
     a = decode_audio(path)
-    cfg = TokenizerConfig(split_layer=3, codebook_size=38, code_dim=code_dim)
+    cfg = TokenizerConfig(split_layer=3, codebook_size=38, code_dim=code_dim, position_free=position_free)
     model, _ = build_tokenizer(cfg, whisper)
     model.eval()
     feats, n_tok = features([a])
     assert n_tok.tolist() == [38]
     pooled, keep = model.pooled(feats, n_tok)
-    model.init_projection(pooled[keep])
+    pos = model.positions(keep)
+    model.init_projection(pooled[keep], pos)
     with torch.no_grad():
-        model.init_codebook(model.vq_in(pooled[keep]), torch.Generator().manual_seed(0))  # every frame a code
+        model.init_codebook(model.code_input(pooled[keep], pos), torch.Generator().manual_seed(0))  # a code per frame
     codes = tokenize_audios(model, [a])
     assert sorted(codes[0].tolist()) == sorted(set(codes[0].tolist()))  # distinct frames, distinct codes
     with torch.no_grad():
@@ -127,6 +129,27 @@ def test_unpool_repeat_keeps_codes_and_reads_50hz_and_distills(whisper):
     finally:
         model.decoder.requires_grad_(True)
         model.zero_grad(set_to_none=True)
+
+
+def test_position_free_offsets_start_at_the_per_position_means(whisper):
+    """vq_pos[t] = mean code input at token position t, shrunk by 16 pseudo-frames to the overall mean;
+    code_output(code_input(x)) is the plain bottleneck (the offset cancels)."""
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=2, codebook_size=16, code_dim=6, position_free=True), whisper)
+    with torch.no_grad():
+        pooled, keep = model.pooled(*features([decode_audio(p) for p, _ in librivox_items()]))
+        x, pos = pooled[keep], model.positions(keep)
+        assert pos.tolist() == [t for row in keep.tolist() for t, k in enumerate(row) if k]
+        with pytest.raises(ValueError, match="positions"):
+            model.init_projection(x)
+        model.init_projection(x, pos)
+        z = model.vq_in(x).double()
+        for t in (0, 5, int(pos.max())):
+            at = z[pos == t]
+            want = (at.sum(0) + 16 * z.mean(0)) / (len(at) + 16)
+            torch.testing.assert_close(model.vq_pos[t].double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.code_output(model.code_input(x, pos), pos), model.unquantized(x),
+                                   rtol=1e-5, atol=1e-5)
+        assert model.vq_pos.requires_grad and model.vq_pos.shape == (375, 6)
 
 
 def test_factorized_codes_start_from_the_pca_bottleneck(whisper):

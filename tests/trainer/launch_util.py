@@ -1,6 +1,7 @@
 """Run launch/pretrain.py in 1-4 local gloo processes and read back metrics.jsonl."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -29,6 +30,8 @@ def run_pretrain(nproc: int, run_dir: Path, overrides: list[str], launcher: str 
     cmd += ["launch/pretrain.py", "--config", config, f"run.dir={run_dir}", "train.progress_bar=false", *overrides]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    leaked = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*")  # DeepSpeed's CPU shm all-reduce
+    assert not leaked, f"the run left shared memory behind: {leaked}"
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
