@@ -100,8 +100,9 @@ class AudioBatches:
             if "transcript" not in s:
                 raise ValueError(f"{path} key {key!r}: no transcript; ASR training needs audio+transcript shards")
             items.append((key, audio_bytes(s, f"{path} key {key!r}"), s["transcript"]))
-            durations.append(float(s["duration"]) if "duration" in s else
-                             len(decode_audio(items[-1][1], key)) / SAMPLE_RATE)
+            if pack_seconds > 0:  # only packing needs durations (decoded when the shard has none)
+                durations.append(float(s["duration"]) if "duration" in s else
+                                 len(decode_audio(items[-1][1], key)) / SAMPLE_RATE)
         self.items, self.batch_size, self.seed = items, batch_size, seed
         self.pack_seconds, self.gap = pack_seconds, gap
         self.groups = [[i] for i in range(len(items))]
@@ -180,27 +181,31 @@ def _freeze(model, how: str) -> None:
         model.decoder.requires_grad_(False)  # proj_out is tied to its embedding
 
 
+def _audio_chunks(data: AudioBatches, chunk: int = 16):
+    """Every training item's audio, in order, `chunk` items at a time."""
+    for s in range(0, len(data), chunk):
+        yield data._load(range(s, min(s + chunk, len(data))))[0]
+
+
 @torch.no_grad()
-def _pooled_cache(model, data: AudioBatches, chunk: int = 16) -> list[torch.Tensor]:
+def _pooled_cache(model, data: AudioBatches) -> list[torch.Tensor]:
     """Per training item: pooled pre-VQ features [T_i, D] (the training input when the layers below
     the VQ are frozen, and the codebook's init data)."""
     model.eval()
     out = []
-    for s in range(0, len(data), chunk):
-        pooled, keep = model.pooled(*features(data._load(range(s, min(s + chunk, len(data))))[0],
-                                             model.conv1.in_channels))
+    for audios in _audio_chunks(data):
+        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
         out.extend(p[k].clone() for p, k in zip(pooled, keep))
     return out
 
 
 @torch.no_grad()
-def _teacher_cache(model, data: AudioBatches, chunk: int = 16) -> list[torch.Tensor]:
+def _teacher_cache(model, data: AudioBatches) -> list[torch.Tensor]:
     """Per training item: the original encoder's states on the 30 s window, float16 [1500, D]; run
     before any weights are loaded or trained, so it is the frozen teacher."""
     model.eval()
     out = []
-    for s in range(0, len(data), chunk):
-        audios, _ = data._load(range(s, min(s + chunk, len(data))))
+    for audios in _audio_chunks(data):
         mel30 = torch.from_numpy(np.stack([log_mel(a, model.conv1.in_channels) for a in audios]))
         out.extend(model.teacher(mel30).half())
     return out
@@ -261,9 +266,10 @@ def train(cfg: Config, log=print) -> dict:
     # path: gradients reach only the layers above the bottleneck); with distillation the whole data
     # set also initialises the codebook
     cache = _pooled_cache(model, data) if pre_vq_frozen or (init_codebook and distill) else None
-    if tcache or cache:
-        log(f"cached {' and '.join(n for n, c in (('teacher states', tcache), ('pre-VQ features', cache)) if c)} "
-            f"of {len(data)} training items")
+    if tcache is not None:
+        log(f"cached teacher states of {len(tcache)} training items")
+    if cache is not None:
+        log(f"cached pre-VQ features of {len(cache)} training items")
     if init_codebook:  # data-dependent codebook init from real pooled frames (no EMA from random points)
         model.eval()
         vecs = list(cache) if cache is not None else []
