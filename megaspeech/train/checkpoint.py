@@ -6,8 +6,14 @@ the data-loader position) and `meta.json` (layout, model config, vocabulary: rea
 unpickling anything). `latest` names the newest complete checkpoint.
 
 Save protocol (a crash at any moment leaves `latest` loadable):
-  every rank writes into `<tag>.tmp`  ->  barrier  ->  rank 0 renames `<tag>.tmp` to `<tag>`,
-  then atomically replaces `latest`, then prunes to the newest `keep`  ->  barrier.
+  every rank writes into `<tag>.tmp`  ->  ranks hash shares of its files  ->  rank 0 writes meta.json
+  (size + sha256 of every file) last, renames `<tag>.tmp` to `<tag>`, atomically replaces `latest`,
+  then prunes to the newest `keep` (never the one just written nor a newer one)  ->  barrier.
+A failed write (disk full) on any rank removes `<tag>.tmp` and raises on every rank.
+
+Loading: the files are checked against meta.json first (ckpt_integrity.verify); `run.resume=auto`
+falls back to the newest checkpoint that verifies. Every torch.load, DeepSpeed's included, runs under
+`no_unpickling()` (weights_only=True with an allow-list): no code runs from a checkpoint file.
 
 Resharding: a checkpoint whose TP/PP/DP differs from the running job is converted once (rank 0,
 DeepSpeed's `ds_to_universal`) into RUN_DIR/checkpoints_universal/<tag> and loaded as a universal
@@ -31,6 +37,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from megaspeech.train.ckpt_integrity import (META, CheckpointError, digests, dir_bytes, guard_engine, list_files,
+                                             no_unpickling, read_json, save_file, space_message, verify)
 
 log = logging.getLogger(__name__)
 
@@ -149,45 +158,164 @@ def _saving(model: nn.Module):
 
 
 # ---- save / load -----------------------------------------------------------------------------
+def step_dirs(root: Path) -> list[str]:
+    """Complete checkpoint tags under `root` (step directories, no `.tmp`), newest first."""
+    if not Path(root).is_dir():
+        return []
+    return sorted((p.name for p in Path(root).iterdir() if p.is_dir() and re.fullmatch(r"step\d+", p.name)),
+                  reverse=True)
+
+
+def _needed_bytes(engine, root: Path) -> tuple[int, str]:
+    """Space a new checkpoint needs: the size of the newest one, else 16 B per parameter (fp32 weights,
+    master copy and two Adam moments) times the model-parallel ranks."""
+    done = step_dirs(root)
+    if done:
+        return dir_bytes(root / done[0]), f"the size of {done[0]}"
+    n = sum(p.numel() for p in engine.module.parameters())
+    mp = dist.get_world_size() // max(1, getattr(engine, "dp_world_size", 1))
+    return 16 * n * mp, "estimated as 16 bytes per parameter"
+
+
+def _agree(errors: list[str]) -> list[str]:
+    """Every rank's errors, on every rank (a collective: also the barrier between save phases)."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, list(errors))
+    return [e for errs in out for e in errs]
+
+
 def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, keep: int,
          meta: dict | None = None, crash_after_write: bool = False) -> str:
     """Save a checkpoint of `step` collectively; returns its tag. `meta` (JSON-able: layout, config,
-    vocab) is written by rank 0 as meta.json. `crash_after_write` is a test hook (env
-    MEGASPEECH_CRASH_IN_SAVE) that kills the last rank after its shards are written, before the rename."""
-    rank = dist.get_rank()
+    vocab) is written by rank 0 as meta.json with the size and sha256 of every file, last.
+    `crash_after_write` is a test hook (env MEGASPEECH_CRASH_IN_SAVE) that kills the last rank after
+    its shards are written, before the rename. A failed write (disk full, I/O error) on any rank
+    removes `<tag>.tmp` and raises CheckpointError on every rank naming the directory and the space
+    needed; `latest` and the checkpoints before are untouched."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     tag, tmp = tag_for(step), tag_for(step) + ".tmp"
+    needed = _needed_bytes(engine, root)
+    pre = []
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         for old in root.glob("step*.tmp"):  # leftovers of crashed saves (one save runs at a time)
             shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+        if shutil.disk_usage(root).free < needed[0]:
+            pre.append("not enough free space before writing")
+    pre = _agree(pre)
+    if pre:
+        raise CheckpointError(f"not saving checkpoint {tag} in {root}: {space_message(root, *needed)}")
+    errors = guard_engine(engine)
     with _saving(engine.module):
         engine.save_checkpoint(str(root), tag=tmp, client_state=client_state, save_latest=False)
-    torch.save(rank_state, root / tmp / f"rank{rank}.pt")
-    if rank == 0 and meta is not None:
-        _write_atomic(root / tmp / "meta.json", json.dumps(meta, indent=1))
-    if crash_after_write and rank == dist.get_world_size() - 1:
+    save_file(rank_state, root / tmp / f"rank{rank}.pt", errors)
+    if crash_after_write and rank == world - 1:
         os._exit(9)
-    dist.barrier()
+    errors = _agree(errors)
+    names: list = [None]
+    if not errors and rank == 0:
+        names = [list_files(root / tmp)]
+    if not errors:  # ranks hash disjoint shares in parallel; rank 0 gathers them into meta.json
+        dist.broadcast_object_list(names, src=0)
+        try:
+            mine = digests(root / tmp, names[0][rank::world])
+        except OSError as e:
+            mine = {"error": f"hashing {root / tmp}: {e}"}
+        shares = [None] * world
+        dist.all_gather_object(shares, mine)
+        errors = [s["error"] for s in shares if "error" in s]
+    final = []
     if rank == 0:
-        shutil.rmtree(root / tag, ignore_errors=True)
-        os.replace(root / tmp, root / tag)
-        _write_atomic(root / "latest", tag)
-        done = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step")
-                      and not p.name.endswith(".tmp"))
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(root / old, ignore_errors=True)
-    dist.barrier()
+        try:
+            if errors:
+                raise OSError(errors[0])
+            files = {k: v for s in shares for k, v in s.items()}
+            _write_atomic(root / tmp / META, json.dumps({**(meta or {}), "files": files}, indent=1))
+            if (root / tag).exists():  # the same step saved again (e.g. after a fallback resume)
+                log.warning("replacing the earlier checkpoint %s of the same step", root / tag)
+                shutil.rmtree(root / tag)
+            os.replace(root / tmp, root / tag)
+            _write_atomic(root / "latest", tag)
+        except OSError as e:
+            final = [str(e)] if not errors else errors
+            shutil.rmtree(root / tmp, ignore_errors=True)
+        else:  # keep the newest `keep` up to this one; never the one just written nor newer ones
+            older = [t for t in step_dirs(root) if t < tag]
+            for old in older[keep - 1:] if keep > 0 else []:
+                shutil.rmtree(root / old, ignore_errors=True)
+    final = _agree(final)
+    if final:
+        prev = read_latest_quiet(root)
+        raise CheckpointError(
+            f"saving checkpoint {tag} in {root} failed: {final[0]}"
+            f"{f' (and {len(final) - 1} more)' if len(final) > 1 else ''}. {space_message(root, *needed)}. "
+            f"The partial {root / tmp} was removed; `latest` still names {prev or 'nothing'}")
     log.info("saved checkpoint %s", root / tag)
     return tag
 
 
+def read_latest_quiet(root: Path) -> str | None:
+    try:
+        return read_latest(root)
+    except (FileNotFoundError, OSError):
+        return None
+
+
 def read_meta(ckpt_dir: Path) -> dict:
-    f = Path(ckpt_dir) / "meta.json"
+    f = Path(ckpt_dir) / META
     if not f.is_file():
         raise FileNotFoundError(f"{f} is missing: {ckpt_dir} is not a complete megaspeech checkpoint "
                                 f"(an interrupted save leaves <tag>.tmp); pick a directory named in `latest`")
-    return json.loads(f.read_text())
+    return read_json(f, "checkpoint manifest")
+
+
+def verify_collective(step_dir: Path) -> list[str]:
+    """Problems with `step_dir` (meta.json unreadable, or files that differ from its checksums), the
+    same list on every rank; each rank hashes a share of the files. Outside a process group: all."""
+    try:
+        meta = read_meta(step_dir)
+        files = meta.get("files")
+        problems = [] if isinstance(files, dict) else None
+    except (OSError, CheckpointError) as e:
+        problems, files = [str(e)], None
+    if problems is None:  # written before checksums existed: accepted as it is, with a warning
+        log.warning("%s has no checksums (saved by an older megaspeech): loading it unverified", step_dir)
+        problems = []
+    if not dist.is_available() or not dist.is_initialized():
+        return problems or (verify(step_dir, files) if files else [])
+    if files and not problems:
+        problems = verify(step_dir, files, (dist.get_rank(), dist.get_world_size()))
+    return _agree(problems) if files else problems
+
+
+def find_resumable(root: Path) -> str | None:
+    """The checkpoint `run.resume=auto` continues from: `latest` if it verifies, else the newest step
+    directory that verifies (each one skipped is logged with the reason). None when `root` holds no
+    checkpoint; CheckpointError when it holds some but none verifies."""
+    tags = step_dirs(root)
+    first = None
+    try:
+        first = read_latest(root)
+    except (FileNotFoundError, OSError) as e:
+        log.warning("%s; looking for the newest checkpoint that verifies", e)
+    if first is None and tags and not (root / "latest").is_file():
+        log.warning("%s has checkpoints but no `latest`: looking for the newest one that verifies", root)
+    order = ([first] if first else []) + [t for t in tags if t != first]
+    skipped = []
+    for tag in order:
+        problems = verify_collective(root / tag)
+        if not problems:
+            if skipped:
+                log.warning("resuming from %s; skipped %d checkpoint(s) that do not verify: %s", root / tag,
+                            len(skipped), "; ".join(f"{t}: {p}" for t, p in skipped))
+            return tag
+        skipped.append((tag, problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")))
+        log.warning("skipping checkpoint %s: %s", root / tag, skipped[-1][1])
+    if skipped:
+        raise CheckpointError(f"none of the {len(skipped)} checkpoints in {root} verifies: "
+                              + "; ".join(f"{t}: {p}" for t, p in skipped)
+                              + f". Restore a good copy, or move {root} away to start from step 0")
+    return None
 
 
 def same_layout(saved: dict, layout) -> bool:
@@ -207,7 +335,8 @@ def convert_to_universal(src: Path, dst: Path) -> None:
     args = argparse.Namespace(input_folder=str(src), output_folder=str(tmp), num_extract_workers=1,
                               num_merge_workers=1, keep_temp_folder=False, strict=True,
                               inject_missing_state=False)
-    ds_to_universal.main(args)
+    with no_unpickling():  # the converter torch.loads every file with weights_only=False
+        ds_to_universal.main(args)
     for f in ["meta.json", *(p.name for p in src.glob("rank*.pt"))]:
         shutil.copy2(src / f, tmp / f)
     (tmp / "source").write_text(source)
@@ -222,7 +351,8 @@ def data_states(step_dir: Path, saved_layout: dict) -> list[dict]:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint {step_dir} lacks {missing}; it is incomplete, resume from another tag")
-    return [torch.load(f, weights_only=True)["data"] for f in files]
+    with no_unpickling():
+        return [torch.load(f)["data"] for f in files]
 
 
 def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[dict, dict]:
@@ -256,7 +386,9 @@ def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[di
         engine._config.load_universal_checkpoint = True  # read by engine and ZeRO optimizer at load
     install_extra_state_hooks(engine.module)
     try:
-        path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True)
+        guard_engine(engine)
+        with no_unpickling():  # DeepSpeed's engine and universal loader use weights_only=False
+            path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True)
     finally:
         engine._config.load_universal_checkpoint = False
     if path is None:
@@ -268,7 +400,8 @@ def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[di
         rank_file = src / f"rank{dp_index * saved['tp']}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} is missing: the checkpoint is incomplete; resume from another tag")
-    return client_state, torch.load(rank_file, weights_only=True)
+    with no_unpickling():
+        return client_state, torch.load(rank_file)
 
 
 # ---- offline: the full model from a checkpoint of any layout ---------------------------------
@@ -281,28 +414,36 @@ def _merge_tp(name: str, slices: list[torch.Tensor]) -> torch.Tensor:
 def full_state_dict(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The full (un-sliced) model weights of a checkpoint of any TP/PP layout, keyed by global names
     (`0.embed.weight`, `1.attn.qkv.weight`, ...), and its meta.json. Reads only tensors
-    (weights_only=True); ZeRO-3 checkpoints (weights partitioned over DP) are refused."""
+    (weights_only=True) after checking every file against meta.json; ZeRO-3 checkpoints (weights partitioned over DP) are refused."""
     ckpt_dir = Path(ckpt_dir)
     meta = read_meta(ckpt_dir)
+    problems = verify_collective(ckpt_dir)
+    if problems:
+        raise CheckpointError(f"{ckpt_dir} does not verify against its meta.json: {'; '.join(problems)}; "
+                              f"export another checkpoint (e.g. the step directory before it)")
     tp = meta["layout"]["tp"]
+    zero = meta.get("config", {}).get("parallel", {}).get("zero_stage")
     per_tp: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
-    if meta["layout"]["pp"] == 1:
-        for r in range(tp):
-            f = ckpt_dir / f"mp_rank_{r:02d}_model_states.pt"
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} is missing (ZeRO-3 checkpoints are not supported here: "
-                                        f"save with parallel.zero_stage<=2)")
-            per_tp[r] = torch.load(f, map_location="cpu", weights_only=True)["module"]
-    else:  # pipeline: layer_<global idx>-model_<tp rank>-model_states.pt, keys local to the layer
-        files = sorted(glob.glob(str(ckpt_dir / "layer_*-model_states.pt")))
-        if not files:
-            raise FileNotFoundError(f"no layer_*-model_states.pt files in {ckpt_dir}")
-        for f in files:
-            m = re.match(r"layer_(\d+)-model_(\d+)-model_states\.pt$", Path(f).name)
-            if m is None:
-                raise ValueError(f"unexpected pipeline checkpoint file name {f}")
-            sd = torch.load(f, map_location="cpu", weights_only=True)
-            per_tp[int(m.group(2))].update({f"{int(m.group(1))}.{k}": v for k, v in sd.items()})
+    with no_unpickling():
+        if meta["layout"]["pp"] == 1:
+            for r in range(tp):
+                f = ckpt_dir / f"mp_rank_{r:02d}_model_states.pt"
+                if not f.is_file():
+                    hint = ("ZeRO-3 checkpoints partition the weights and are not supported here: save with "
+                            "parallel.zero_stage<=2" if zero == 3 else
+                            f"this ZeRO-{zero} checkpoint is incomplete: export another step directory")
+                    raise FileNotFoundError(f"{f} is missing ({hint})")
+                per_tp[r] = torch.load(f, map_location="cpu")["module"]
+        else:  # pipeline: layer_<global idx>-model_<tp rank>-model_states.pt, keys local to the layer
+            files = sorted(glob.glob(str(ckpt_dir / "layer_*-model_states.pt")))
+            if not files:
+                raise FileNotFoundError(f"no layer_*-model_states.pt files in {ckpt_dir}")
+            for f in files:
+                m = re.match(r"layer_(\d+)-model_(\d+)-model_states\.pt$", Path(f).name)
+                if m is None:
+                    raise ValueError(f"unexpected pipeline checkpoint file name {f}")
+                sd = torch.load(f, map_location="cpu")
+                per_tp[int(m.group(2))].update({f"{int(m.group(1))}.{k}": v for k, v in sd.items()})
     out = {}
     for name in per_tp[0]:
         if name.endswith("_extra_state"):

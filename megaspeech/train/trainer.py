@@ -90,14 +90,24 @@ class Trainer:
         checkpoint of another TP/PP/DP layout is resharded through a universal checkpoint."""
         policy = self.cfg.run.resume
         if policy == "none":
+            held = ckpt.step_dirs(self.ckpt_root)
+            if held:  # starting over would mix two runs' checkpoints and let pruning delete the new ones
+                raise ckpt.CheckpointError(
+                    f"run.resume=none but {self.ckpt_root} already holds checkpoints ({', '.join(held[:3])}"
+                    f"{', ...' if len(held) > 3 else ''}); resume them with run.resume=auto, or start "
+                    f"fresh in another run.dir (or move {self.ckpt_root} away yourself)")
             return
-        if policy == "auto":
-            root, tag = self.ckpt_root, ckpt.read_latest(self.ckpt_root)
+        if policy == "auto":  # `latest`, else the newest checkpoint that verifies (skips are logged)
+            root, tag = self.ckpt_root, ckpt.find_resumable(self.ckpt_root)
             if tag is None:
                 return
         else:  # a step dir, or another run's (checkpoints) dir: its latest
             step_dir = ckpt.resolve(policy)
             root, tag = step_dir.parent, step_dir.name
+            problems = ckpt.verify_collective(step_dir)
+            if problems:
+                raise ckpt.CheckpointError(f"run.resume={policy}: {step_dir} does not verify against its "
+                                           f"meta.json: {'; '.join(problems)}; resume from another checkpoint")
         meta = ckpt.read_meta(root / tag)
         check_compatible(self.cfg, meta, root / tag)  # before any weight is read
         client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
@@ -153,14 +163,34 @@ class Trainer:
         return out
 
     def _next_micro_batches(self) -> list[dict]:
+        """The next step's micro-batches; None (on every rank) once any rank's data is exhausted."""
         if self._data_iter is None:
             self._data_iter = iter(self.loader)
-        batches = [next(self._data_iter) for _ in range(self.grad_accum)]
+        try:
+            batches = [next(self._data_iter) for _ in range(self.grad_accum)]
+        except StopIteration:
+            batches = None
+        # ranks must agree before the step's collectives, or the ones with data would wait forever
+        if self._all_reduce(torch.tensor([batches is None], dtype=torch.int32), op=dist.ReduceOp.MAX).item():
+            return None
         if os.environ.get("MEGASPEECH_LOG_SAMPLES"):  # test hook: sample ids per step, per rank
             ids = [int(i) for b in batches for i in b["sample_ids"].flatten() if i >= 0]
             with open(self.run_dir / f"samples_rank{self.layout.rank}.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": self.step + 1, "sample_ids": ids}) + "\n")
         return batches
+
+    def _end_of_data(self) -> None:
+        """The data ran out before train.steps (every source had `epochs` set): save and stop."""
+        cfg = self.cfg
+        if self.step == 0:
+            raise RuntimeError("the data yielded no batch at all: every source is empty or exhausted "
+                               "(data.sources epochs, or a resumed position at the end); check data.sources")
+        if not (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+            self.save()
+        if self.is_logger:
+            log.warning("data exhausted after step %d of train.steps=%d (every source finished its epochs): "
+                        "checkpoint %s saved, stopping. Add data or raise data.sources[].epochs, then resume",
+                        self.step, cfg.train.steps, self.ckpt_root / ckpt.tag_for(self.step))
 
     def _handle_signal(self, signum, frame):
         self._stop_signal = signum
@@ -178,6 +208,9 @@ class Trainer:
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
             micro_batches = self._next_micro_batches()
+            if micro_batches is None:
+                self._end_of_data()
+                break
             t_data = time.perf_counter() - t0
             out = self.train_step(micro_batches)
             dt = time.perf_counter() - t0
@@ -222,8 +255,9 @@ def check_compatible(cfg: PretrainConfig, client: dict, where: Path) -> None:
     from megaspeech.vocab import Vocab
     cfg.vocab.check_same(Vocab(**client["vocab"]), f"checkpoint {where}")
     saved = client["config"]["model"]
+    # every field that changes a tensor's shape (vocab_multiple: the padded embedding rows)
     for k in ("family", "num_layers", "hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads",
-              "qkv_bias", "tie_embeddings", "rope_fraction"):
-        if saved[k] != getattr(cfg.model, k):
+              "qkv_bias", "tie_embeddings", "rope_fraction", "vocab_multiple"):
+        if k in saved and saved[k] != getattr(cfg.model, k):
             raise ValueError(f"checkpoint {where} has model.{k}={saved[k]!r} but this run has "
                              f"model.{k}={getattr(cfg.model, k)!r}; use the checkpoint's model shape")
