@@ -38,9 +38,17 @@ def load_yaml_tree(path: str | Path, _seen: tuple = ()) -> dict:
     if path in _seen:
         raise ConfigError(f"{path}: `base:` inheritance cycle through {[str(p) for p in _seen]}")
     if not path.is_file():
+        if _seen:  # named by a `base:` entry, not by --config
+            raise ConfigError(f"{_seen[-1]}: its `base:` names {path}, which does not exist (`base:` paths are "
+                              f"relative to the file that names them); fix the `base:` entry")
         raise ConfigError(f"config file {path} does not exist (pass --config with an existing YAML file)")
-    with open(path) as f:
-        tree = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}; fix the syntax there") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file ({e})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
     bases = tree.pop("base", None) or []
@@ -59,11 +67,20 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({' '.join(str(e).split())}); "
+                              f"fix it, or quote a string value") from None
         parts = key.strip().split(".")
+        if not all(parts) or any(not p.replace("_", "").replace("-", "").isalnum() for p in parts):
+            raise ConfigError(f"override {item!r}: {key!r} is not a dotted key like train.steps")
         node = tree
         for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)
+            if nxt is not None and not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value ({nxt!r}), not a "
+                                  f"section; set {'.'.join(parts[:i + 1])}=... instead")
             nxt = dict(nxt) if isinstance(nxt, dict) else {}
             node[p] = nxt
             node = nxt

@@ -13,6 +13,7 @@ Field reference (README "Config reference" mirrors this file):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +28,14 @@ class RunConfig:
     seed: int = 1234
     resume: str = "auto"  # auto: resume from RUN_DIR/checkpoints/latest if present; none; or a checkpoint dir
     name: str = "megaspeech"
+
+    def __post_init__(self):
+        check(0 <= self.seed < 2**32, "run.seed", f"must be in [0, 2^32), got {self.seed}")
+        check(bool(self.resume), "run.resume", "must be auto, none or a checkpoint directory")
+
+
+def _positive(value: float, field: str) -> None:
+    check(math.isfinite(value) and value > 0, field, f"must be a finite number > 0, got {value}")
 
 
 @dataclass
@@ -49,6 +58,10 @@ class ModelConfig:
 
     def __post_init__(self):
         check(self.num_layers > 0, "model.num_layers", "must be > 0")
+        for k in ("hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", "vocab_multiple"):
+            check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
+        for k in ("rope_theta", "norm_eps", "init_std"):
+            _positive(getattr(self, k), f"model.{k}")
         check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
               f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
         check(self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads",
@@ -98,9 +111,14 @@ class TrainConfig:
         check(self.steps >= 0, "train.steps", "must be >= 0")
         check(self.seq_len > 1, "train.seq_len", "must be > 1")
         check(self.micro_batch >= 1, "train.micro_batch", "must be >= 1")
+        check(self.global_batch >= 1, "train.global_batch", "must be >= 1")
+        check(self.log_interval >= 1, "train.log_interval", f"must be >= 1 (log every N steps), got {self.log_interval}")
+        if self.peak_tflops is not None:
+            _positive(self.peak_tflops, "train.peak_tflops")
         check(self.global_batch % self.micro_batch == 0, "train.global_batch",
               f"{self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}")
-        check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip",
+              "must be a finite number >= 0 (0 disables clipping)")
 
 
 @dataclass
@@ -115,7 +133,11 @@ class OptimConfig:
     weight_decay: float = 0.1
 
     def __post_init__(self):
-        check(self.lr > 0, "optim.lr", "must be > 0")
+        _positive(self.lr, "optim.lr")
+        _positive(self.eps, "optim.eps")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(self.decay_steps is None or self.decay_steps >= 1, "optim.decay_steps", "must be >= 1 or null")
+        check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         check(0 <= self.min_lr <= self.lr, "optim.min_lr", f"must be in [0, optim.lr={self.lr}]")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
               "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
@@ -126,6 +148,10 @@ class CheckpointConfig:
     interval: int = 0  # steps between saves; 0: only at the end and on SIGTERM/SIGUSR1
     keep: int = 3
     save_at_end: bool = True
+
+    def __post_init__(self):
+        check(self.interval >= 0, "checkpoint.interval", f"must be >= 0 (0: only at the end), got {self.interval}")
+        check(self.keep >= 0, "checkpoint.keep", f"must be >= 0 (0: keep every checkpoint), got {self.keep}")
 
 
 @dataclass

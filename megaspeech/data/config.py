@@ -38,7 +38,7 @@ class SourceConfig:
 
     def __post_init__(self):
         check(bool(self.path), "data.sources[].path", "set the dataset directory (holding manifest.json)")
-        check(self.weight > 0, "data.sources[].weight", f"must be > 0, got {self.weight}")
+        check(self.weight > 0 and self.weight != float("inf"), "data.sources[].weight", f"must be a finite number > 0, got {self.weight}")
         check(self.epochs is None or self.epochs >= 1, "data.sources[].epochs", "must be >= 1 or null (repeat)")
         if not self.name:
             self.name = Path(self.path.split(":", 1)[-1]).name
@@ -69,6 +69,7 @@ class DataConfig:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.open_shards >= 1, "data.open_shards", "must be >= 1")
         check(0.0 <= self.asr_fraction <= 1.0, "data.asr_fraction", "must be in [0, 1]")
+        check(0.0 <= self.speech_fraction <= 1.0, "data.speech_fraction", "must be in [0, 1]")
         if self.kind == "shards":
             check(len(self.sources) > 0, "data.sources",
                   "data.kind=shards needs at least one source, e.g. [{path: megaspeech:demo/text}]")

@@ -56,6 +56,7 @@ class SourceStream:
         self.d = 0  # round-robin counter over open slots
         self._perm: dict[int, np.ndarray] = {}
         self._loaded: dict[int, tuple] = {}
+        self.barren = 0  # slots finished since the last usable sample (a full pass of them: give up)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -109,6 +110,10 @@ class SourceStream:
             self.stats["skipped_samples"] += entry["samples"]
             return None
         n = len(index)
+        if n == 0:  # nothing to read (a valid but empty tar): counted, never indexed
+            log.warning("skipping empty shard %s", path)
+            self.stats["skipped_shards"] += 1
+            return None
         order = (np.random.default_rng([self.seed, self.src, e, shard]).permutation(n) if self.shuffle
                  else np.arange(n))
         self._loaded[q] = (data, index, order, str(path), e, shard)
@@ -130,11 +135,13 @@ class SourceStream:
             loaded = self._load(q)
             if loaded is None:
                 del self.open[i]
+                self._finished_slot()
                 continue
             data, index, order, path, e, shard = loaded
             j = int(order[c])
             self.open[i][1] += 1
-            if c + 1 == len(index):
+            last = c + 1 == len(index)
+            if last:
                 del self.open[i]
                 self._loaded.pop(q, None)
             key, fields = index[j]
@@ -146,8 +153,20 @@ class SourceStream:
                     raise
                 log.warning("skipping sample: %s", err)
                 self.stats["skipped_samples"] += 1
+                if last:
+                    self._finished_slot()
                 continue
+            self.barren = 0
             return sample_id(self.src, shard, j), e, sample
+
+    def _finished_slot(self) -> None:
+        """Without this, a source whose every shard is skipped (on_error=skip, or all empty) spins forever."""
+        self.barren += 1
+        if self.barren >= self.n_shards:
+            raise ShardError(
+                f"{self.ds.path}: the last {self.barren} shards read (a full pass over its {self.n_shards}) yielded "
+                f"no usable sample ({self.stats['skipped_shards']} shards and {self.stats['skipped_samples']} "
+                f"samples skipped so far, see the warnings above); re-create the dataset or remove the source")
 
 
 def merge_source_states(old: list[dict], new_world: int) -> list[dict]:

@@ -25,6 +25,10 @@ class TokenizerTrainConfig:
 
     def __post_init__(self):
         check(self.vocab_size >= 100, "tokenizer.vocab_size", f"must be >= 100, got {self.vocab_size}")
+        check(0 < self.character_coverage <= 1, "tokenizer.character_coverage", "must be in (0, 1]")
+        check(self.input_sentence_size >= 1, "tokenizer.input_sentence_size", "must be >= 1")
+        check(self.speech_size >= 0, "tokenizer.speech_size", "must be >= 0")
+        check(self.num_threads >= 1, "tokenizer.num_threads", "must be >= 1")
 
 
 @dataclass
@@ -41,6 +45,8 @@ class TextPrepConfig:
     def __post_init__(self):
         check(self.max_tokens_per_sample >= 16, "text.max_tokens_per_sample", "must be >= 16")
         check(self.parts >= 1, "text.parts", "must be >= 1")
+        check(self.max_tokens is None or self.max_tokens >= 1, "text.max_tokens", "must be >= 1 or null")
+        check(self.max_shard_bytes >= 1 << 16, "text.max_shard_bytes", "must be >= 65536")
         check(0 <= self.worker < self.num_workers, "text.worker", f"must be in [0, text.num_workers={self.num_workers})")
 
 

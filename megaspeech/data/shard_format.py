@@ -107,6 +107,8 @@ def check_sample(kind: str, sample: dict, where: str, vocab: Vocab | None = None
         if not isinstance(a, np.ndarray) or a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
             raise ShardError(f"{where}: field {k!r} must be a 1-D integer array, got "
                              f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+        if a.size and int(a.min()) < 0:
+            raise ShardError(f"{where}: field {k!r} has a negative id {int(a.min())}")
     if kind == "interleaved":
         m = sample["modality"]
         if not isinstance(m, np.ndarray) or m.shape != sample["tokens"].shape or not np.issubdtype(m.dtype, np.integer):
@@ -114,10 +116,19 @@ def check_sample(kind: str, sample: dict, where: str, vocab: Vocab | None = None
     if vocab is not None:
         if kind == "speech" and sample["codes"].size and int(sample["codes"].max()) >= vocab.speech_size:
             raise ShardError(f"{where}: speech code {int(sample['codes'].max())} >= vocab.speech_size={vocab.speech_size}")
-        for k, hi in (("tokens", vocab.size), ("text", vocab.text_size)):
+        # per kind: a `text` sample holds text ids only (no speech codes, no specials); interleaved
+        # tokens may be any unified id; a speech pair's transcript is text ids
+        limits = {"text": (("tokens", vocab.text_size, "vocab.text_size"),),
+                  "speech": (("text", vocab.text_size, "vocab.text_size"),),
+                  "interleaved": (("tokens", vocab.size, "the vocabulary size"),)}.get(kind, ())
+        for k, hi, name in limits:
             a = sample.get(k)
             if isinstance(a, np.ndarray) and a.size and int(a.max()) >= hi:
-                raise ShardError(f"{where}: field {k!r} has id {int(a.max())} >= {hi} (vocab layout)")
+                raise ShardError(f"{where}: field {k!r} has id {int(a.max())} >= {name}={hi}: outside the "
+                                 f"{kind!r} id range of the vocab layout; re-create the shard with the right vocab")
+    if kind == "interleaved" and sample["modality"].size and int(sample["modality"].max()) > 1:
+        raise ShardError(f"{where}: field 'modality' has value {int(sample['modality'].max())}; only 0 (text) "
+                         f"and 1 (speech) exist")
 
 
 def count_tokens(kind: str, sample: dict) -> int:
@@ -197,12 +208,30 @@ def decode_sample(data: bytes, key: str, fields: dict[str, tuple[int, int]], whe
         if ext == "npy":
             out[name] = decode_npy(raw, loc)
         elif ext == "txt":
-            out[name] = bytes(raw).decode()
+            try:
+                out[name] = bytes(raw).decode()
+            except UnicodeDecodeError as e:
+                raise ShardError(f"{loc}: not UTF-8 text ({e}); re-create the shard") from None
         elif ext == "json":
-            out[name] = json.loads(bytes(raw))
+            try:
+                out[name] = json.loads(bytes(raw))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ShardError(f"{loc}: not valid JSON ({e}); re-create the shard") from None
         else:
             out[field] = bytes(raw)
     return out
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest (dataset or part) as a dict; a damaged one is a ShardError naming the file."""
+    try:
+        m = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path}: not valid JSON ({e}); the manifest is damaged: re-run the prep tool "
+                         f"for this dataset (finished shards are kept) or restore the file") from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
+        raise ShardError(f"{path}: not a megaspeech manifest (no `shards` list); re-run the prep tool")
+    return m
 
 
 def load_shard_bytes(path: Path, sha256: str | None = None, size: int | None = None) -> bytes:

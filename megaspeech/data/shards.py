@@ -44,7 +44,7 @@ from typing import Iterator
 
 from megaspeech.data.shard_format import (FORMAT, KINDS, PICKLE_EXTS, REQUIRED, TOKEN_FIELDS, _KEY_RE,  # noqa: F401
                                           ShardError, _encode_field, _token_dtype, check_sample, count_tokens,
-                                          decode_npy, decode_sample, index_tar, load_shard_bytes)
+                                          decode_npy, decode_sample, index_tar, load_shard_bytes, read_manifest)
 from megaspeech.vocab import Vocab
 
 
@@ -204,7 +204,7 @@ class Dataset:
         if not mpath.is_file():
             raise ShardError(f"{mpath} not found: {self.path} is not a finished dataset "
                              f"(run launch/prepare_data.py, or merge_parts() for job-array output)")
-        m = json.loads(mpath.read_text())
+        m = read_manifest(mpath)
         if m.get("format") != FORMAT:
             raise ShardError(f"{mpath}: format {m.get('format')!r}, expected {FORMAT!r}; re-create the dataset")
         if kind is not None and m["kind"] != kind:
@@ -255,7 +255,7 @@ def part_done(out_dir: str | Path, part: int) -> bool:
     m = Path(out_dir) / f"{part_prefix(part)}.manifest.json"
     if not m.is_file():
         return False
-    shards = json.loads(m.read_text())["shards"]
+    shards = read_manifest(m)["shards"]
     return all((Path(out_dir) / s["name"]).is_file() and (Path(out_dir) / s["name"]).stat().st_size == s["bytes"]
                for s in shards)
 
@@ -273,7 +273,7 @@ def merge_parts(out_dir: str | Path, n_parts: int, meta: dict | None = None) -> 
     if missing:
         raise ShardError(f"{out}: parts {missing[:10]}{'...' if len(missing) > 10 else ''} not finished; "
                          f"re-run the prep tool for them (finished parts are skipped)")
-    parts = [json.loads((out / f"{part_prefix(i)}.manifest.json").read_text()) for i in range(n_parts)]
+    parts = [read_manifest(out / f"{part_prefix(i)}.manifest.json") for i in range(n_parts)]
     for p in parts[1:]:
         if (p["kind"], p["vocab"], p["token_dtype"]) != (parts[0]["kind"], parts[0]["vocab"], parts[0]["token_dtype"]):
             raise ShardError(f"{out}: parts disagree on kind/vocab/token dtype; re-run them with one config")
