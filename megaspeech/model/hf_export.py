@@ -76,9 +76,38 @@ def unified_tokenizer(vocab: Vocab, hf_source: str | None):
     return tok
 
 
+MARKER = ".megaspeech-export"  # written into every export: only such a directory is ever replaced
+
+
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def check_export_target(out_dir: str | Path, ckpt_dir: str | Path | None = None) -> None:
+    """Refuse an `out` that export would damage: equal to or inside the checkpoint or its run
+    directory, holding the checkpoint, or non-empty without the marker of a previous export."""
+    out = Path(out_dir).expanduser().resolve()
+    if ckpt_dir is not None:
+        ck = Path(ckpt_dir).expanduser().resolve()
+        run = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+        for what, d in (("the checkpoint", ck), ("its run directory", run)):
+            if _inside(out, d):
+                raise ValueError(f"out={out} is inside {what} {d}; export to a directory outside the run")
+        if _inside(ck, out):
+            raise ValueError(f"out={out} contains the checkpoint {ck}; replacing it would delete the checkpoint: "
+                             f"export to another directory")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={out} is a file, not a directory; pass a new directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ValueError(f"out={out} is not empty and is not a previous export (no {MARKER} file): megaspeech "
+                         f"never replaces what it did not write; pass a new or empty directory")
+
+
 def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Write a transformers directory for the checkpoint at `ckpt_dir` (a step directory holding
-    meta.json, any TP/PP layout). Returns out_dir."""
+    meta.json, any TP/PP layout). Returns out_dir. `out_dir` must be new, empty or a previous export
+    (replaced atomically), and outside the checkpoint's run."""
+    check_export_target(out_dir, ckpt_dir)
     sd, meta = full_state_dict(Path(ckpt_dir))
     cfg = meta["config"]
     return write_hf(sd, ModelConfig(**cfg["model"]), Vocab.from_dict(cfg["vocab"]), out_dir, dtype)
@@ -87,7 +116,9 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "float32")
 def write_hf(sd: dict[str, torch.Tensor], m: ModelConfig, vocab: Vocab, out_dir: str | Path,
              dtype: str = "float32") -> Path:
     """Our full state dict (global names, [V_pad, H] embeddings) -> transformers directory, written
-    into a temp dir and renamed, so it appears complete or not at all."""
+    into a temp dir and renamed, so it appears complete or not at all. A previous export in
+    `out_dir` is replaced only once the new one is complete; anything else there is refused."""
+    check_export_target(out_dir)
     from transformers import AutoModelForCausalLM, GenerationConfig
     ad = adapter_for(m)
     hf_sd = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in ad.to_hf(sd).items()}
@@ -109,13 +140,24 @@ def write_hf(sd: dict[str, torch.Tensor], m: ModelConfig, vocab: Vocab, out_dir:
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok = unified_tokenizer(vocab, src)
-    if tok is not None:
-        tok.save_pretrained(tmp)
-    else:
-        log.warning("no text tokenizer (vocab.sp_model and model.init_from_hf unset): %s has no tokenizer files", out)
-    vocab.save(tmp / "vocab.json")
-    shutil.rmtree(out, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok = unified_tokenizer(vocab, src)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        else:
+            log.warning("no text tokenizer (vocab.sp_model and model.init_from_hf unset): %s has no tokenizer files", out)
+        vocab.save(tmp / "vocab.json")
+        (tmp / MARKER).write_text("written by megaspeech.model.hf_export; this directory may be replaced by the next export\n")
+    except BaseException:  # a failed export leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    check_export_target(out)  # again: nothing else may have appeared there meanwhile
+    old = out.with_name(out.name + f".old{os.getpid()}")
+    if out.is_dir() and any(out.iterdir()):  # a previous export (checked): moved aside, deleted once replaced
+        os.replace(out, old)
+    elif out.is_dir():
+        out.rmdir()
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
