@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from megaspeech.model.hf_export import MARKER, export_hf
+from megaspeech.model.hf_export import export_hf
 from megaspeech.train import checkpoint as ckpt
 from tests.faults.fault_runs import REPO, copy_run
 
@@ -43,7 +43,7 @@ def test_refuses_out_inside_or_equal_to_the_run(base_run, tmp_path, where):
 
 def test_refuses_out_holding_the_checkpoint(base_run, tmp_path):
     run_dir = copy_run(base_run, tmp_path / "run")
-    (tmp_path / MARKER).write_text("")  # even a marker does not make deleting the checkpoint acceptable
+    (tmp_path / ".megaspeech-export").write_text("")  # even a marker does not make deleting the checkpoint acceptable
     with pytest.raises(ValueError, match="contains the checkpoint"):
         export_hf(run_dir / "checkpoints" / "step00000004", tmp_path)
     assert ckpt.verify_collective(run_dir / "checkpoints" / "step00000004") == []
@@ -52,11 +52,11 @@ def test_refuses_out_holding_the_checkpoint(base_run, tmp_path):
 def test_replaces_a_previous_export(base_run, tmp_path):
     out = tmp_path / "hf"
     export_hf(base_run / "checkpoints" / "step00000002", out)
-    assert (out / MARKER).is_file() and (out / "model.safetensors").is_file()
+    assert (out / ".megaspeech-export").is_file() and (out / "model.safetensors").is_file()
     first = (out / "model.safetensors").read_bytes()
     (out / "stale.txt").write_text("from the previous export")
     export_hf(base_run / "checkpoints" / "step00000004", out)
-    assert (out / MARKER).is_file() and not (out / "stale.txt").exists()
+    assert (out / ".megaspeech-export").is_file() and not (out / "stale.txt").exists()
     assert (out / "model.safetensors").read_bytes() != first  # step 4's weights
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temp or old directory left
 
