@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from megaspeech.train import checkpoint as ckpt
-from megaspeech.train.ckpt_integrity import CheckpointError
 from tests.faults.fault_runs import copy_run, losses, run, tags
 
 
@@ -44,7 +43,7 @@ def test_same_size_corruption_and_truncation_are_named(base_run, tmp_path):
     model.write_bytes(model.read_bytes()[:1000])
     problems = ckpt.verify_collective(d)
     assert any(str(model) in p and "1000 bytes" in p for p in problems)
-    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt"):  # export refuses it too
+    with pytest.raises(ckpt.CheckpointError, match="mp_rank_00_model_states.pt"):  # export refuses it too
         ckpt.full_state_dict(d)
 
 
@@ -74,7 +73,7 @@ def test_auto_without_readable_latest_takes_the_newest_verified(base_run, tmp_pa
     flip_byte(root / "step00000002" / "rank0.pt", 0.9)
     assert ckpt.find_resumable(root) == "step00000004"
     (root / "step00000004" / "meta.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoints.*meta.json: not valid JSON"):
+    with pytest.raises(ckpt.CheckpointError, match=r"none of the 2 checkpoints.*meta.json: not valid JSON"):
         ckpt.find_resumable(root)
     assert ckpt.find_resumable(tmp_path / "empty") is None
 

@@ -8,7 +8,6 @@ import torch
 import pytest
 
 from megaspeech.train import checkpoint as ckpt
-from megaspeech.train.ckpt_integrity import UnsafeCheckpointError, no_unpickling
 from tests.faults.fault_runs import copy_run, rewrite_checksums, run
 
 
@@ -52,9 +51,10 @@ def test_resharding_conversion_refuses_a_planted_file(base_run, tmp_path):
     marker = tmp_path / "marker"
     src = run_dir / "checkpoints" / "step00000004"
     f = plant(src, "mp_rank_00_model_states.pt", marker)
-    with pytest.raises(UnsafeCheckpointError, match=f"{f}: refused to load"):
+    with pytest.raises(Exception) as e:
         ckpt.convert_to_universal(src, run_dir / "checkpoints_universal" / "step00000004")
     assert not marker.exists()
+    assert type(e.value).__name__ == "UnsafeCheckpointError" and f"{f}: refused to load" in str(e.value)
     assert not (run_dir / "checkpoints_universal" / "step00000004").exists()
 
 
@@ -63,13 +63,15 @@ def test_export_refuses_a_planted_file(base_run, tmp_path):
     run_dir = copy_run(base_run, tmp_path / "run")
     marker = tmp_path / "marker"
     f = plant(run_dir / "checkpoints" / "step00000004", "mp_rank_00_model_states.pt", marker)
-    with pytest.raises(UnsafeCheckpointError, match=f"{f}: refused to load"):
+    with pytest.raises(Exception) as e:
         export_hf(run_dir / "checkpoints" / "step00000004", tmp_path / "hf")
     assert not marker.exists() and not (tmp_path / "hf").exists()
+    assert type(e.value).__name__ == "UnsafeCheckpointError" and f"{f}: refused to load" in str(e.value)
 
 
 def test_deepspeed_files_load_under_the_allow_list(base_run):
     """Every file DeepSpeed wrote (ZeRO optimizer state with its LossScaler etc.) loads weights-only."""
+    from megaspeech.train.ckpt_integrity import no_unpickling
     d = base_run / "checkpoints" / "step00000004"
     with no_unpickling():
         for f in sorted(d.glob("*.pt")):
