@@ -4,6 +4,8 @@ A trained tokenizer is a directory:
     tokenizer.json   TokenizerConfig fields + the Whisper source (for rebuilding the architecture)
     model.pt         state_dict of SpeechTokenizer (Whisper weights + VQ buffers), weights_only
     whisper/         the converted base Whisper (config, tokenizer.json, special ids)
+    trained_on.json  what it was trained on: data sets, hours, voices, steps, augmentation
+    eval.json        its WER per held-out set, written by benchmarks/tokenizer_wer.py (with the step)
 """
 from __future__ import annotations
 
@@ -85,8 +87,10 @@ def text_targets(whisper: Whisper, texts: list[str], max_len: int = 440) -> tupl
     return text_in, text_out
 
 
-def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerConfig, whisper: Whisper) -> None:
-    """Write a tokenizer directory atomically (temp dir, then rename)."""
+def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerConfig, whisper: Whisper,
+                   trained_on: dict | None = None) -> None:
+    """Write a tokenizer directory atomically (temp dir, then rename). trained_on: what it was trained
+    on (data, hours, voices, steps), kept as trained_on.json."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +100,8 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     (tmp / "whisper" / "meta.json").write_text(json.dumps(whisper.meta))
     torch.save(model.state_dict(), tmp / "model.pt")
     (tmp / "tokenizer.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if trained_on is not None:
+        (tmp / "trained_on.json").write_text(json.dumps(trained_on, indent=1))
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + f".old{os.getpid()}")
         os.replace(out_dir, old)
