@@ -93,7 +93,7 @@ def main():
         hyp_vq = batched(lambda b: decode_tokens_to_text(model, whisper, b), codes, a.batch)
 
         def cont(b):
-            pooled, keep = model.pooled(*features(b, model.conv1.in_channels))
+            pooled, keep = model.pooled(*features(b, model.conv1.in_channels, model.pool))
             with torch.no_grad():
                 return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
         hyp_cont = batched(cont, audios, a.batch)

@@ -226,7 +226,7 @@ def _pooled_cache(model, data: AudioBatches) -> list[torch.Tensor]:
     model.eval()
     out = []
     for audios in _audio_chunks(data):
-        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
         out.extend(p[k].clone() for p, k in zip(pooled, keep))
     return out
 
@@ -313,7 +313,7 @@ def train(cfg: Config, log=print) -> dict:
         if not vecs:
             with torch.no_grad():
                 for audios, _ in data.peek(cfg.train.codebook_init_batches):
-                    pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+                    pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
                     vecs.append(pooled[keep])
                     pos.append(model.positions(keep))
         vecs, pos = torch.cat(vecs), torch.cat(pos)
@@ -352,7 +352,7 @@ def train(cfg: Config, log=print) -> dict:
             if pre_vq_frozen:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
-                pooled, keep = model.pooled(*features(data._load(idx, data.epoch)[0], model.conv1.in_channels))
+                pooled, keep = model.pooled(*features(data._load(idx, data.epoch)[0], model.conv1.in_channels, model.pool))
             teacher = torch.stack([tcache[i] for i in idx]) if distill else None
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)
@@ -364,7 +364,7 @@ def train(cfg: Config, log=print) -> dict:
             for k, v in logs.items():
                 acc[k] = acc.get(k, 0.0) + v
             acc["n"] += 1
-            acc["audio_s"] += int(keep.sum()) * 0.08  # 80 ms per token
+            acc["audio_s"] += int(keep.sum()) / cfg.tokenizer.frame_rate
             acc["codes"].append(codes[keep])
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 now = time.time()
