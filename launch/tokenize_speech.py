@@ -1,4 +1,4 @@
-"""Audio files / `audio` shards -> `speech` shards of 12.5 Hz codes with a trained tokenizer.
+"""Audio files / `audio` shards -> `speech` shards of codes (12.5 Hz at tokenizer.pool 4) with a trained tokenizer.
 
     python launch/tokenize_speech.py --config configs/speech_tokenize.yaml \
         tokenize.tokenizer=runs/speech/tok_tiny/tokenizer 'tokenize.inputs=[data/wavs]' \

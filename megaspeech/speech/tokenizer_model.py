@@ -27,7 +27,8 @@ codebook also spends its codes on *when*. With it, a learned offset per 12.5 Hz 
 (vq_pos, initialised to the per-position mean code input) is subtracted before the lookup and added
 back after it: a code is the content; the position comes from the token's index, as in the LM.
 
-Frame rule (megaspeech.speech.audio): an utterance of n samples has T = ceil(n / 1280) tokens.
+Frame rule (megaspeech.speech.audio): an utterance of n samples has T = ceil(n / (320 * pool)) tokens
+(pool 4: 1280 samples, 12.5 Hz; pool is a config value: 1, 2, 4, 8 = 50, 25, 12.5, 6.25 Hz).
 Each utterance's log-mel is computed on its own 30 s padded window (as Whisper); the model keeps
 only the first 8T mel frames, so tokens cover the real audio (the last token also sees up to
 79 ms of Whisper's padding) and never the 30 s of silence. Inside a batch, frames past an

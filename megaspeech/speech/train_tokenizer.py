@@ -27,6 +27,7 @@ from megaspeech.config.load import check
 from megaspeech.data.shards import open_dataset
 from megaspeech.speech.audio import SAMPLE_RATE, decode_audio, log_mel
 from megaspeech.speech.audio_shards import audio_bytes
+from megaspeech.speech.augment import AugmentConfig, augment
 from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets
 
 
@@ -42,7 +43,8 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    data: str = "runs/speech/train"  # `audio` shards (launch/make_speech_corpus.py)
+    # `audio` shards (launch/make_speech_corpus.py, launch/ingest_audio.py); a list reads several
+    data: str | list[str] = "runs/speech/train"
     steps: int = 1000
     batch_size: int = 8
     lr: float = 1e-4
@@ -81,6 +83,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 class AudioBatches:
@@ -94,16 +97,26 @@ class AudioBatches:
     speech it holds, so packing multiplies the speech seen per step.
     """
 
-    def __init__(self, path: str, batch_size: int, seed: int, pack_seconds: float = 0.0, gap: float = 0.3):
+    def __init__(self, path: str | list[str], batch_size: int, seed: int, pack_seconds: float = 0.0,
+                 gap: float = 0.3, augment: AugmentConfig | None = None):
         items, durations = [], []
-        for key, s in open_dataset(path, kind="audio"):
-            if "transcript" not in s:
-                raise ValueError(f"{path} key {key!r}: no transcript; ASR training needs audio+transcript shards")
-            items.append((key, audio_bytes(s, f"{path} key {key!r}"), s["transcript"]))
-            if pack_seconds > 0:  # only packing needs durations (decoded when the shard has none)
-                durations.append(float(s["duration"]) if "duration" in s else
-                                 len(decode_audio(items[-1][1], key)) / SAMPLE_RATE)
+        self.sources = []  # per dataset: path, samples, hours, manifest meta (what the tokenizer trained on)
+        for p in [path] if isinstance(path, str) else list(path):
+            ds, secs, n0 = open_dataset(p, kind="audio"), 0.0, len(items)
+            for key, s in ds:
+                if "transcript" not in s:
+                    raise ValueError(f"{p} key {key!r}: no transcript; ASR training needs audio+transcript "
+                                     f"shards (launch/ingest_audio.py ingest.pseudo_label=true labels them)")
+                items.append((key, audio_bytes(s, f"{p} key {key!r}"), s["transcript"]))
+                if pack_seconds > 0 or "duration" in s:  # only packing decodes audio of unknown length
+                    durations.append(float(s["duration"]) if "duration" in s else
+                                     len(decode_audio(items[-1][1], key)) / SAMPLE_RATE)
+                    secs += durations[-1]
+            self.sources.append({"path": str(p), "samples": len(items) - n0,
+                                 "hours": secs / 3600 if len(durations) == len(items) else None,
+                                 "meta": ds.manifest.get("meta", {})})
         self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.augment = augment if augment is not None and augment.enabled else None
         self.pack_seconds, self.gap = pack_seconds, gap
         self.groups = [[i] for i in range(len(items))]
         if pack_seconds > 0:
@@ -128,18 +141,27 @@ class AudioBatches:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
 
     def peek(self, n_batches: int) -> list[tuple[list[np.ndarray], list[str]]]:
-        """The first n batches of epoch 0 without moving the position (codebook init)."""
+        """The first n batches of epoch 0 (at most one epoch's) without moving the position (codebook init)."""
         order = self._order(0)
+        n_batches = max(1, min(n_batches, len(self.groups) // self.batch_size))
         return [self._load(order[b * self.batch_size:(b + 1) * self.batch_size]) for b in range(n_batches)]
 
     def texts(self, idx) -> list[str]:
         return [" ".join(self.items[i][2] for i in self.groups[g]) for g in idx]
 
-    def _load(self, idx) -> tuple[list[np.ndarray], list[str]]:
+    def _item_audio(self, i: int, epoch: int | None) -> np.ndarray:
+        a = decode_audio(self.items[i][1], self.items[i][0])
+        if self.augment is None or epoch is None:
+            return a
+        # seeded by (run seed, epoch, utterance): the same audio whatever the batch or restart
+        return augment(a, np.random.default_rng([self.seed, epoch, i, 0xA06]), self.augment)
+
+    def _load(self, idx, epoch: int | None = None) -> tuple[list[np.ndarray], list[str]]:
+        """Audio and transcripts of training items `idx`; augmented (when on) as in `epoch`."""
         silence = np.zeros(int(self.gap * SAMPLE_RATE), np.float32)
         audios = []
         for g in idx:
-            parts = [decode_audio(self.items[i][1], self.items[i][0]) for i in self.groups[g]]
+            parts = [self._item_audio(i, epoch) for i in self.groups[g]]
             audios.append(np.concatenate([x for p in parts for x in (silence, p)][1:]))
         return audios, self.texts(idx)
 
@@ -151,7 +173,8 @@ class AudioBatches:
         return idx
 
     def next(self) -> tuple[list[np.ndarray], list[str]]:
-        return self._load(self.next_indices())
+        idx = self.next_indices()
+        return self._load(idx, self.epoch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "n": len(self.groups), "seed": self.seed}
@@ -162,6 +185,15 @@ class AudioBatches:
                              f"{len(self.groups)} / {self.seed}; resume with the same train.data, "
                              f"train.pack_seconds and run.seed")
         self.epoch, self.cursor = s["epoch"], s["cursor"]
+
+
+def _voices(sources: list[dict]) -> dict[str, int]:
+    """Utterances per TTS voice (corpus manifests) or per real-audio set (ingested manifests)."""
+    out: dict[str, int] = {}
+    for s in sources:
+        for v, n in (s["meta"].get("voices") or {f"real:{s['path']}": s["samples"]}).items():
+            out[v] = out.get(v, 0) + n
+    return out
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -194,7 +226,7 @@ def _pooled_cache(model, data: AudioBatches) -> list[torch.Tensor]:
     model.eval()
     out = []
     for audios in _audio_chunks(data):
-        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+        pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
         out.extend(p[k].clone() for p, k in zip(pooled, keep))
     return out
 
@@ -236,12 +268,16 @@ def train(cfg: Config, log=print) -> dict:
     torch.manual_seed(cfg.run.seed)
     model, whisper = build_tokenizer(cfg.tokenizer)
     _freeze(model, cfg.train.freeze)
-    data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed, cfg.train.pack_seconds)
+    data = AudioBatches(cfg.train.data, cfg.train.batch_size, cfg.run.seed, cfg.train.pack_seconds,
+                        augment=cfg.augment)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     distill = cfg.train.distill_weight > 0
     check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
           "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
+    check(not cfg.augment.enabled or not (distill or cfg.train.freeze.startswith("pre_vq")), "augment.enabled",
+          "augmentation draws new audio each epoch, so the layers below the VQ must run per step: use "
+          "train.freeze=none|decoder and train.distill_weight=0 (their caches hold clean audio)")
     tcache = _teacher_cache(model, data) if distill else None
     step = 0
     ckpt = run / "checkpoint.pt"
@@ -277,7 +313,7 @@ def train(cfg: Config, log=print) -> dict:
         if not vecs:
             with torch.no_grad():
                 for audios, _ in data.peek(cfg.train.codebook_init_batches):
-                    pooled, keep = model.pooled(*features(audios, model.conv1.in_channels))
+                    pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
                     vecs.append(pooled[keep])
                     pos.append(model.positions(keep))
         vecs, pos = torch.cat(vecs), torch.cat(pos)
@@ -295,7 +331,12 @@ def train(cfg: Config, log=print) -> dict:
     def save():
         _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "data": data.state_dict(),
                       "step": step}, ckpt)
-        save_tokenizer(run / "tokenizer", model, cfg.tokenizer, whisper)
+        seen = step * cfg.train.batch_size
+        save_tokenizer(run / "tokenizer", model, cfg.tokenizer, whisper, trained_on={
+            "steps": step, "batch_size": cfg.train.batch_size, "items_seen": seen, "epochs": seen / len(data),
+            "data": data.sources, "hours": sum(s["hours"] or 0.0 for s in data.sources),
+            "voices": _voices(data.sources), "augment": dataclasses.asdict(cfg.augment),
+            "freeze": cfg.train.freeze, "pack_seconds": cfg.train.pack_seconds})
 
     model.train()
     t_start = t_win = time.time()
@@ -311,7 +352,7 @@ def train(cfg: Config, log=print) -> dict:
             if pre_vq_frozen:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
-                pooled, keep = model.pooled(*features(data._load(idx)[0], model.conv1.in_channels))
+                pooled, keep = model.pooled(*features(data._load(idx, data.epoch)[0], model.conv1.in_channels, model.pool))
             teacher = torch.stack([tcache[i] for i in idx]) if distill else None
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)
@@ -323,7 +364,7 @@ def train(cfg: Config, log=print) -> dict:
             for k, v in logs.items():
                 acc[k] = acc.get(k, 0.0) + v
             acc["n"] += 1
-            acc["audio_s"] += int(keep.sum()) * 0.08  # 80 ms per token
+            acc["audio_s"] += int(keep.sum()) / cfg.tokenizer.frame_rate
             acc["codes"].append(codes[keep])
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 now = time.time()

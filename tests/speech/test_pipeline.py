@@ -11,6 +11,7 @@ import torch
 from megaspeech.data.shards import ShardWriter, open_dataset
 from megaspeech.speech import audio_shards  # noqa: F401
 from megaspeech.speech.audio import decode_audio, encode_flac
+from megaspeech.speech.augment import AugmentConfig
 from megaspeech.speech.tokenize_corpus import TokenizeConfig, tokenize_corpus
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets,
                                          tokenize_audios)
@@ -36,7 +37,11 @@ def _audio_shards(path):
 # distillation, utterances packed into longer items)
 RECIPES = {"cached_pre_vq": ({}, {"freeze": "pre_vq_and_decoder_embeddings"}),
            "frozen_decoder": ({"unpool": "repeat", "code_dim": 8, "position_free": True},
-                              {"freeze": "decoder", "distill_weight": 1.0, "pack_seconds": 8.0})}
+                              {"freeze": "decoder", "distill_weight": 1.0, "pack_seconds": 8.0}),
+           # every augmentation effect on every item, utterances packed: new audio each epoch, still exact
+           "augmented": ({"unpool": "repeat", "code_dim": 8, "position_free": True},
+                         {"freeze": "decoder", "pack_seconds": 8.0})}
+ALL_EFFECTS = AugmentConfig(enabled=True, p_speed=1, p_pitch=1, p_reverb=1, p_noise=1, p_telephone=1, p_codec=1)
 
 
 def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
@@ -46,7 +51,8 @@ def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
                   tokenizer=tok,
                   train=TrainConfig(data=str(tmp_path / "audio"), steps=steps, batch_size=2, lr=1e-4,
                                     warmup_steps=0, min_lr_ratio=1.0, checkpoint_every=2, log_every=1,
-                                    **train_kw))
+                                    **train_kw),
+                  augment=ALL_EFFECTS if recipe == "augmented" else AugmentConfig())
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -69,11 +75,34 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     # what trains: the layers below the VQ only when they are not frozen; the decoder only when it is not
     changed = {k for k, v in ref["model"].items() if not torch.equal(v, initial[k])}
     assert any(k.startswith("post_layers.") for k in changed)
-    assert any(k.startswith("vq_in.") for k in changed) == (recipe == "frozen_decoder")
-    assert ("vq_pos" in changed) == (recipe == "frozen_decoder")
-    assert any(k.startswith("pre_layers.") for k in changed) == (recipe == "frozen_decoder")
+    assert any(k.startswith("vq_in.") for k in changed) == (recipe != "cached_pre_vq")
+    assert ("vq_pos" in changed) == (recipe != "cached_pre_vq")
+    assert any(k.startswith("pre_layers.") for k in changed) == (recipe != "cached_pre_vq")
     assert any(k.startswith("decoder.layers.") for k in changed) == (recipe == "cached_pre_vq")
     assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()
+    trained_on = json.loads((tmp_path / "run" / "tokenizer" / "trained_on.json").read_text())
+    assert trained_on["steps"] == 4 and trained_on["data"][0]["samples"] == 4
+    assert trained_on["hours"] == pytest.approx(sum(s["duration"] for _, s in open_dataset(tmp_path / "audio")) / 3600)
+    assert trained_on["augment"]["enabled"] == (recipe == "augmented")
+
+
+def test_augmented_batches(tmp_path):
+    """Augmented training audio: a function of (seed, epoch, item) only; several data sets read as one."""
+    _audio_shards(tmp_path / "audio")
+    shutil.copytree(tmp_path / "audio", tmp_path / "audio2")
+    a = AudioBatches(str(tmp_path / "audio"), 2, seed=3, augment=ALL_EFFECTS)
+    b = AudioBatches([str(tmp_path / "audio"), str(tmp_path / "audio2")], 2, seed=3, augment=ALL_EFFECTS)
+    clean = AudioBatches(str(tmp_path / "audio"), 2, seed=3)
+    assert len(b) == 8 and [s["samples"] for s in b.sources] == [4, 4]
+    x0, x1, c = a._load([1], 0)[0][0], b._load([1], 0)[0][0], clean._load([1], 0)[0][0]
+    assert np.array_equal(x0, x1) and not np.array_equal(x0[:len(c)], c[:len(x0)])
+    assert not np.array_equal(a._load([1], 1)[0][0][:100], x0[:100])  # another epoch, another variant
+    audios, texts = a.next()  # next() augments as in its epoch
+    assert np.array_equal(audios[0], a._load([a._order(0)[0]], 0)[0][0]) and texts == a.texts(a._order(0)[:2])
+    with pytest.raises(Exception, match="augment.enabled"):
+        cfg = _cfg(tmp_path, 1, tmp_path / "nowhere", "cached_pre_vq")
+        cfg.augment = ALL_EFFECTS
+        train(cfg, log=lambda *_: None)
 
 
 def test_init_from_starts_from_a_checkpoint(tmp_path, whisper_cache, whisper):
