@@ -23,14 +23,19 @@ from megaspeech.parallel.state import Layout
 N_MELS = 80
 
 
-def build_encoder(cfg: PretrainConfig) -> torch.nn.Module:
-    b = cfg.bridge
-    if b.encoder == "whisper":
+def make_encoder(kind: str, dim: int, seed: int) -> torch.nn.Module:
+    """The frame encoder (bridge.encoder): Whisper tiny.en with its real weights, or the conv encoder
+    initialised from `seed` (LaSyn's trainer builds the same one to read its latent space)."""
+    if kind == "whisper":
         from megaspeech.speech.whisper_ct2 import load_whisper
         return WhisperFrames(load_whisper().model)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.run.seed + 104_729)
-        return ConvFrames(N_MELS, b.encoder_dim)
+        torch.manual_seed(seed + 104_729)
+        return ConvFrames(N_MELS, dim)
+
+
+def build_encoder(cfg: PretrainConfig) -> torch.nn.Module:
+    return make_encoder(cfg.bridge.encoder, cfg.bridge.encoder_dim, cfg.run.seed)
 
 
 def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
