@@ -79,9 +79,13 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
     copy = load_synthesizer(tmp_path / "copy.pt")
     assert all(torch.equal(a, b) for a, b in zip(synth.synthesize([[5, 6, 7]]), copy.synthesize([[5, 6, 7]])))
 
+    text = tmp_path / "text.txt"  # a text-only corpus (sentences of 6-24 words are used)
+    text.write_text("The committee will meet again in the spring to review the budget. "
+                    "Our farmers and workers have built a stronger nation than ever before. "
+                    "Short one. We must keep the peace with every nation that seeks it honestly.")
     bcfg = load_config(PretrainConfig, root / "configs/bridge_tiny.yaml",
                        [f"bridge.train={asr_corpus}", f"bridge.lasyn={path}", "bridge.lasyn_ratio=0.5",
-                        "train.micro_batch=4"])
+                        f"bridge.lasyn_text=files:{text}", "train.micro_batch=4"])
     task = BridgeTask(bcfg, SINGLE)
     loader = task.build_loader()
     batch = loader.next_batch()
@@ -89,7 +93,7 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
     assert syn.tolist() == [False, False, True, True]
     assert (batch["feat_lengths"][syn] == 0).all() and (batch["feat_lengths"][~syn] > 0).all()
     assert batch["latents"].shape[2] == bcfg.bridge.encoder_dim
-    assert (batch["sample_ids"][syn] < 0).all()  # text-only sentences, not utterances
+    assert len(loader.sentences) == 3 and (batch["sample_ids"][syn] < 0).all()  # text-only sentences
     frames, lengths = task.model.frames(batch)
     assert torch.equal(lengths[syn], batch["latent_lengths"][syn])
     assert torch.equal(frames[2, :lengths[2]], batch["latents"][2, :lengths[2]])
