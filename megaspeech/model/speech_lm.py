@@ -96,7 +96,8 @@ def merge_rows(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: tor
 
 class BridgeLM(nn.Module):
     """encoder + SpeechBridge + DecoderLM (or a peft model wrapping it). forward(batch) ->
-    (logits [S, B, V/tp], (labels, loss_mask, modality) [B, S], ctc loss per row [B] or None)."""
+    (logits [S, B, V/tp], (labels, loss_mask, modality) [B, S], ctc loss per row [B] or None,
+    counts float64 [3]: encoder frames, bridge outputs (speech positions), all positions of the rows)."""
 
     def __init__(self, encoder: nn.Module, bridge: SpeechBridge, lm: nn.Module, train_encoder: bool = False):
         super().__init__()
@@ -139,7 +140,8 @@ class BridgeLM(nn.Module):
             logp = out.ctc_logits.float().log_softmax(-1).transpose(0, 1)
             ctc = F.ctc_loss(logp, batch["ctc_targets"], h_len, batch["ctc_lengths"], blank=self.bridge.blank,
                              reduction="none", zero_infinity=True) / batch["ctc_lengths"].clamp(min=1)
-        return logits, (labels, mask, torch.ones_like(labels)), ctc
+        counts = torch.stack([h_len.sum(), out.lengths.sum(), out.lengths.sum() + n_text.sum()]).double()
+        return logits, (labels, mask, torch.zeros_like(labels)), ctc, counts  # every label is text
 
 
 def spliced_targets(n_speech: torch.Tensor, ids: torch.Tensor, n_text: torch.Tensor, tmask: torch.Tensor,

@@ -69,7 +69,7 @@ class BridgeTask:
         self.model = build_bridge_model(cfg, layout)
         grad_accum = cfg.grad_accum_steps(layout.world)
         self.ctc_scale = grad_accum * layout.dp / cfg.train.global_batch  # per-row sum -> global mean
-        self.ctc_sums = torch.zeros(2, dtype=torch.float64)
+        self.sums = torch.zeros(5, dtype=torch.float64)  # ctc sum, rows; frames, speech positions, positions
 
     def build_loader(self):
         from megaspeech.speech.bridge_data import BridgeLoader, text_codec
@@ -80,19 +80,23 @@ class BridgeTask:
                             synthesizer=synth)
 
     def begin_step(self) -> None:
-        self.ctc_sums.zero_()
+        self.sums.zero_()
 
     def micro_loss(self, engine, batch: dict, device, lm_loss) -> torch.Tensor:
         """One micro-batch's joint loss (to backward)."""
-        logits, target, ctc = engine({k: v.to(device) for k, v in batch.items()})
+        logits, target, ctc, counts = engine({k: v.to(device) for k, v in batch.items()})
         loss = lm_loss(logits, target)
+        self.sums[2:] += counts.cpu()
         if ctc is not None:
-            self.ctc_sums += torch.tensor([float(ctc.detach().sum()), ctc.numel()], dtype=torch.float64)
+            self.sums[:2] += torch.tensor([float(ctc.detach().sum()), ctc.numel()], dtype=torch.float64)
             if self.cfg.bridge.ctc_weight > 0:
                 loss = loss + self.cfg.bridge.ctc_weight * self.ctc_scale * ctc.sum()
         return loss
 
     def metrics(self, all_reduce, owner: bool) -> dict:
-        """Step metrics beyond the LM loss: the CTC loss (mean per row over the global batch)."""
-        sums = all_reduce(self.ctc_sums.clone() if owner else torch.zeros_like(self.ctc_sums))
-        return {"loss_ctc": float(sums[0] / sums[1]) if sums[1] > 0 else None}
+        """Step metrics beyond the LM loss: the CTC loss (mean per row over the global batch), the
+        sequence-length reduction of the bridge (encoder frames / speech positions) and the LM
+        positions (speech + text) of the step."""
+        s = all_reduce(self.sums.clone() if owner else torch.zeros_like(self.sums))
+        return {"loss_ctc": float(s[0] / s[1]) if s[1] > 0 else None,
+                "length_reduction": float(s[2] / s[3]) if s[3] > 0 else None, "lm_positions": float(s[4])}

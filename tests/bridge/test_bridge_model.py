@@ -65,7 +65,7 @@ def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus):
     for (name, _), g, r in zip(params.items(), grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=name)
     # the CTC term is really in the loss: weight 0 changes it by exactly 0.7 x the CTC mean
-    ctc_mean = task.ctc_sums[0] / task.ctc_sums[1]
+    ctc_mean = task.sums[0] / task.sums[1]
     task0 = BridgeTask(_cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.0", "train.micro_batch=4"), SINGLE)
     task0.model.load_state_dict(model.state_dict())
     loss0 = task0.micro_loss(task0.model, batch, "cpu", _lm_loss(batch))
