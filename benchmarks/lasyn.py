@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
     tts_items, real_items = dataset_items(str(heldout)), librivox_items()
     cfg_path = ROOT / a.config if not Path(a.config).is_absolute() else Path(a.config)
-    base = load_config(PretrainConfig, cfg_path, [f"bridge.train={train}"])
+    base = load_config(PretrainConfig, cfg_path, [f"bridge.train={train}", *a.extra])
     layout = start_single_process()
     results = {}
     for name in a.variants.split(","):
