@@ -30,6 +30,7 @@ setup(
         "matplotlib>=3.7",
         "protobuf>=4",
         "packaging>=23",
+        "peft>=0.13",  # LoRA on the LM of the bridge model (bridge.lm_mode=lora)
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],

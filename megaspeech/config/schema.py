@@ -10,6 +10,8 @@ Field reference (README "Config reference" mirrors this file):
   data.*        the data pipeline (megaspeech.data.config.DataConfig)
   checkpoint.*  interval, retention, HF init
   metrics.*     jsonl is always written; wandb / TensorBoard mirrors
+  task          lm (token LM pre-training) or bridge (speech encoder -> bridge -> LM, megaspeech/config/bridge.py)
+  bridge.*      the continuous-speech bridge model and its data (task: bridge)
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from megaspeech.config.bridge import BridgeConfig
 from megaspeech.config.load import ConfigError, check
 from megaspeech.data.config import DataConfig
 from megaspeech.vocab import Vocab
@@ -172,9 +175,17 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    task: Literal["lm", "bridge"] = "lm"
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
 
     def __post_init__(self):
         m, p, t = self.model, self.parallel, self.train
+        check(self.task in ("lm", "bridge"), "task", f"{self.task!r}: use lm or bridge")
+        if self.task == "bridge":
+            check(p.pipeline == 1, "parallel.pipeline", "task: bridge runs with pipeline=1 (TP and DP are supported)")
+            check(not p.sequence_parallel, "parallel.sequence_parallel",
+                  "task: bridge has data-dependent sequence lengths; set parallel.sequence_parallel=false")
+            check(bool(self.bridge.train), "bridge.train", "set the `audio` dataset dir (launch/make_speech_corpus.py)")
         check(m.num_heads % p.tensor == 0, "parallel.tensor",
               f"model.num_heads={m.num_heads} is not divisible by parallel.tensor={p.tensor}")
         check(m.num_kv_heads % p.tensor == 0, "parallel.tensor",

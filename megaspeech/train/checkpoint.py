@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # converter the way Megatron-DeepSpeed does, and used by `full_state_dict` for export. Everything
 # not listed is column-parallel: slices concatenate on dim 0 (the fused QKV is laid out per KV group,
 # so its dim-0 slices are whole groups and concatenate back in order).
-TP_REPLICATED = [r".*norm\.weight$"]
+TP_REPLICATED = [r".*norm\.weight$", r"^(encoder|bridge)\."]  # task: bridge keeps these whole on every TP rank
 TP_ROW_PARALLEL = [r".*attn\.proj\.weight$", r".*mlp\.down\.weight$"]
 TP_VOCAB = [r".*embed\.weight$", r".*out\.weight$"]
 

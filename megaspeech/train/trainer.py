@@ -42,17 +42,22 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.grad_accum = cfg.grad_accum_steps(layout.world)
         self.loss_fn = LMLoss(layout.tp)
-        model = build_model(cfg, layout, self.loss_fn)
-        if cfg.model.init_from_hf:
+        # task: bridge brings its own model (encoder -> bridge -> LM), joint loss and loader
+        self.task = None
+        if cfg.task == "bridge":
+            from megaspeech.train.bridge_task import BridgeTask
+            self.task = BridgeTask(cfg, layout)
+        model = self.task.model if self.task else build_model(cfg, layout, self.loss_fn)
+        if cfg.model.init_from_hf and not self.task:
             from megaspeech.model.hf import init_from_hf
             init_from_hf(model, cfg, layout)
         optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, layout.world), mpu=MegatronMPU() if layout.pp == 1 else None)
-        self.loader = build_train_loader(cfg.data, cfg.vocab, seq_len=cfg.train.seq_len,
-                                         micro_batch=cfg.train.micro_batch, dp_rank=layout.dp_rank,
-                                         dp_size=layout.dp, seed=cfg.run.seed)
+        self.loader = self.task.build_loader() if self.task else build_train_loader(
+            cfg.data, cfg.vocab, seq_len=cfg.train.seq_len, micro_batch=cfg.train.micro_batch,
+            dp_rank=layout.dp_rank, dp_size=layout.dp, seed=cfg.run.seed)
         self.step = self.consumed_samples = self.consumed_tokens = self.skipped_steps = 0
         self.is_logger = layout.rank == 0
         self.metrics = MetricsLogger(self.run_dir, self.is_logger, backends)
@@ -136,6 +141,8 @@ class Trainer:
         global_tokens = float(self._all_reduce(torch.tensor([local_tokens], dtype=torch.float64),
                                                ps.get_data_parallel_group())[0])
         self.loss_fn.begin_step(global_tokens, self.grad_accum, lay.dp)
+        if self.task:
+            self.task.begin_step()
         lr = self.engine.optimizer.param_groups[0]["lr"]
         dev = lambda b, k: b[k].to(self.device)  # noqa: E731
         if lay.pp > 1:
@@ -144,9 +151,12 @@ class Trainer:
             self.engine.train_batch(data_iter=iter(batches))
         else:
             for b in micro_batches:
-                doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
-                logits = self.engine(dev(b, "input_ids"), doc_ids)
-                loss = self.loss_fn(logits, (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                if self.task:
+                    loss = self.task.micro_loss(self.engine, b, self.device, self.loss_fn)
+                else:
+                    doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
+                    logits = self.engine(dev(b, "input_ids"), doc_ids)
+                    loss = self.loss_fn(logits, (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
                 if self.step + 1 == self._nan_step:
                     loss = loss * float("nan")
                     self.loss_fn.sums[0] = float("nan")
@@ -158,6 +168,8 @@ class Trainer:
         out = {"loss": float(sums[0::2].sum() / max(sums[1::2].sum(), 1.0)), "lr": lr}
         for i, name in enumerate(MODALITIES):
             out[f"loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+        if self.task:
+            out.update(self.task.metrics(self._all_reduce, owner))
         gn = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(gn) if gn is not None else None
         return out

@@ -1,0 +1,109 @@
+"""Bridge-model ASR (arXiv 2312.03668): CTC compression vs strided convolution, full vs frozen vs LoRA.
+
+    python benchmarks/bridge_asr.py --budget smoke   # minutes on 2 CPU cores; small / full: longer
+    python benchmarks/bridge_asr.py --config configs/bridge_smollm2.yaml --steps 300 --train-utts 800
+
+Each variant trains the same config (Whisper tiny.en encoder, SmolLM2-135M LM by default) for the same
+steps through the project's Trainer (DeepSpeed, one process), then transcribes held-out TTS speech of
+held-out text (launch/make_speech_corpus.py split=heldout) and the 5 LibriVox utterances of real human
+speech (pocketsphinx-testdata; evaluation only, never training) greedily through the LM. Printed per
+variant: WER (LM), WER of the CTC head's own greedy output, the sequence-length reduction (encoder
+frames / LM speech positions), trained parameters, LM positions per second; then ratios against the
+baseline `conv_full` (the paper's convolution bridge, fully fine-tuned) measured in the same run.
+The corpora are written once under --data and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BUDGETS = {  # train utterances, held-out utterances, steps, micro-batch
+    "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4),
+    "small": dict(train_utts=400, heldout_utts=30, steps=150, micro=4),
+    "full": dict(train_utts=2000, heldout_utts=100, steps=2000, micro=8),
+}
+VARIANTS = {
+    "conv_full": ["bridge.kind=conv", "bridge.lm_mode=full"],
+    "ctc_full": ["bridge.kind=ctc", "bridge.lm_mode=full"],
+    "ctc_frozen": ["bridge.kind=ctc", "bridge.lm_mode=frozen"],
+    "ctc_lora": ["bridge.kind=ctc", "bridge.lm_mode=lora"],
+}
+BASELINE = "conv_full"
+
+
+def ensure_corpus(out: Path, split: str, n: int) -> Path:
+    from megaspeech.speech.corpus import CorpusConfig, build_corpus
+    if not (out / "manifest.json").is_file():
+        build_corpus(CorpusConfig(out_dir=str(out), split=split, utterances=n, part_size=50, max_words=16))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
+    p.add_argument("--config", default="configs/bridge_smollm2.yaml")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--train-utts", type=int, default=None)
+    p.add_argument("--heldout-utts", type=int, default=None)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--data", default="runs/bench_bridge_data")
+    p.add_argument("--out", default="runs/bench_bridge_asr")
+    p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every variant")
+    a = p.parse_args(argv)
+    b = dict(BUDGETS[a.budget])
+    b.update({k: v for k, v in (("steps", a.steps), ("train_utts", a.train_utts), ("heldout_utts", a.heldout_utts)) if v})
+
+    import torch
+    torch.set_num_threads(2)
+    from megaspeech.config.load import load_config
+    from megaspeech.config.schema import PretrainConfig
+    from megaspeech.speech.bridge_data import text_codec
+    from megaspeech.speech.bridge_eval import dataset_items, librivox_items, start_single_process, train_config, transcribe
+    data = Path(a.data)
+    train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
+    heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
+    tts_items, real_items = dataset_items(str(heldout)), librivox_items()
+    layout = start_single_process()
+    results = {}
+    for name in a.variants.split(","):
+        run_dir = Path(a.out) / name
+        overrides = [f"bridge.train={train}", f"run.dir={run_dir}", "run.resume=none", f"train.steps={b['steps']}",
+                     f"train.micro_batch={b['micro']}", f"train.global_batch={b['micro']}", "checkpoint.interval=0",
+                     "checkpoint.save_at_end=false", "train.progress_bar=false", *VARIANTS[name], *a.extra]
+        cfg = load_config(PretrainConfig, ROOT / a.config if not Path(a.config).is_absolute() else a.config, overrides)
+        model, summ = train_config(cfg, layout)
+        codec = text_codec(cfg.bridge, cfg.vocab)
+        t0 = time.perf_counter()
+        tts = transcribe(model, codec, tts_items, cfg.bridge.asr_prompt)
+        real = transcribe(model, codec, real_items, cfg.bridge.asr_prompt)
+        summ |= {"eval_s": time.perf_counter() - t0, "wer_tts": tts["wer"], "ctc_wer_tts": tts["ctc_wer"],
+                 "wer_librivox": real["wer"], "ctc_wer_librivox": real["ctc_wer"],
+                 "length_reduction": tts["length_reduction"], "example_tts": tts["hyps"][0][:80],
+                 "example_librivox": real["hyps"][0][:80]}
+        results[name] = summ
+        for k, v in summ.items():
+            print(f"{name}.{k}={v:.4g}" if isinstance(v, float) else f"{name}.{k}={v}", flush=True)
+        del model
+    if BASELINE in results:
+        base = results[BASELINE]
+        for name, r in results.items():
+            if name == BASELINE:
+                continue
+            for k in ("wer_tts", "wer_librivox", "length_reduction", "trained_params", "lm_tokens_per_s"):
+                if base[k]:
+                    print(f"{name}.{k}_vs_{BASELINE}={r[k] / base[k]:.3f}")
+    print(f"budget={a.budget} steps={b['steps']} train_utts={b['train_utts']} heldout_utts={len(tts_items)} "
+          f"librivox_utts={len(real_items)} config={a.config}")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "results.json").write_text(json.dumps({"budget": b, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

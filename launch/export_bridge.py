@@ -1,0 +1,36 @@
+"""Export a bridge-model checkpoint (task: bridge, any TP layout), LoRA adapters merged into the LM:
+`python launch/export_bridge.py --config configs/bridge_export.yaml checkpoint=RUN_DIR out=OUT_DIR` (see megaspeech/model/bridge_export.py).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megaspeech.config.cli import parse_args  # noqa: E402
+from megaspeech.config.load import check  # noqa: E402
+
+
+@dataclass
+class ExportBridgeConfig:
+    checkpoint: str = ""
+    out: str = ""
+
+    def __post_init__(self):
+        check(bool(self.checkpoint), "checkpoint", "set checkpoint=<step dir | run dir>")
+        check(bool(self.out), "out", "set out=<output directory>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_args(ExportBridgeConfig, __doc__, argv)
+    from megaspeech.model.bridge_export import export_bridge
+    from megaspeech.train.checkpoint import resolve
+    src = resolve(cfg.checkpoint)
+    print(f"exported {src} -> {export_bridge(src, cfg.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Train a LaSyn latent synthesizer (text -> speech-encoder latents) for dual-modality bridge training:
+`python launch/train_lasyn.py --config configs/lasyn_tiny.yaml data=DIR out=PATH [synth.kind=diffusion ...]`,
+then train the bridge with `bridge.lasyn=PATH bridge.lasyn_ratio=0.25`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megaspeech.config.cli import parse_args  # noqa: E402
+from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_args(LaSynTrainConfig, __doc__, argv)
+    print(train_lasyn(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

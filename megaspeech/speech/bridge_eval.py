@@ -1,0 +1,113 @@
+"""Evaluating bridge models (task: bridge): greedy transcription through the LM, the CTC head's own
+greedy transcription, WER on held-out sets (TTS speech of held-out text; LibriVox real speech), and a
+single-process driver that trains one config through the project's Trainer (benchmarks/bridge_asr.py,
+benchmarks/lasyn.py)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megaspeech.model.speech_lm import CTC_CHARS, BridgeLM, greedy_generate
+from megaspeech.speech.asr import wer
+from megaspeech.speech.audio import HOP, log_mel
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def librivox_items() -> list[tuple[np.ndarray, str]]:
+    """The 5 LibriVox utterances of pocketsphinx-testdata (16 kHz), real human read speech: evaluation only."""
+    from megaspeech.speech.audio import decode_audio
+    trans = LIBRIVOX / "transcription"
+    if not trans.is_file():
+        raise FileNotFoundError(f"{trans} missing: `apt-get install pocketsphinx-testdata`")
+    items = []
+    for line in trans.read_text().splitlines():
+        text, _, key = line.rpartition("(")
+        text = text.replace("<s>", "").replace("</s>", "").strip()
+        items.append((decode_audio(LIBRIVOX / f"{key.strip(') ')}.wav"), text))
+    return items
+
+
+def dataset_items(path: str, limit: int | None = None) -> list[tuple[np.ndarray, str]]:
+    from megaspeech.speech.audio import decode_audio
+    from megaspeech.speech.bridge_data import load_utterances
+    audio, texts, keys, _ = load_utterances(path, 30.0)
+    n = len(audio) if limit is None else min(limit, len(audio))
+    return [(decode_audio(audio[i], keys[i]), texts[i]) for i in range(n)]
+
+
+def ctc_text(ids: list[int]) -> str:
+    out, prev = [], 0
+    for t in ids:
+        if t != prev and t != 0:
+            out.append(CTC_CHARS[t - 1])
+        prev = t
+    return "".join(out).strip()
+
+
+@torch.no_grad()
+def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prompt: str, batch: int = 4,
+               max_new_tokens: int = 48) -> dict:
+    """-> {wer, ctc_wer (None for a conv bridge), length_reduction, hyps}: greedy decoding, in percent."""
+    from megaspeech.speech.bridge_data import collate
+    model.eval()
+    hyps, ctc_hyps, frames, positions = [], [], 0, 0
+    for s in range(0, len(items), batch):
+        rows = []
+        for audio, _ in items[s:s + batch]:
+            f = int(np.ceil(audio.shape[0] / HOP))
+            ids = [codec.bos] + list(codec.encode(prompt))
+            rows.append({"mel": log_mel(audio, 80, frames=f + f % 2), "ids": ids, "mask": [0.0] * len(ids),
+                         "ctc": [0], "id": 0, "kind": "asr"})
+        b = collate(rows, 80, 0)
+        out = greedy_generate(model, b, codec.eos, max_new_tokens)
+        hyps += [codec.decode(o) for o in out]
+        sp, _, h_len = model.speech(b)
+        frames, positions = frames + int(h_len.sum()), positions + int(sp.lengths.sum())
+        if sp.ctc_logits is not None:
+            arg = sp.ctc_logits.argmax(-1)
+            ctc_hyps += [ctc_text(arg[i, :int(h_len[i])].tolist()) for i in range(arg.shape[0])]
+    refs = [t for _, t in items]
+    return {"wer": wer(refs, hyps), "ctc_wer": wer(refs, ctc_hyps) if ctc_hyps else None,
+            "length_reduction": frames / max(positions, 1), "hyps": hyps}
+
+
+def start_single_process() -> object:
+    """Process groups for in-process training (world size 1, gloo on CPU); returns the Layout."""
+    from megaspeech.parallel.state import init_distributed
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(k, v)
+    return init_distributed(1, 1)
+
+
+def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
+    """Train `cfg` (task: bridge) with the project's Trainer in this process -> (model, summary): wall
+    time, trained parameters, LM positions per second, last losses."""
+    from megaspeech.train.trainer import Trainer
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, layout)
+    trainer.fit()
+    wall = time.perf_counter() - t0
+    model = trainer.engine.module
+    recs = [json.loads(x) for x in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
+    recs = recs[-cfg.train.steps:]
+    steady = recs[1:] or recs  # the first step includes loader warm-up
+    return model, {
+        "train_s": wall, "steps": len(recs),
+        "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "lm_tokens_per_s": sum(r["lm_positions"] for r in steady) / sum(r["step_time_s"] for r in steady),
+        "train_length_reduction": float(np.mean([r["length_reduction"] for r in recs])),
+        "final_loss": float(np.mean([r["loss"] for r in recs[-5:]])),
+        "final_loss_ctc": (float(np.mean([r["loss_ctc"] for r in recs[-5:]])) if recs[-1]["loss_ctc"] is not None else None),
+    }

@@ -1,0 +1,102 @@
+"""task: bridge — what the trainer builds instead of the token LM's model, loss and loader.
+
+The model is BridgeLM (megaspeech/model/speech_lm.py): a frame encoder (Whisper tiny.en with its real
+weights, or the small conv encoder), the SpeechBridge (CTC compression or strided conv) and the decoder
+LM built by the same `build_model` as pre-training (plain layers at TP=1, megatron-core TP layers at
+TP>1), initialised from `model.init_from_hf` (SmolLM2-135M) before LoRA adapters (peft) are attached.
+
+Loss per micro-batch = the LM loss of megaspeech/train/loss.py on the answer/transcript tokens (scaled
+by the global token count, as pre-training) + bridge.ctc_weight x the CTC loss of each row (divided by
+its target length) scaled to the mean over the global batch's rows, so every layout (TP, DP, gradient
+accumulation) computes the same gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+from megaspeech.config.schema import PretrainConfig
+from megaspeech.model.bridge import SpeechBridge
+from megaspeech.model.speech_lm import CTC_CHARS, BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode
+from megaspeech.parallel.parallelize import build_model
+from megaspeech.parallel.state import Layout
+
+N_MELS = 80
+
+
+def make_encoder(kind: str, dim: int, seed: int) -> torch.nn.Module:
+    """The frame encoder (bridge.encoder): Whisper tiny.en with its real weights, or the conv encoder
+    initialised from `seed` (LaSyn's trainer builds the same one to read its latent space)."""
+    if kind == "whisper":
+        from megaspeech.speech.whisper_ct2 import load_whisper
+        return WhisperFrames(load_whisper().model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 104_729)
+        return ConvFrames(N_MELS, dim)
+
+
+def build_encoder(cfg: PretrainConfig) -> torch.nn.Module:
+    return make_encoder(cfg.bridge.encoder, cfg.bridge.encoder_dim, cfg.run.seed)
+
+
+def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
+    """Encoder, bridge and LM (HF-initialised, then LoRA / frozen per bridge.lm_mode); the same full
+    model at every TP layout for a given seed."""
+    b = cfg.bridge
+    if b.lm_mode == "lora" and layout.tp > 1:
+        raise ValueError("bridge.lm_mode=lora is supported at parallel.tensor=1 (peft adapts plain nn.Linear "
+                         "layers); use lm_mode=full or frozen with tensor parallelism")
+    lm = build_model(cfg, layout)
+    if cfg.model.init_from_hf:
+        from megaspeech.model.hf import init_from_hf
+        init_from_hf(lm, cfg, layout)
+    encoder = build_encoder(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed + 7_919)
+        bridge = SpeechBridge(encoder.dim, cfg.model.hidden_size, kind=b.kind, ctc_vocab=len(CTC_CHARS) + 1,
+                              blank=0, reduce=b.reduce, stride=b.stride, hidden=b.projector_hidden)
+    lm = apply_lm_mode(lm, b.lm_mode, b.lora_rank, b.lora_alpha, tuple(b.lora_targets))
+    return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder)
+
+
+def load_synthesizer(path: str):
+    from megaspeech.speech.lasyn import load_synthesizer as load
+    return load(path)
+
+
+class BridgeTask:
+    def __init__(self, cfg: PretrainConfig, layout: Layout):
+        self.cfg, self.layout = cfg, layout
+        self.model = build_bridge_model(cfg, layout)
+        grad_accum = cfg.grad_accum_steps(layout.world)
+        self.ctc_scale = grad_accum * layout.dp / cfg.train.global_batch  # per-row sum -> global mean
+        self.sums = torch.zeros(5, dtype=torch.float64)  # ctc sum, rows; frames, speech positions, positions
+
+    def build_loader(self):
+        from megaspeech.speech.bridge_data import BridgeLoader, text_codec
+        cfg, lay = self.cfg, self.layout
+        synth = load_synthesizer(cfg.bridge.lasyn) if cfg.bridge.lasyn_ratio > 0 else None
+        return BridgeLoader(cfg.bridge, text_codec(cfg.bridge, cfg.vocab), micro_batch=cfg.train.micro_batch,
+                            dp_rank=lay.dp_rank, dp_size=lay.dp, seed=cfg.run.seed, n_mels=N_MELS,
+                            synthesizer=synth)
+
+    def begin_step(self) -> None:
+        self.sums.zero_()
+
+    def micro_loss(self, engine, batch: dict, device, lm_loss) -> torch.Tensor:
+        """One micro-batch's joint loss (to backward)."""
+        logits, target, ctc, counts = engine({k: v.to(device) for k, v in batch.items()})
+        loss = lm_loss(logits, target)
+        self.sums[2:] += counts.cpu()
+        if ctc is not None:
+            self.sums[:2] += torch.tensor([float(ctc.detach().sum()), ctc.numel()], dtype=torch.float64)
+            if self.cfg.bridge.ctc_weight > 0:
+                loss = loss + self.cfg.bridge.ctc_weight * self.ctc_scale * ctc.sum()
+        return loss
+
+    def metrics(self, all_reduce, owner: bool) -> dict:
+        """Step metrics beyond the LM loss: the CTC loss (mean per row over the global batch), the
+        sequence-length reduction of the bridge (encoder frames / speech positions) and the LM
+        positions (speech + text) of the step."""
+        s = all_reduce(self.sums.clone() if owner else torch.zeros_like(self.sums))
+        return {"loss_ctc": float(s[0] / s[1]) if s[1] > 0 else None,
+                "length_reduction": float(s[2] / s[3]) if s[3] > 0 else None, "lm_positions": float(s[4])}

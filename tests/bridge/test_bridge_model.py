@@ -1,0 +1,163 @@
+"""The bridge model of task: bridge in one process: the joint LM + CTC loss equals a per-row reference,
+LoRA trains only its adapters and its merged export computes the adapted model, the loader resumes."""
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from megaspeech.config.load import load_config
+from megaspeech.config.schema import PretrainConfig
+from megaspeech.model.bridge_export import SINGLE
+from megaspeech.model.speech_lm import merged_lm
+from megaspeech.train.bridge_task import BridgeTask
+from megaspeech.train.loss import LMLoss
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(corpus, *overrides):
+    return load_config(PretrainConfig, ROOT / "configs/bridge_tiny.yaml", [f"bridge.train={corpus}", *overrides])
+
+
+def _lm_loss(batch):
+    fn = LMLoss(1)
+    fn.begin_step(float(batch["loss_mask"].sum()), 1, 1)
+    return fn
+
+
+def _reference_loss(model, batch, ctc_weight):
+    """Each row alone (no padding anywhere): encoder, bridge, [speech; text] through the LM, summed
+    cross-entropy over the target tokens / all targets + ctc_weight x mean over rows of CTC / units."""
+    lm, ce_sum, n_tok, ctc = model.decoder(), 0.0, 0.0, []
+    for i in range(batch["feats"].shape[0]):
+        fl, m, c = int(batch["feat_lengths"][i]), int(batch["text_lengths"][i]), int(batch["ctc_lengths"][i])
+        h, h_len = model.encoder(batch["feats"][i:i + 1, :, :fl], batch["feat_lengths"][i:i + 1])
+        out = model.bridge(h, h_len)
+        n = int(out.lengths[0])
+        ids = batch["text_ids"][i, :m]
+        x = torch.cat([out.embeds[0, :n], lm.embedding(ids[None]).transpose(0, 1)[0]])
+        logits = lm(None, embeds=x[:, None])[:, 0].float()  # [n + m, V]
+        tok = F.cross_entropy(logits[n:n + m - 1], ids[1:], reduction="none") * batch["loss_mask"][i, 1:m]
+        ce_sum, n_tok = ce_sum + tok.sum(), n_tok + float(batch["loss_mask"][i, 1:m].sum())
+        logp = out.ctc_logits.float().log_softmax(-1).transpose(0, 1)
+        ctc.append(F.ctc_loss(logp, batch["ctc_targets"][i:i + 1, :c], h_len, torch.tensor([c]), blank=0,
+                              reduction="sum") / c)
+    return ce_sum / n_tok + ctc_weight * torch.stack(ctc).mean()
+
+
+def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus):
+    """Batched + padded + spliced + label layout on the spliced sequence == each row computed alone,
+    in value and in the gradients of the bridge, the CTC head and the LM (QA and ASR rows mixed)."""
+    cfg = _cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.7", "train.micro_batch=4")
+    task = BridgeTask(cfg, SINGLE)
+    loader = task.build_loader()
+    batch = loader.next_batch()
+    assert loader.counts["qa"] > 0 and loader.counts["asr"] > 0
+    assert len(set(batch["feat_lengths"].tolist())) > 1  # really padded
+    model = task.model
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("bridge.ctc_head") for n in params) and any(n.startswith("lm.") for n in params)
+    loss = task.micro_loss(model, batch, "cpu", _lm_loss(batch))
+    grads = torch.autograd.grad(loss, list(params.values()))
+    ref = _reference_loss(model, batch, 0.7)
+    ref_grads = torch.autograd.grad(ref, list(params.values()))
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for (name, _), g, r in zip(params.items(), grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=name)
+    # the CTC term is really in the loss: weight 0 changes it by exactly 0.7 x the CTC mean
+    ctc_mean = task.sums[0] / task.sums[1]
+    task0 = BridgeTask(_cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.0", "train.micro_batch=4"), SINGLE)
+    task0.model.load_state_dict(model.state_dict())
+    loss0 = task0.micro_loss(task0.model, batch, "cpu", _lm_loss(batch))
+    torch.testing.assert_close(float(loss - loss0), 0.7 * float(ctc_mean), rtol=1e-5, atol=1e-6)
+
+
+def test_lora_trains_only_adapters_and_merged_export_equals_adapted(asr_corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from megaspeech.model.hf_export import write_hf
+    cfg = _cfg(asr_corpus, "bridge.lm_mode=lora", "bridge.lora_rank=4", "bridge.lora_targets=[qkv,proj,down]")
+    task = BridgeTask(cfg, SINGLE)
+    model = task.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lm_trainable = {n for n in trainable if n.startswith("lm.")}
+    assert lm_trainable and all(".lora_A." in n or ".lora_B." in n for n in lm_trainable)
+    assert len(lm_trainable) == 2 * 3 * cfg.model.num_layers
+    assert all(n.startswith(("lm.", "bridge.")) for n in trainable)  # encoder frozen by default
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loader = task.build_loader()
+    for _ in range(3):
+        batch = loader.next_batch()
+        task.micro_loss(model, batch, "cpu", _lm_loss(batch)).backward()
+        opt.step()
+        opt.zero_grad()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        assert changed == (n in trainable), f"{n}: changed={changed}, trainable={n in trainable}"
+
+    merged = merged_lm(model)
+    assert not any("lora" in n for n in merged.state_dict())
+    with torch.no_grad():
+        out, _, _ = model.speech(batch)
+        from megaspeech.model.bridge import splice
+        embeds, _ = splice(out, model.embed_text(batch["text_ids"]), batch["text_lengths"])
+        adapted = model.lm(None, embeds=embeds)
+        with model.lm.disable_adapter():
+            unadapted = model.lm(None, embeds=embeds)
+        assert (adapted - unadapted).abs().max() > 1e-3  # the adapters do change the model
+        torch.testing.assert_close(merged(None, embeds=embeds), adapted, rtol=1e-4, atol=1e-5)
+        hf_dir = write_hf(merged.state_dict(), cfg.model, cfg.vocab, tmp_path / "hf")
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+        hf_logits = hf(inputs_embeds=embeds.transpose(0, 1)).logits.transpose(0, 1)
+    # compare where the rows are real (the HF model attends over the zero padding only after them)
+    real = torch.arange(embeds.shape[0])[:, None] < (out.lengths + batch["text_lengths"])[None, :]
+    torch.testing.assert_close(hf_logits[real], adapted[real], rtol=1e-4, atol=1e-4)
+
+
+def test_loader_resumes_exactly_and_deals_ranks(asr_corpus):
+    cfg = _cfg(asr_corpus, "bridge.qa_fraction=0.5", "train.micro_batch=3", "train.global_batch=6")
+    task = BridgeTask(cfg, SINGLE)
+    a = task.build_loader()
+    ref = [a.next_batch() for _ in range(7)]  # 21 rows: past the 16-utterance epoch
+    b = task.build_loader()
+    for _ in range(3):
+        b.next_batch()
+    c = task.build_loader()
+    c.load_state_dict(b.state_dict())
+    for want in ref[3:]:
+        got = c.next_batch()
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+    ids = torch.cat([r["sample_ids"] for r in ref[:6]]).flatten().tolist()
+    assert sorted(ids[:16]) == list(range(16)) and ids[16:] != ids[:2]  # an epoch is a permutation, reshuffled
+
+
+def test_kv_cached_greedy_generation_equals_full_recompute(asr_corpus):
+    """The evaluation decoder (KV cache over the LoRA-merged LM, rows left-padded) picks the same
+    tokens as re-running the adapted model on the whole spliced sequence at every step."""
+    from megaspeech.model.bridge import splice
+    from megaspeech.model.speech_lm import greedy_generate
+    task = BridgeTask(_cfg(asr_corpus, "bridge.lm_mode=lora", "train.micro_batch=3", "train.global_batch=3"), SINGLE)
+    model = task.model.eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    batch = task.build_loader().next_batch()
+    batch["text_lengths"] = torch.tensor([3, 2, 3])  # prompts of different lengths
+    got = greedy_generate(model, batch, eos_id=-1, max_new_tokens=6)
+    with torch.no_grad():
+        sp, _, _ = model.speech(batch)
+        seqs = [batch["text_ids"][i, :int(n)].tolist() for i, n in enumerate(batch["text_lengths"])]
+        start = [len(s) for s in seqs]
+        for _ in range(6):
+            cur = torch.zeros(3, max(map(len, seqs)), dtype=torch.long)
+            for i, s in enumerate(seqs):
+                cur[i, :len(s)] = torch.tensor(s)
+            embeds, total = splice(sp, model.embed_text(cur), torch.tensor([len(s) for s in seqs]))
+            logits = model.lm(None, embeds=embeds)
+            for i in range(3):
+                seqs[i].append(int(logits[int(total[i]) - 1, i].argmax()))
+    assert got == [s[k:] for s, k in zip(seqs, start)]
+    assert len({tuple(g) for g in got}) > 1

@@ -1,0 +1,104 @@
+"""LaSyn synthesizers: shapes, training finds a planted text -> latent mapping, deterministic synthesis,
+and dual-modality bridge batches (real speech rows + rows synthesized from text only)."""
+import pytest
+import torch
+
+from megaspeech.speech.lasyn import LatentSynthesizer, SynthConfig, load_synthesizer, pad_units, save_synthesizer
+
+D, FRAMES = 12, 3  # latent dim; frames per unit in the planted data
+
+
+def _planted(n, gen, protos):
+    """Texts of random units; each unit's latents are FRAMES noisy copies of its prototype."""
+    units = [torch.randint(1, 28, (int(torch.randint(4, 9, (), generator=gen)),), generator=gen).tolist() for _ in range(n)]
+    lat = [protos[torch.tensor(u)].repeat_interleave(FRAMES, 0) + 0.05 * torch.randn(len(u) * FRAMES, D, generator=gen)
+           for u in units]
+    u, ul = pad_units(units)
+    x = torch.zeros(n, int(ul.max()) * FRAMES, D)
+    for i, l in enumerate(lat):
+        x[i, :len(l)] = l
+    return units, u, ul, x, ul * FRAMES
+
+
+@pytest.mark.parametrize("kind", ["projection", "diffusion"])
+def test_synthesizer_shapes_training_and_determinism(kind):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    protos = torch.randn(29, D, generator=gen) * 2 + 1
+    model = LatentSynthesizer(SynthConfig(kind=kind, latent_dim=D, hidden=48, layers=2, diffusion_steps=50, sample_steps=8,
+                                          duration_weight=1.0))
+    units, u, ul, x, fl = _planted(64, gen, protos)
+    allf = torch.cat([x[i, :fl[i]] for i in range(len(units))])
+    model.set_latent_stats(allf.mean(0), allf.std(0))
+
+    def fixed_loss():  # same noise levels and noise each call: comparable before / after
+        return float(model.loss(u, ul, x, fl, generator=torch.Generator().manual_seed(5)))
+
+    before = fixed_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model.loss(u, ul, x, fl, generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = fixed_loss()
+    assert after < 0.5 * before, (before, after)
+
+    model.eval()
+    test_units, _, _, test_x, test_fl = _planted(4, gen, protos)
+    out = model.synthesize(test_units, seed=3)
+    for o, t in zip(out, test_units):  # the duration predictor has learned about FRAMES per unit
+        assert o.shape[1] == D and abs(o.shape[0] - FRAMES * len(t)) <= len(t) // 2, (o.shape, len(t))
+    out = model.synthesize(test_units, seed=3, durations=[[FRAMES] * len(t) for t in test_units])
+    again = model.synthesize(test_units, seed=3, durations=[[FRAMES] * len(t) for t in test_units])
+    assert all(torch.equal(a, b) for a, b in zip(out, again))
+    if kind == "diffusion":
+        other = model.synthesize(test_units, seed=4)
+        assert not torch.equal(out[0], other[0])
+    # the planted mapping is found: synthesized latents are close to the real ones of unseen texts
+    err = torch.stack([((o - test_x[i, :test_fl[i]]) ** 2).mean() for i, o in enumerate(out)]).mean()
+    assert err < 0.25 * protos.var(), (float(err), float(protos.var()))
+
+
+def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_path):
+    from pathlib import Path
+
+    from megaspeech.config.load import load_config
+    from megaspeech.config.schema import PretrainConfig
+    from megaspeech.model.bridge_export import SINGLE
+    from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn
+    from megaspeech.train.bridge_task import BridgeTask
+    from megaspeech.train.loss import LMLoss
+    root = Path(__file__).resolve().parents[2]
+    path = tmp_path / "synth.pt"
+    cfg = load_config(LaSynTrainConfig, root / "configs/lasyn_tiny.yaml", [f"data={asr_corpus}", f"out={path}", "steps=40"])
+    res = train_lasyn(cfg, log=lambda *_: None)
+    assert res["pairs"] == 16 and res["final_loss"] < res["first_loss"]
+    synth = load_synthesizer(path)
+    save_synthesizer(synth, tmp_path / "copy.pt")
+    copy = load_synthesizer(tmp_path / "copy.pt")
+    assert all(torch.equal(a, b) for a, b in zip(synth.synthesize([[5, 6, 7]]), copy.synthesize([[5, 6, 7]])))
+
+    text = tmp_path / "text.txt"  # a text-only corpus (sentences of 6-24 words are used)
+    text.write_text("The committee will meet again in the spring to review the budget. "
+                    "Our farmers and workers have built a stronger nation than ever before. "
+                    "Short one. We must keep the peace with every nation that seeks it honestly.")
+    bcfg = load_config(PretrainConfig, root / "configs/bridge_tiny.yaml",
+                       [f"bridge.train={asr_corpus}", f"bridge.lasyn={path}", "bridge.lasyn_ratio=0.5",
+                        f"bridge.lasyn_text=files:{text}", "train.micro_batch=4"])
+    task = BridgeTask(bcfg, SINGLE)
+    loader = task.build_loader()
+    batch = loader.next_batch()
+    syn = batch["latent_lengths"] > 0
+    assert syn.tolist() == [False, False, True, True]
+    assert (batch["feat_lengths"][syn] == 0).all() and (batch["feat_lengths"][~syn] > 0).all()
+    assert batch["latents"].shape[2] == bcfg.bridge.encoder_dim
+    assert len(loader.sentences) == 3 and (batch["sample_ids"][syn] < 0).all()  # text-only sentences
+    frames, lengths = task.model.frames(batch)
+    assert torch.equal(lengths[syn], batch["latent_lengths"][syn])
+    assert torch.equal(frames[2, :lengths[2]], batch["latents"][2, :lengths[2]])
+    fn = LMLoss(1)
+    fn.begin_step(float(batch["loss_mask"].sum()), 1, 1)
+    loss = task.micro_loss(task.model, batch, "cpu", fn)
+    loss.backward()
+    assert torch.isfinite(loss) and task.model.bridge.ctc_head.weight.grad.abs().sum() > 0
