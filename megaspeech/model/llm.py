@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from megaspeech.config.schema import ModelConfig
+from megaspeech.parallel.layers import head_input
 
 try:  # optional GPU path; computes the same causal attention as SDPA
     from flash_attn import flash_attn_func
@@ -152,14 +153,22 @@ class Embedding(nn.Module):
 
 
 class Head(nn.Module):
-    """hidden [S, B, H] -> logits [S, B, vocab / tp] (vocab-parallel at TP>1)."""
+    """hidden [S, B, H] -> logits [S, B, vocab / tp] (vocab-parallel at TP>1).
+
+    With `fused_loss` set (the trainer does so for train.fused_loss) it returns the head's matmul
+    input instead, [S, B, H] (the full sequence under SP), and LMLoss computes the loss from it and
+    `out.weight` in token chunks, so the [S, B, V] logits never exist."""
 
     def __init__(self, cfg: ModelConfig, f, vocab_size: int):
         super().__init__()
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.out = f.head(cfg.hidden_size, vocab_size, std=cfg.init_std)
+        self.tp, self.sequence_parallel = f.tp, f.sequence_parallel
+        self.fused_loss = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_loss:
+            return head_input(self.norm(x), self.tp, self.sequence_parallel)
         return self.out(self.norm(x))
 
 
