@@ -19,6 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels.rope as kernels_rope
+from kernels.rmsnorm import rms_norm
+from kernels.swiglu import swiglu
 from megaspeech.config.schema import ModelConfig
 from megaspeech.parallel.layers import head_input
 
@@ -35,9 +38,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)  # fp32 math; fused Triton kernel on CUDA
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,17 +51,9 @@ def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """x [..., S, hd]; rotates the first 2*cos.shape[-1] dims. Llama rotates halves (interleaved=False);
-    GLM rotates adjacent pairs (interleaved=True)."""
-    rot = 2 * cos.shape[-1]
-    xr = x[..., :rot].float()
-    if interleaved:
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-    else:
-        x1, x2 = xr.chunk(2, dim=-1)
-        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    out = out.to(x.dtype)
-    return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+    GLM rotates adjacent pairs (interleaved=True). kernels/rope.py: the definition, and one fused
+    Triton pass on CUDA."""
+    return kernels_rope.apply_rope(x, cos, sin, interleaved)
 
 
 def causal_attention(q, k, v, mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
@@ -125,7 +118,7 @@ class SwiGLU(nn.Module):
         self.down = f.row(cfg.ffn_hidden_size, cfg.hidden_size, std=out_std)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(swiglu(self.gate(x), self.up(x)))  # silu(gate) * up; fused on CUDA
 
 
 class Block(nn.Module):
