@@ -101,8 +101,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # d ce / d logits = softmax - onehot(target), times the token's weight
             scale = torch.where(keep, tw[s:s + chunk], 0.0)
             g = logits.mul_((scale / sumexp)[:, None])
-            rows = in_slice.nonzero()[:, 0]
-            g.index_put_((rows, local[rows]), -scale[rows], accumulate=True)
+            # minus the weight at the target column (on this rank's slice); a scatter rather than
+            # nonzero() + index_put, which would wait for the device on CUDA
+            g.scatter_add_(1, local.clamp(0, v - 1)[:, None], torch.where(in_slice, -scale, 0.0)[:, None])
             g = g.to(weight.dtype)
             if need_h:
                 gh[s:s + chunk] = g @ weight

@@ -85,6 +85,23 @@ def test_bad_input_names_the_argument():
         linear_cross_entropy(hidden, weight, labels, tok_w, chunk_tokens=0)
 
 
+def test_no_host_synchronization(seed, monkeypatch):
+    """No .item()/int()/bool()/tolist()/nonzero() on a tensor in forward and backward: each would
+    make a CUDA step wait for the device once per chunk."""
+    inputs = _inputs(30, 16, 40, seed=seed)
+    ref = _run(linear_cross_entropy, *inputs, chunk_tokens=7)
+
+    def boom(*a, **k):
+        raise AssertionError("host synchronization in the fused loss")
+    for name in ("item", "__int__", "__bool__", "__float__", "tolist", "nonzero", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    monkeypatch.setattr(torch, "nonzero", boom)
+    got = _run(linear_cross_entropy, *inputs, chunk_tokens=7)
+    monkeypatch.undo()
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+
+
 # ---- TP=2 over gloo ---------------------------------------------------------------------------
 
 def _tp2_worker(rank, port, seed, out):
