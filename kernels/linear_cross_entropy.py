@@ -17,6 +17,11 @@ accumulated during the forward and only scaled in the backward, so no matmul is 
 head is ~45% of the FLOPs of a 4-layer 168k-vocabulary slice). Cost: d weight is held from forward
 to backward ([V / tp, H], fp32 while accumulating, then weight.dtype).
 
+Per chunk the softmax and its gradient run in torch (one fp32 [chunk, V / tp] buffer updated in
+place) or, on CUDA, in two Triton passes over the matmul's own (bf16) logits: an online max /
+sum-of-exponentials / target-logit pass, then one pass writing d logits in the weight's dtype, so
+no fp32 copy of the chunk exists at all. Both are tested against the plain loss.
+
 The per-token ce (detached, fp32 [N]) is returned too, for per-modality reporting.
 """
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from kernels._triton import interpreting, pick_backend, store_dtype, tl, triton
 
 IGNORE_INDEX = -100  # F.cross_entropy's default; such tokens add 0 to the loss and the gradients
 CHUNK_ELEMENTS = 1 << 25  # default chunk: 32M fp32 logits (128 MiB) per chunk
@@ -66,9 +73,104 @@ def _default_chunk(v_local: int) -> int:
     return max(16, CHUNK_ELEMENTS // max(v_local, 1))
 
 
+def _chunk_torch(raw, lab, lo, tw, group, need_grad, out_dtype):
+    """One chunk in torch: raw logits [c, v] (matmul dtype) -> (ce [c] fp32, d logits [c, v] in
+    out_dtype or None). One fp32 [c, v] buffer, updated in place."""
+    v = raw.shape[1]
+    logits = raw.float()
+    local = lab - lo
+    in_slice = (local >= 0) & (local < v)
+    tgt = logits.gather(1, local.clamp(0, v - 1)[:, None])[:, 0] * in_slice
+    m = logits.amax(1)
+    if group is not None:
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    logits.sub_(m[:, None]).exp_()  # now exp(logit - max)
+    st = torch.stack((logits.sum(1), tgt))
+    if group is not None:
+        dist.all_reduce(st, group=group)
+    sumexp, tgt = st[0], st[1]
+    keep = lab != IGNORE_INDEX
+    ce = torch.where(keep, sumexp.log() + m - tgt, 0.0)
+    if not need_grad:
+        return ce, None
+    # d ce / d logits = softmax - onehot(target), times the token's weight
+    scale = torch.where(keep, tw, 0.0)
+    g = logits.mul_((scale / sumexp)[:, None])
+    # minus the weight at the target column (on this rank's slice); a scatter rather than
+    # nonzero() + index_put, which would wait for the device on CUDA
+    g.scatter_add_(1, local.clamp(0, v - 1)[:, None], torch.where(in_slice, -scale, 0.0)[:, None])
+    return ce, g.to(out_dtype)
+
+
+def _chunk_triton(raw, lab, lo, tw, group, need_grad, out_dtype):
+    """Same as `_chunk_torch` in two Triton passes over the raw logits (no fp32 [c, v] buffer):
+    per row the online max / sum of exponentials / target logit, then d logits."""
+    c, v = raw.shape
+    raw = raw.contiguous()
+    m = torch.empty(c, dtype=torch.float32, device=raw.device)
+    se, tgt = torch.empty_like(m), torch.empty_like(m)
+    lab = lab.contiguous()
+    # the interpreter's small block makes the tests walk several vocabulary blocks
+    bv = min(triton.next_power_of_2(v), 32 if interpreting() else 4096)
+    _lse_kernel[(c,)](raw, lab, m, se, tgt, v, lo, BLOCK_V=bv)
+    if group is not None:
+        gm = m.clone()
+        dist.all_reduce(gm, op=dist.ReduceOp.MAX, group=group)
+        st = torch.stack((se * torch.exp(m - gm), tgt))  # local sums rescaled to the global max
+        dist.all_reduce(st, group=group)
+        m, se, tgt = gm, st[0], st[1]
+    keep = lab != IGNORE_INDEX
+    ce = torch.where(keep, se.log() + m - tgt, 0.0)
+    if not need_grad:
+        return ce, None
+    scale = torch.where(keep, tw, 0.0).contiguous()
+    g = torch.empty(c, v, dtype=store_dtype(out_dtype), device=raw.device)
+    _ce_grad_kernel[(c, triton.cdiv(v, bv))](raw, g, lab, m, se, scale, v, lo, BLOCK_V=bv)
+    return ce, g.to(out_dtype)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _lse_kernel(x_ptr, lab_ptr, m_ptr, s_ptr, t_ptr, V, lo, BLOCK_V: tl.constexpr):
+        row = tl.program_id(0)
+        base = x_ptr + row.to(tl.int64) * V
+        target = tl.load(lab_ptr + row) - lo  # outside [0, V): not on this rank's slice
+        # per-lane online max / sum of exponentials, combined at the end
+        m = tl.full([BLOCK_V], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK_V], tl.float32)
+        t = tl.zeros([BLOCK_V], tl.float32)
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, x)
+            # lanes that have seen no value yet stay (-inf, 0): no -inf - -inf
+            m_safe = tl.where(m_new != float("-inf"), m_new, 0.0)
+            s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+            m = m_new
+            t += tl.where(cols == target, x, 0.0)
+        mx = tl.max(m, axis=0)
+        tl.store(m_ptr + row, mx)
+        tl.store(s_ptr + row, tl.sum(tl.where(m != float("-inf"), s * tl.exp(m - mx), 0.0), axis=0))
+        tl.store(t_ptr + row, tl.sum(t, axis=0))
+
+    @triton.jit
+    def _ce_grad_kernel(x_ptr, g_ptr, lab_ptr, m_ptr, s_ptr, scale_ptr, V, lo, BLOCK_V: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+        ok = cols < V
+        off = row.to(tl.int64) * V + cols
+        x = tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + row)
+        scale = tl.load(scale_ptr + row)
+        p = tl.exp(x - m) * (scale / tl.load(s_ptr + row))
+        target = tl.load(lab_ptr + row) - lo
+        tl.store(g_ptr + off, p - tl.where(cols == target, scale, 0.0), mask=ok)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, tok_weight, group, rank, chunk, need_grad):
+    def forward(ctx, hidden, weight, labels, tok_weight, group, rank, chunk, need_grad, use_triton):
         n, h = hidden.shape
         v = weight.shape[0]
         lo = rank * v  # first vocabulary id of this rank's slice
@@ -80,31 +182,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # path's single matmul); fp32 weights accumulate in place
         gw = torch.zeros(v, h, dtype=torch.float32, device=weight.device) if need_w else None
         tw = tok_weight.float()
+        step = _chunk_triton if use_triton else _chunk_torch
         for s in range(0, n, chunk):
-            hc, lab = hidden[s:s + chunk], labels[s:s + chunk]
-            logits = (hc @ weight.T).float()  # [c, v]: the only chunk-sized buffer (reused in place)
-            local = lab - lo
-            in_slice = (local >= 0) & (local < v)
-            tgt = logits.gather(1, local.clamp(0, v - 1)[:, None])[:, 0] * in_slice
-            m = logits.amax(1)
-            if group is not None:
-                dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-            logits.sub_(m[:, None]).exp_()  # now exp(logit - max)
-            st = torch.stack((logits.sum(1), tgt))
-            if group is not None:
-                dist.all_reduce(st, group=group)
-            sumexp, tgt = st[0], st[1]
-            keep = lab != IGNORE_INDEX
-            ce[s:s + chunk] = torch.where(keep, sumexp.log() + m - tgt, 0.0)
-            if not (need_h or need_w):
-                continue
-            # d ce / d logits = softmax - onehot(target), times the token's weight
-            scale = torch.where(keep, tw[s:s + chunk], 0.0)
-            g = logits.mul_((scale / sumexp)[:, None])
-            # minus the weight at the target column (on this rank's slice); a scatter rather than
-            # nonzero() + index_put, which would wait for the device on CUDA
-            g.scatter_add_(1, local.clamp(0, v - 1)[:, None], torch.where(in_slice, -scale, 0.0)[:, None])
-            g = g.to(weight.dtype)
+            hc = hidden[s:s + chunk]
+            ce[s:s + chunk], g = step(hc @ weight.T, labels[s:s + chunk], lo, tw[s:s + chunk], group,
+                                      need_h or need_w, weight.dtype)
             if need_h:
                 gh[s:s + chunk] = g @ weight
             if need_w:
@@ -112,7 +194,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     gw.addmm_(g.T, hc.float())
                 else:
                     gw.add_(g.T @ hc.to(weight.dtype))
-            del logits, g
+            del g
         ctx.save_for_backward(gh, gw.to(weight.dtype) if need_w else None)
         ctx.mark_non_differentiable(ce)
         return (ce * tw).sum(), ce
@@ -123,11 +205,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # the loss is linear in its per-token terms: the stored gradients times the incoming scalar
         gh = gh.mul_(grad_loss.to(gh.dtype)) if gh is not None else None
         gw = gw.mul_(grad_loss.to(gw.dtype)) if gw is not None else None
-        return gh, gw, None, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         tok_weight: torch.Tensor, tp_group=None, chunk_tokens: int | None = None):
+                         tok_weight: torch.Tensor, tp_group=None, chunk_tokens: int | None = None,
+                         backend: str = "auto"):
     """Weighted-sum cross-entropy of `hidden @ weight.T` computed in token chunks.
 
     Args:
@@ -138,6 +221,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
             differentiated.
         tp_group: the tensor-parallel process group (None or size 1: no communication).
         chunk_tokens: tokens per chunk; None: 32M logits per chunk (128 MiB fp32).
+        backend: the per-chunk softmax / gradient: "auto" (Triton on CUDA: two passes over the
+            matmul's logits, no fp32 copy; torch elsewhere), "triton", "torch". Same function.
     Returns:
         loss: fp32 scalar sum_n tok_weight[n] * ce[n] (differentiable w.r.t. hidden and weight;
             backward once: the stored gradients are scaled in place),
@@ -149,5 +234,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     group, rank = _tp_info(tp_group)
     chunk = chunk_tokens or _default_chunk(weight.shape[0])
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    use_triton = pick_backend(backend, hidden, "linear_cross_entropy") == "triton"
     return _LinearCrossEntropy.apply(hidden, weight, labels.long(), tok_weight.detach(), group, rank,
-                                     chunk, need_grad)
+                                     chunk, need_grad, use_triton)

@@ -31,11 +31,12 @@ def _run(fn, hidden, weight, labels, tok_w, grad_scale=1.7, **kw):
     return loss.detach(), ce, h.grad, w.grad
 
 
-@pytest.mark.parametrize("chunk", [1, 8, 13, 64, None])
-def test_fp32_matches_plain_loss(seed, chunk):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("chunk", [1, 13, 64, None])
+def test_fp32_matches_plain_loss(seed, chunk, backend):
     inputs = _inputs(50, 24, 70, seed=seed)
     ref = _run(linear_cross_entropy_reference, *inputs)
-    got = _run(linear_cross_entropy, *inputs, chunk_tokens=chunk)
+    got = _run(linear_cross_entropy, *inputs, chunk_tokens=chunk, backend=backend)
     for name, a, b in zip(("loss", "ce", "grad_hidden", "grad_weight"), got, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
     labels = inputs[2]
@@ -43,12 +44,13 @@ def test_fp32_matches_plain_loss(seed, chunk):
     assert (got[2][inputs[3] == 0] == 0).all()  # a zero-weight token gets no gradient
 
 
-def test_bf16_follows_the_plain_rule(seed):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_bf16_follows_the_plain_rule(seed, backend):
     """bf16 hidden/weight: logits from the bf16 matmul, then fp32 (the plain path's casts);
     gradients returned in bf16. Compared with the fp64 truth at bf16 tolerance, and no further
     from it than the plain bf16 path."""
     inputs = _inputs(40, 32, 90, torch.bfloat16, seed)
-    got = _run(linear_cross_entropy, *inputs, chunk_tokens=16)
+    got = _run(linear_cross_entropy, *inputs, chunk_tokens=16, backend=backend)
     plain = _run(linear_cross_entropy_reference, *inputs)
     h64, w64 = inputs[0].double(), inputs[1].double()
     truth = _run(linear_cross_entropy_reference, h64, w64, *inputs[2:])
@@ -116,6 +118,7 @@ def _tp2_worker(rank, port, seed, out):
         group = ps.get_tensor_model_parallel_group()
         res = {}
         for name, fn, kw in (("fused", linear_cross_entropy, {"chunk_tokens": 10}),
+                             ("fused_triton", linear_cross_entropy, {"chunk_tokens": 10, "backend": "triton"}),
                              ("megatron", linear_cross_entropy_reference, {})):
             loss, ce, gh, gw = _run(fn, hidden, shard, labels, tok_w, tp_group=group, **kw)
             dist.all_reduce(gh)  # the head input's TP region all-reduces d hidden in the model
@@ -134,7 +137,7 @@ def test_tp2_vocab_parallel_matches_single_process(seed, tmp_path):
     full = _run(linear_cross_entropy_reference, *_inputs(45, 16, 64, seed=seed))
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for r in range(2):
-        for name in ("fused", "megatron"):
+        for name in ("fused", "fused_triton", "megatron"):
             loss, ce, gh, gw = got[r][name]
             torch.testing.assert_close(loss, full[0], rtol=1e-5, atol=1e-5, msg=f"{name} loss")
             torch.testing.assert_close(ce, full[1], rtol=1e-5, atol=1e-5, msg=f"{name} ce")
