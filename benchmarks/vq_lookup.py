@@ -96,7 +96,10 @@ def gpu_compare(args):
     for dtype in (torch.float32, torch.bfloat16):
         x, c = _inputs(args.n, args.k, args.d, dev, dtype)
         name = str(dtype).split(".")[-1]
-        for method, fn in (("naive", _naive), ("triton", _ours)):
+        methods = [("naive", _naive), ("triton", _ours)]
+        if dtype == torch.float32:  # the all-fp32 CUDA-core kernel, for the re-ranking's exactness
+            methods.append(("triton_ieee", lambda x, c: vq_lookup(x, c, fp32_search="ieee")[0]))
+        for method, fn in methods:
             fn(x[:256], c)  # compile / warm up
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -108,6 +111,10 @@ def gpu_compare(args):
             print(f"gpu_{name}_{method}_peak_mib={peak / 2**20:.0f}")
         agree = (results[(name, "naive")][1] == results[(name, "triton")][1]).float().mean().item()
         print(f"gpu_{name}_index_agreement={agree:.6f}")
+        if dtype == torch.float32:  # 1 up to codes tied within fp32 rounding (sums in another order)
+            same = (results[(name, "triton_ieee")][1] == results[(name, "triton")][1]).float().mean().item()
+            print(f"gpu_float32_rerank_vs_ieee_agreement={same:.6f}")
+            print(f"gpu_float32_ieee_ratio={results[(name, 'naive')][0] / results[(name, 'triton_ieee')][0]:.2f}")
         print(f"gpu_{name}_ratio={results[(name, 'naive')][0] / results[(name, 'triton')][0]:.2f}")
     return results[("float32", "naive")][0] / results[("float32", "triton")][0]
 

@@ -8,6 +8,11 @@ dispatcher (backend="auto": Triton on CUDA tensors, a memory-bounded torch path 
   dead-code restart), code_stats, perplexity.
 - kernels.ctc_compress: ctc_compress / ctc_compress_reference, one vector per CTC label run
   (the speech-to-LM bridge of arXiv 2312.03668).
+- kernels.vq_rerank: the fp32 Triton lookup's bf16 candidate search + exact fp32 re-ranking.
+- kernels.linear_cross_entropy: the LM loss from the head's input and weight in token chunks
+  (no [N, V] logits), vocab-parallel at TP>1.
+- kernels.rmsnorm, kernels.rope (Llama halves, GLM partial interleaved), kernels.swiglu: fused
+  elementwise forward/backward for the decoder, Triton on CUDA.
 
 Nothing is re-exported here: a function named like its module (vq_lookup, ctc_compress) would
 shadow the submodule attribute `kernels.vq_lookup`.

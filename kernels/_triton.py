@@ -42,3 +42,12 @@ def pick_backend(backend: str, t: torch.Tensor, what: str) -> str:
             raise RuntimeError(f"{what}: backend='triton' on CPU tensors needs TRITON_INTERPRET=1 "
                                "set before triton is imported; or use backend='torch' on CPU")
     return backend
+
+
+def store_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of a kernel's output buffer for results wanted in `dtype`.
+
+    The interpreter's fp32 -> bf16 store truncates (rounds toward zero) where the GPU store rounds
+    to nearest even; so under the interpreter a kernel computing bf16 results writes fp32 and torch
+    casts (round to nearest even, what the GPU store does). The identity everywhere else."""
+    return torch.float32 if (dtype == torch.bfloat16 and interpreting()) else dtype

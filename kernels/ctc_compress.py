@@ -6,7 +6,7 @@ into maximal runs of equal label; every kept run becomes mean(h[run]) (reduce="m
 sum(w h[run]) / sum(w[run]) (reduce="weighted"; a zero weight sum divides by 1 instead). Output
 rows are the kept runs in order, padded with zeros to T' = max(new_lengths).
 
-Backends: a Triton forward (one program per output run x D tile) and backward (one program per
+Backends: a Triton forward (one program per output row x D tile) and backward (one program per
 frame tile: grad_h = grad_out[run] * w / sum_w, grad_w = <grad_out[run], h - out[run]> / sum_w);
 on CPU a vectorised torch path (one weighted embedding_bag over the kept frames) with the same
 backward in torch. Arithmetic in fp32 (fp64 for fp64 input on the torch paths).
@@ -44,8 +44,11 @@ def _prepare(h, labels, lengths, blank, mode, reduce, probs):
     if lengths.shape != (b,) or lengths.is_floating_point():
         raise ValueError(f"ctc_compress: lengths must be int [B={b}], "
                          f"got {lengths.dtype} {tuple(lengths.shape)}")
-    if b and (int(lengths.min()) < 0 or int(lengths.max()) > t):
+    if b and not lengths.is_cuda and (int(lengths.min()) < 0 or int(lengths.max()) > t):
         raise ValueError(f"ctc_compress: lengths must lie in [0, T={t}], got {lengths.tolist()}")
+    if b and lengths.is_cuda:  # checked on the device: no host synchronization
+        torch._assert_async(((lengths >= 0) & (lengths <= t)).all(),
+                            f"ctc_compress: lengths must lie in [0, T={t}]")
     w = None
     if reduce == "weighted":
         if probs is None:
@@ -153,10 +156,10 @@ class _CTCCompressTorch(torch.autograd.Function):
         return gh.reshape(b, t, d).to(dtype), gw, None, None
 
 
-def _compress_torch(h, w, labels, lengths, blank, mode):
+def _compress_torch(h, w, labels, lengths, blank, mode, pad_to):
     b, t, d = h.shape
     seg, _, _, new_len = _runs(labels, lengths, blank, mode)
-    tmax = int(new_len.max()) if b else 0
+    tmax = t if pad_to == "input" else (int(new_len.max()) if b else 0)
     base = torch.arange(b, device=h.device)[:, None] * tmax
     frame_row = torch.where(seg >= 0, base + seg, -1).reshape(-1)
     out = _CTCCompressTorch.apply(h, w, frame_row, b * tmax)
@@ -166,14 +169,13 @@ def _compress_torch(h, w, labels, lengths, blank, mode):
 if triton is not None:
 
     @triton.jit
-    def _ctc_fwd_kernel(h_ptr, w_ptr, run_frame_ptr, run_end_ptr, run_row_ptr, out_ptr, den_ptr, D,
+    def _ctc_fwd_kernel(h_ptr, w_ptr, run_frame_ptr, run_end_ptr, out_ptr, den_ptr, D,
                         HAS_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-        i = tl.program_id(0)  # one kept run
+        r = tl.program_id(0)  # one output row b * T' + j (a kept run, or padding: empty span)
         ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         dm = ds < D
-        f0 = tl.load(run_frame_ptr + i)  # flat frame index b * T + t of the run's first frame
-        f1 = tl.load(run_end_ptr + i)  # one past its last frame
-        r = tl.load(run_row_ptr + i)  # its output row b * T' + j
+        f0 = tl.load(run_frame_ptr + r)  # flat frame index b * T + t of the run's first frame
+        f1 = tl.load(run_end_ptr + r)  # one past its last frame
         acc = tl.zeros([BLOCK_D], tl.float32)
         wsum = tl.zeros([BLOCK_T], tl.float32)
         for fs in range(f0, f1, BLOCK_T):
@@ -233,29 +235,36 @@ class _CTCCompressTriton(torch.autograd.Function):
     """Forward and backward are both Triton kernels; run metadata comes from `_runs`."""
 
     @staticmethod
-    def forward(ctx, h, w, labels, lengths, blank, mode):
+    def forward(ctx, h, w, labels, lengths, blank, mode, pad_to):
         b, t, d = h.shape
         h = h.contiguous()
         w = w.contiguous() if w is not None else None
         seg, start, kept_start, new_len = _runs(labels, lengths, blank, mode)
-        tmax = int(new_len.max()) if b else 0
+        # "input": T' = T, an upper bound of every new length, known without reading the device
+        tmax = t if pad_to == "input" else (int(new_len.max()) if b else 0)
         pos = torch.arange(t, device=h.device)
         # a run ends at the next run start (blank or not) or at the sequence length
         nxt = torch.where(start, pos, lengths[:, None]).flip(1).cummin(1).values.flip(1)
         end = torch.cat([nxt[:, 1:], lengths[:, None]], 1)
         base = torch.arange(b, device=h.device)[:, None]
-        run_frame = (base * t + pos)[kept_start]  # runs in (b, j) order = output row order
-        run_end = (base * t + end)[kept_start]
-        run_row = (base * tmax + seg)[kept_start]
-        out = torch.zeros(b * tmax, d, device=h.device)
-        den = torch.ones(b * tmax, device=h.device)
-        n_runs = run_frame.numel()
+        # one [first frame, end) span per output row b * T' + j, scattered from the kept run
+        # starts (fixed-size, so no nonzero()/boolean indexing and no synchronization); rows
+        # past a sequence's new length keep the empty span [0, 0) and are written as zeros
+        n_rows = b * tmax
+        row = torch.where(kept_start, base * tmax + seg, n_rows).reshape(-1)  # n_rows: a dump slot
+        run_frame = torch.zeros(n_rows + 1, dtype=torch.int64, device=h.device)
+        run_end = torch.zeros(n_rows + 1, dtype=torch.int64, device=h.device)
+        run_frame.scatter_(0, row, (base * t + pos).reshape(-1))
+        run_end.scatter_(0, row, (base * t + end).reshape(-1))
+        out = torch.empty(n_rows, d, device=h.device)
+        den = torch.empty(n_rows, device=h.device)
         bt, bd = _blocks()
-        if n_runs and d:
-            _ctc_fwd_kernel[(n_runs, triton.cdiv(d, bd))](
-                h, w if w is not None else h, run_frame.contiguous(),
-                run_end.contiguous(), run_row.contiguous(), out, den, d,
+        if n_rows and d:
+            _ctc_fwd_kernel[(n_rows, triton.cdiv(d, bd))](
+                h, w if w is not None else h, run_frame, run_end, out, den, d,
                 HAS_W=w is not None, BLOCK_T=bt, BLOCK_D=bd)
+        elif n_rows:
+            den.fill_(1.0)
         frame_row = torch.where(seg >= 0, base * tmax + seg, -1).to(torch.int32).contiguous()
         ctx.save_for_backward(h, w, out, frame_row, den)
         ctx.shape = (b, t, d, tmax)
@@ -277,13 +286,14 @@ class _CTCCompressTriton(torch.autograd.Function):
                 grad_out.contiguous(), h, w if w is not None else h, out, frame_row, den, gh,
                 gw if need_gw else den, b * t, d,
                 HAS_W=w is not None, NEED_GW=need_gw, BLOCK_T=bt, BLOCK_D=bd)
-        return gh, (gw.to(w.dtype) if need_gw else None), None, None, None, None
+        return gh, (gw.to(w.dtype) if need_gw else None), None, None, None, None, None
 
 
 def ctc_compress(h: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, blank: int,
                  mode: Literal["remove_blank", "merge"] = "remove_blank",
                  reduce: Literal["mean", "weighted"] = "mean", probs: torch.Tensor | None = None,
-                 backend: Literal["auto", "triton", "torch"] = "auto"):
+                 backend: Literal["auto", "triton", "torch"] = "auto",
+                 pad_to: Literal["max", "input"] = "max"):
     """Compress frames to one vector per CTC label run.
 
     Args:
@@ -295,13 +305,18 @@ def ctc_compress(h: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, b
         reduce: "mean" or "weighted" (weights `probs` [B, T], differentiable; by default the
             softmax probability of the argmax label when logits are given).
         backend: "auto" (Triton on CUDA, torch otherwise), "triton", "torch".
+        pad_to: "max": T' = max(new_lengths), which on CUDA costs one host synchronization to
+            size the output; "input": T' = T (an upper bound: new_lengths <= lengths <= T), so
+            the CUDA path never waits for the device. Rows below T' are the same either way.
     Returns:
         h_out [B, T', D] in h.dtype with zero padding, new_lengths int64 [B];
-        T' = max(new_lengths) (0 when every run is dropped).
+        T' per `pad_to` (with "max", 0 when every run is dropped).
     """
+    if pad_to not in ("max", "input"):
+        raise ValueError(f"ctc_compress: pad_to={pad_to!r}; use 'max' or 'input'")
     labels, w = _prepare(h, labels, lengths, blank, mode, reduce, probs)
     lengths = lengths.to(device=h.device, dtype=torch.int64)
     labels = labels.to(h.device)
     if pick_backend(backend, h, "ctc_compress") == "torch":
-        return _compress_torch(h, w, labels, lengths, blank, mode)
-    return _CTCCompressTriton.apply(h, w, labels, lengths, blank, mode)
+        return _compress_torch(h, w, labels, lengths, blank, mode, pad_to)
+    return _CTCCompressTriton.apply(h, w, labels, lengths, blank, mode, pad_to)

@@ -10,8 +10,10 @@ is fp32 whatever the input dtypes (bf16/fp16 are upcast on load):
   The codebook need not be normalised; the returned quantized rows are the raw codebook rows.
 
 Backends: Triton (CUDA, or the CPU interpreter) tiles over K keeping a running min/argmin in
-registers; the torch path (CPU) walks row chunks x code chunks so peak extra memory is one
-chunk of scores (default 1024 x 2048 fp32 = 8 MiB) plus the outputs.
+registers (bf16/fp16: tensor-core dots, exact products; an fp32 operand: by default a bf16
+candidate search with exact fp32 re-ranking, kernels/vq_rerank.py); the torch path (CPU) walks
+row chunks x code chunks so peak extra memory is one chunk of scores (default 1024 x 2048 fp32 =
+8 MiB) plus the outputs.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Literal
 import torch
 
 from kernels._triton import interpreting, pick_backend, tl, triton
+from kernels.vq_rerank import lookup_rerank
 
 MODES = ("l2", "cosine")
 _EPS = 1e-12  # same clamp as F.normalize: a zero code or row gets a finite, zero score
@@ -112,17 +115,21 @@ def _lookup_torch(x, codebook, mode, chunk_rows, chunk_codes=None):
 if triton is not None:
 
     @triton.jit
-    def _vq_lookup_kernel(x_ptr, c_ptr, term_ptr, idx_ptr, q_ptr, dist_ptr, N, K, D,
+    def _vq_lookup_kernel(x_ptr, c_ptr, term_ptr, idx_ptr, q_ptr, dist_ptr, flag_ptr, N, K, D,
                           stride_x, stride_c, stride_q,
-                          COSINE: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                          COSINE: tl.constexpr, NATIVE_DOT: tl.constexpr, ONLY_FLAGGED: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
+        k_end = K
+        if ONLY_FLAGGED:  # the exact fallback of kernels/vq_rerank.py: blocks without a flag skip
+            row_ok = row_ok & (tl.load(flag_ptr + rows, mask=row_ok, other=0) != 0)
+            k_end = K * tl.max(row_ok.to(tl.int32), axis=0)
         rows64 = rows.to(tl.int64)
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(0, k_end, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < K
             acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
@@ -155,7 +162,7 @@ if triton is not None:
         idx64 = best_idx.to(tl.int64)
         tl.store(idx_ptr + rows64, idx64, mask=row_ok)
         acc_d = tl.zeros([BLOCK_N], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
+        for d0 in range(0, D * (k_end > 0), BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             m = row_ok[:, None] & (ds < D)[None, :]
             # upcast at once: bf16 arithmetic is wrong in the interpreter; the fp32->bf16
@@ -183,7 +190,7 @@ def _blocks(d: int):
     return 64, 64, (32 if d <= 32 else 64)
 
 
-def _lookup_triton(x, codebook, mode, chunk_rows):
+def _lookup_triton(x, codebook, mode, chunk_rows, fp32_search):
     n, d = x.shape
     k = codebook.shape[0]
     x = x.contiguous()
@@ -192,21 +199,26 @@ def _lookup_triton(x, codebook, mode, chunk_rows):
     idx = torch.empty(n, dtype=torch.int64, device=x.device)
     q = torch.empty(n, d, dtype=codebook.dtype, device=x.device)
     dist = torch.empty(n, dtype=torch.float32, device=x.device)
-    native = (not interpreting() and x.dtype == codebook.dtype
-              and x.dtype in (torch.bfloat16, torch.float16))
+    half = x.dtype == codebook.dtype and x.dtype in (torch.bfloat16, torch.float16)
+    native = half and not interpreting()
+    rerank = not half and fp32_search == "rerank"
     bn, bk, bd = _blocks(d)
     for r0 in range(0, n, chunk_rows):  # chunked launch: bounded grid for N in the millions
         r1 = min(n, r0 + chunk_rows)
+        flags = None
+        if rerank:  # bf16 candidates + exact fp32 re-ranking; flagged rows rerun below
+            flags = lookup_rerank(x[r0:r1], codebook, mode, term, idx[r0:r1], q[r0:r1], dist[r0:r1])
         grid = (triton.cdiv(r1 - r0, bn),)
         _vq_lookup_kernel[grid](x[r0:r1], codebook, term, idx[r0:r1], q[r0:r1], dist[r0:r1],
-                                r1 - r0, k, d, x.stride(0), codebook.stride(0), q.stride(0),
-                                COSINE=(mode == "cosine"), NATIVE_DOT=native,
-                                BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
+                                flags if rerank else idx, r1 - r0, k, d, x.stride(0), codebook.stride(0),
+                                q.stride(0), COSINE=(mode == "cosine"), NATIVE_DOT=native,
+                                ONLY_FLAGGED=rerank, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
     return idx, q, dist
 
 
 def vq_lookup(x: torch.Tensor, codebook: torch.Tensor, mode: Literal["l2", "cosine"] = "l2",
-              backend: Literal["auto", "triton", "torch"] = "auto", chunk_rows: int | None = None):
+              backend: Literal["auto", "triton", "torch"] = "auto", chunk_rows: int | None = None,
+              fp32_search: Literal["rerank", "ieee"] = "rerank"):
     """Nearest codebook row of every row of x, without materialising N x K distances.
 
     Args:
@@ -216,12 +228,17 @@ def vq_lookup(x: torch.Tensor, codebook: torch.Tensor, mode: Literal["l2", "cosi
         backend: "auto" (Triton on CUDA, chunked torch otherwise), "triton" (also CPU tensors
             under TRITON_INTERPRET=1) or "torch".
         chunk_rows: rows per chunk (torch) or per kernel launch (Triton); None picks a default.
+        fp32_search: Triton with an fp32 operand: "rerank" (bf16 tensor-core candidates, exact
+            fp32 re-ranking, exact fallback where the rounding bound is not met; see
+            kernels/vq_rerank.py) or "ieee" (every score an fp32 CUDA-core dot). Same results.
     Returns:
         indices int64 [N], quantized [N, D] in codebook.dtype (rows of the codebook, bit-equal),
         min_dist float32 [N]. Ties go to the lowest index; see the module docstring.
     """
     _check(x, codebook, mode)
     backend = pick_backend(backend, x, "vq_lookup")
+    if fp32_search not in ("rerank", "ieee"):
+        raise ValueError(f"vq_lookup: fp32_search={fp32_search!r}; use 'rerank' or 'ieee'")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"vq_lookup: chunk_rows={chunk_rows}; use a positive int or None")
     x, codebook = x.detach(), codebook.detach()
@@ -229,5 +246,5 @@ def vq_lookup(x: torch.Tensor, codebook: torch.Tensor, mode: Literal["l2", "cosi
         return (torch.empty(0, dtype=torch.int64, device=x.device),
                 codebook.new_empty(0, x.shape[1]), torch.empty(0, device=x.device))
     if backend == "triton":
-        return _lookup_triton(x, codebook, mode, chunk_rows or 1 << 20)
+        return _lookup_triton(x, codebook, mode, chunk_rows or 1 << 20, fp32_search)
     return _lookup_torch(x, codebook, mode, chunk_rows or CPU_CHUNK_ROWS)

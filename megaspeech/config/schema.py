@@ -106,6 +106,10 @@ class TrainConfig:
     activation_checkpointing: Literal["none", "all"] | list[int] = "none"  # or global layer ids
     skip_nonfinite: bool = False
     compile: bool = False  # torch.compile each block (after TP and activation checkpointing)
+    # LM loss in token chunks from the head's input and weight (kernels/linear_cross_entropy.py): no
+    # [S, B, V] fp32 logits. Not under ZeRO-3 (the head weight is only gathered inside its forward).
+    fused_loss: bool = True
+    loss_chunk_tokens: int | None = None  # tokens per loss chunk; None: 32M logits (128 MiB fp32)
     log_interval: int = 1
     peak_tflops: float | None = None  # per device; None: 989 (H100 bf16) on GPU, a measured GEMM peak on CPU
     progress_bar: bool = True
@@ -122,6 +126,8 @@ class TrainConfig:
               f"{self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}")
         check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip",
               "must be a finite number >= 0 (0 disables clipping)")
+        check(self.loss_chunk_tokens is None or self.loss_chunk_tokens >= 1, "train.loss_chunk_tokens",
+              f"must be a positive int or null, got {self.loss_chunk_tokens}")
 
 
 @dataclass

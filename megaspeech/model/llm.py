@@ -19,7 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels.rope as kernels_rope
+from kernels.rmsnorm import rms_norm
+from kernels.swiglu import swiglu
 from megaspeech.config.schema import ModelConfig
+from megaspeech.parallel.layers import head_input
 
 try:  # optional GPU path; computes the same causal attention as SDPA
     from flash_attn import flash_attn_func
@@ -34,9 +38,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)  # fp32 math; fused Triton kernel on CUDA
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,17 +51,9 @@ def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """x [..., S, hd]; rotates the first 2*cos.shape[-1] dims. Llama rotates halves (interleaved=False);
-    GLM rotates adjacent pairs (interleaved=True)."""
-    rot = 2 * cos.shape[-1]
-    xr = x[..., :rot].float()
-    if interleaved:
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-    else:
-        x1, x2 = xr.chunk(2, dim=-1)
-        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    out = out.to(x.dtype)
-    return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+    GLM rotates adjacent pairs (interleaved=True). kernels/rope.py: the definition, and one fused
+    Triton pass on CUDA."""
+    return kernels_rope.apply_rope(x, cos, sin, interleaved)
 
 
 def causal_attention(q, k, v, mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
@@ -124,7 +118,7 @@ class SwiGLU(nn.Module):
         self.down = f.row(cfg.ffn_hidden_size, cfg.hidden_size, std=out_std)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(swiglu(self.gate(x), self.up(x)))  # silu(gate) * up; fused on CUDA
 
 
 class Block(nn.Module):
@@ -152,14 +146,22 @@ class Embedding(nn.Module):
 
 
 class Head(nn.Module):
-    """hidden [S, B, H] -> logits [S, B, vocab / tp] (vocab-parallel at TP>1)."""
+    """hidden [S, B, H] -> logits [S, B, vocab / tp] (vocab-parallel at TP>1).
+
+    With `fused_loss` set (the trainer does so for train.fused_loss) it returns the head's matmul
+    input instead, [S, B, H] (the full sequence under SP), and LMLoss computes the loss from it and
+    `out.weight` in token chunks, so the [S, B, V] logits never exist."""
 
     def __init__(self, cfg: ModelConfig, f, vocab_size: int):
         super().__init__()
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.out = f.head(cfg.hidden_size, vocab_size, std=cfg.init_std)
+        self.tp, self.sequence_parallel = f.tp, f.sequence_parallel
+        self.fused_loss = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_loss:
+            return head_input(self.norm(x), self.tp, self.sequence_parallel)
         return self.out(self.norm(x))
 
 

@@ -104,6 +104,19 @@ def make_factory(tp: int, sequence_parallel: bool):
     return TorchLayers() if tp == 1 else MegatronLayers(tp, sequence_parallel)
 
 
+def head_input(x: torch.Tensor, tp: int, sequence_parallel: bool) -> torch.Tensor:
+    """What the head's column-parallel linear feeds its matmul: x itself at TP=1; at TP>1 the
+    identity whose backward all-reduces the gradient over the TP group, or under SP the all-gather
+    along the sequence whose backward reduce-scatters. The fused loss (kernels/linear_cross_entropy)
+    takes this tensor and the head weight in place of the logits."""
+    if tp == 1:
+        return x
+    from megatron.core.tensor_parallel import mappings
+    if sequence_parallel:
+        return mappings.gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=True)
+    return mappings.copy_to_tensor_model_parallel_region(x)
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, tp: int) -> torch.Tensor:
     """logits [S, B, V / tp], labels [B, S] -> per-token cross-entropy [B, S] (fp32).
     At TP>1 the vocab-parallel cross entropy avoids gathering the logits."""

@@ -8,15 +8,19 @@ ZeRO data parallelism is applied afterwards by `deepspeed.initialize`.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from megaspeech.config.schema import PretrainConfig
-from megaspeech.model.llm import Block, DecoderLM, RMSNorm, layer_specs
+from megaspeech.model.llm import Block, DecoderLM, Head, RMSNorm, layer_specs
 from megaspeech.parallel.layers import make_factory
 from megaspeech.parallel.state import Layout, pipeline_topology
+
+log = logging.getLogger(__name__)
 
 
 def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
@@ -31,6 +35,8 @@ def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
         model = PipelineModule(layers=specs, loss_fn=loss_fn, topology=pipeline_topology(layout),
                                partition_method="type:Block", seed_layers=True, seed_fn=torch.manual_seed,
                                base_seed=cfg.run.seed, activation_checkpoint_interval=0)
+    if loss_fn is not None and cfg.train.fused_loss:
+        bind_fused_loss(model, loss_fn, cfg)
     if cfg.parallel.sequence_parallel:
         reduce_sequence_parallel_grads(model)
     checkpoint_blocks(model, cfg.train.activation_checkpointing, cfg.model.num_layers)
@@ -38,6 +44,18 @@ def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
         for block in blocks_by_layer_id(model).values():
             block.compile()
     return model
+
+
+def bind_fused_loss(model: nn.Module, loss_fn, cfg: PretrainConfig) -> None:
+    """train.fused_loss: the Head (last pipeline stage only) returns its matmul input and the loss
+    takes the head weight. ZeRO-3 gathers a weight only inside its module's forward, so there the
+    plain logits path stays (the same function)."""
+    if cfg.parallel.zero_stage == 3:
+        log.warning("train.fused_loss is not available with ZeRO-3; using the plain logits loss")
+        return
+    heads = [m for m in model.modules() if isinstance(m, Head)]
+    if heads:
+        loss_fn.bind_head(heads[0], cfg.train.loss_chunk_tokens)
 
 
 def blocks_by_layer_id(model: nn.Module) -> dict[int, Block]:

@@ -152,3 +152,50 @@ def test_bad_input_is_refused():
         ctc_compress(h, lab.float(), torch.tensor([4, 1]), 0)
     with pytest.raises(ValueError, match="mode"):
         ctc_compress(h, lab, torch.tensor([4, 1]), 0, mode="collapse")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pad_to_input_is_the_same_function_at_length_t(seed, backend):
+    """pad_to="input" (T' = T, the CUDA path's sync-free size): rows below max(new_len) equal
+    the default's, every row past a sequence's new length is zero, gradients equal."""
+    b, t, d = 4, 29, 70
+    h, lab, lens = torch.randn(b, t, d), _labels(b, t), _lengths(b, t)
+    w = torch.rand(b, t) + 0.05
+    res = {}
+    for pad in ("max", "input"):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        out, new_len = ctc_compress(hh, lab, lens, BLANK, reduce="weighted", probs=ww, backend=backend, pad_to=pad)
+        g = torch.randn(b, t, d, generator=torch.Generator().manual_seed(1))[:, :out.shape[1]]
+        (out * g).sum().backward()
+        res[pad] = (out.detach(), new_len, hh.grad, ww.grad)
+    tmax = res["max"][0].shape[1]
+    assert res["input"][0].shape == (b, t, d) and tmax < t
+    assert torch.equal(res["input"][1], res["max"][1])
+    torch.testing.assert_close(res["input"][0][:, :tmax], res["max"][0], rtol=0, atol=0)
+    assert torch.all(res["input"][0][:, tmax:] == 0)
+    for i in (2, 3):
+        torch.testing.assert_close(res["input"][i], res["max"][i], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="pad_to"):
+        ctc_compress(h, lab, lens, BLANK, pad_to="longest")
+
+
+def test_triton_path_never_reads_the_device(seed, monkeypatch):
+    """The CUDA path's code with pad_to="input": no .item()/int()/bool()/tolist()/nonzero() on a
+    tensor anywhere in the forward and backward (each would be a host synchronization on CUDA).
+    Lengths validation on CPU tensors reads them, so this calls past `_prepare`."""
+    import kernels.ctc_compress as cc
+    b, t, d = 3, 21, 40
+    h = torch.randn(b, t, d, requires_grad=True)
+    w = (torch.rand(b, t) + 0.05).requires_grad_()
+    lab, lens = _labels(b, t), _lengths(b, t)
+    ref = ctc_compress(h, lab, lens, BLANK, reduce="weighted", probs=w, backend="triton", pad_to="input")[0]
+
+    def boom(*a, **k):
+        raise AssertionError("host synchronization in the Triton path")
+    for name in ("item", "__int__", "__bool__", "__float__", "tolist", "nonzero", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    monkeypatch.setattr(torch, "nonzero", boom)
+    out, _ = cc._CTCCompressTriton.apply(h, w, lab, lens, BLANK, "remove_blank", "input")
+    (out * ref.detach()).sum().backward()
+    monkeypatch.undo()
+    torch.testing.assert_close(out.detach(), ref.detach())

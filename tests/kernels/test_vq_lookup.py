@@ -171,3 +171,55 @@ def test_cpu_peak_memory_is_an_eighth_of_cdist():
     print(f"ours peak +{peak / 2**20:.0f} MiB, naive >= {naive / 2**20:.0f} MiB")
     assert ok == 1
     assert 0 < peak < naive / 8
+
+
+def _near_tie_problem(n, cluster, d=64, far=8):
+    """Each row of x has `cluster` codes at squared distances 1, 1.002, 1.004, ... (order shuffled
+    over the indices): gaps far above fp32 rounding (~1e-5 here) but below the error of a
+    bf16 dot (~0.01 typical, 0.25 bound), plus `far` unrelated codes."""
+    x = torch.randn(n, d)
+    codes = []
+    for i in range(n):
+        xh = torch.nn.functional.normalize(x[i], dim=0)
+        u = torch.randn(cluster, d)
+        u = torch.nn.functional.normalize(u - (u @ xh)[:, None] * xh, dim=1)  # orthogonal to x[i]:
+        # the cosine distance then grows with r too (cos = |x| / sqrt(|x|^2 + r^2))
+        r = (1 + 0.002 * torch.randperm(cluster).float()).sqrt()
+        codes.append(x[i] + r[:, None] * u)
+    c = torch.cat(codes + [torch.randn(far, d)])
+    return x, c[torch.randperm(c.shape[0])]
+
+
+@pytest.mark.parametrize("mode", ["l2", "cosine"])
+def test_fp32_rerank_settles_near_ties_a_bf16_search_gets_wrong(seed, mode):
+    from kernels.vq_rerank import TOP_M, lookup_rerank
+    x, c = _near_tie_problem(64, TOP_M - 1)
+    ref = vq_lookup_reference(x, c, mode)
+    bf16_idx = vq_lookup_reference(x.bfloat16().float(), c.bfloat16().float(), mode)[0]
+    assert (bf16_idx != ref[0]).sum() >= 5  # the candidate search alone would be wrong
+    out = vq_lookup(x, c, mode, backend="triton")
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-5, atol=1e-5)
+    # ... and it was the re-ranking that settled them, not the exact fallback
+    idx, q, dist = torch.empty_like(ref[0]), torch.empty_like(x), torch.empty_like(ref[2])
+    term = vql.code_term(c, mode)
+    flags = lookup_rerank(x, c, mode, term, idx, q, dist)
+    assert flags.sum() == 0 and torch.equal(idx, ref[0])
+
+
+def test_fp32_rerank_falls_back_when_the_bound_is_not_met(seed):
+    """More near-tied codes than candidates kept: every row is flagged and the exact kernel
+    reruns it; also a bf16 x against the fp32 codebook (mixed: the rerank path too)."""
+    from kernels.vq_rerank import TOP_M, lookup_rerank
+    x, c = _near_tie_problem(40, TOP_M + 3)
+    ref = vq_lookup_reference(x, c)
+    idx, q, dist = torch.empty_like(ref[0]), torch.empty_like(x), torch.empty_like(ref[2])
+    flags = lookup_rerank(x, c, "l2", vql.code_term(c, "l2"), idx, q, dist)
+    assert flags.all()
+    for kw in ({}, {"chunk_rows": 16}):
+        out = vq_lookup(x, c, backend="triton", **kw)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    ieee = vq_lookup(x, c, backend="triton", fp32_search="ieee")
+    assert torch.equal(ieee[0], ref[0])
+    xb = x.bfloat16()
+    assert torch.equal(vq_lookup(xb, c, backend="triton")[0], vq_lookup_reference(xb, c)[0])
