@@ -1,16 +1,14 @@
 """Real text corpora -> `text` shards (the library side of `launch/prepare_data.py text`).
 
-Documents come from `interleave_corpora` in a fixed order, are tokenized with the SentencePiece
-model of `text.tokenizer`, split into samples of at most `text.max_tokens_per_sample` tokens and
+Documents come from `interleave_corpora` in a fixed order, are tokenized with the text tokenizer
+of `text.tokenizer` (a dir with vocab.json naming a SentencePiece model or a Hugging Face tokenizer;
+or a Hugging Face tokenizer dir itself, e.g. model.init_from_hf's), each sample storing `words`
+(token indices where words begin, from the tokenizer's offsets), split into samples of at most `text.max_tokens_per_sample` tokens and
 written through `ShardWriter`. Work is split into `text.parts` parts by document index (part =
 doc_index % parts); a job-array worker handles `parts_for_worker(...)` and skips finished parts,
 and whoever finds every part finished writes the dataset manifest.
 """
 from __future__ import annotations
-
-import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -35,32 +33,36 @@ def _docs(cfg: DataPrepConfig, tok: TextTokenizer):
             if min(used) >= budget:
                 return
             continue  # still encoded lazily by the corpus reader; only this corpus is full
-        ids = tok.encode(text)
+        ids, starts = tok.encode_words(text)
         if budget is not None:
-            ids = ids[:budget - used[c]]
+            ids, starts = ids[:budget - used[c]], starts[:budget - used[c]]
         used[c] += len(ids)
         if len(ids):
-            yield i, name, ids
+            yield i, name, ids, starts
 
 
 def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
     """Write this worker's parts; returns the dataset manifest once all parts are finished."""
     t = cfg.text
-    tok = TextTokenizer.from_dir(t.tokenizer)
-    # vocab.json beside the shards names the SentencePiece model relative to the data dir
-    vocab = dataclasses.replace(tok.vocab, sp_model=os.path.relpath(tok.path.resolve(), Path(t.out_dir).resolve()))
+    tok = TextTokenizer.from_dir(t.tokenizer, t.speech_size)
+    # vocab.json beside the shards names the tokenizer relative to the data dir
+    vocab = tok.vocab_for(t.out_dir)
     todo = [p for p in parts_for_worker(t.parts, t.worker, t.num_workers) if not part_done(t.out_dir, p)]
     if todo:
         writers = {p: part_writer(t.out_dir, "text", vocab, p, max_bytes=t.max_shard_bytes,
                                   meta={"corpora": cfg.corpora, "tokenizer": str(tok.path),
                                         "max_tokens_per_sample": t.max_tokens_per_sample}) for p in todo}
         try:
-            for i, name, ids in _docs(cfg, tok):
+            for i, name, ids, starts in _docs(cfg, tok):
                 w = writers.get(i % t.parts)
                 if w is None:
                     continue
+                pos = 0
                 for j, chunk in enumerate(split_tokens(ids, t.max_tokens_per_sample)):
-                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "source": name})
+                    # words: token indices where a word begins (tokenizer offsets), for span sampling
+                    words = np.flatnonzero(starts[pos:pos + len(chunk)]).astype(np.int32)
+                    pos += len(chunk)
+                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "words": words, "source": name})
         except BaseException:
             for w in writers.values():
                 w.abort()
