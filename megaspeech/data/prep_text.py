@@ -16,6 +16,7 @@ from megaspeech.data.corpora import interleave_corpora
 from megaspeech.data.prep_config import DataPrepConfig
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker
 from megaspeech.data.text import TextTokenizer
+from megaspeech.vocab import Vocab
 
 
 def split_tokens(ids: np.ndarray, max_len: int) -> list[np.ndarray]:
@@ -76,3 +77,41 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
         return m
     log("other parts still running; the last worker to finish writes manifest.json")
     return None
+
+
+def _lines(corpora: list[str]):
+    """Non-empty lines of every document; SentencePiece samples `input_sentence_size` of them."""
+    for _, _, text in interleave_corpora(corpora):
+        for line in text.splitlines():
+            line = line.strip()
+            if line:
+                yield line
+
+
+def train_sentencepiece(cfg: DataPrepConfig, log=print) -> Vocab:
+    """Train the SentencePiece text tokenizer on cfg.corpora; write tokenizer.model + vocab.json into
+    cfg.tokenizer.out_dir (atomic renames). The model has no bos/eos of its own (those are unified
+    specials), so its piece ids are exactly the unified text ids [0, vocab_size)."""
+    import io
+    import os
+    from pathlib import Path
+
+    import sentencepiece as spm
+    t = cfg.tokenizer
+    out = Path(t.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(cfg.corpora), model_writer=model, vocab_size=t.vocab_size,
+        model_type=t.model_type, character_coverage=t.character_coverage,
+        input_sentence_size=t.input_sentence_size, shuffle_input_sentence=True,
+        bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, byte_fallback=True,
+        num_threads=t.num_threads, minloglevel=2)
+    tmp = out / f".tokenizer.model.tmp{os.getpid()}"
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out / "tokenizer.model")
+    vocab = Vocab(text_size=t.vocab_size, speech_size=t.speech_size, sp_model="tokenizer.model")
+    vocab.save(out / "vocab.json")
+    log(f"wrote {out}/tokenizer.model ({len(model.getvalue())} bytes) and vocab.json "
+        f"(text_size={vocab.text_size} speech_size={vocab.speech_size} size={vocab.size})")
+    return vocab
