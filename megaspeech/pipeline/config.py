@@ -5,6 +5,7 @@ so a stage's settings are exactly that tool's config; the pipeline adds only the
 output paths under run.dir, the vocabulary derived from the speech tokenizer's codebook).
 
   run.dir            RUN: every stage writes RUN/<stage>/ (megaspeech.pipeline.layout)
+  run.variant        pretrain/export/eval into RUN/<stage>-<variant>/ (ablations over the same data)
   init_from_hf       null: from scratch (SentencePiece trained by the text stage, the pretrain preset's
                      model); `smollm2`: SmolLM2-135M (megaspeech.model.smollm2, built once) or any HF
                      Llama-family dir: text shards in its tokenizer's vocabulary, pretrain initialised from it
@@ -26,6 +27,13 @@ from megaspeech.config.load import check
 class RunSection:
     dir: str = "runs/pipeline"
     seed: int = 0
+    # "" = the recipe; a name = pretrain/export/eval in RUN/<stage>-<name>/ over the same data stages,
+    # reported in RUN/report-<name>.{md,json} (the ablations: pretrain.interleaved_scale=0 or 2)
+    variant: str = ""
+
+    def __post_init__(self):
+        check(self.variant == "" or self.variant.replace("_", "").isalnum(), "run.variant",
+              f"letters, digits and _ only, got {self.variant!r}")
 
 
 @dataclass

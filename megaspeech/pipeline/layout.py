@@ -13,3 +13,7 @@ MIXTURE_PATHS = {
     "asr_tts": "speech_shards/pairs",      # codes + transcripts (ASR / TTS pairs)
     "interleaved": "interleaved/shards",   # synthetic interleaved text/speech
 }
+
+# stages redone per variant (run.variant: RUN/<stage>-<variant>/; the data stages are shared), e.g.
+# the interleaving ablation: run.variant=no_interleaved pretrain.interleaved_scale=0
+VARIANT_STAGES = ("pretrain", "export", "eval")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 def glm4voice_weights(budget_tokens: int, text_share: float, once_tokens: dict[str, int],
                       interleaved_scale: float = 1.0) -> tuple[dict[str, float], dict]:
-    """-> ({"text": w, <once source>: w, ..., "interleaved": w}, info). Weights sum to 1;
-    interleaved_scale 0 drops interleaved (text and speech share its place in proportion),
-    2 doubles its recipe share (text and the speech sources shrink in proportion)."""
+    """-> ({"text": w, <once source>: w, ..., "interleaved": w}, info). Weights sum to 1.
+    interleaved_scale multiplies the interleaved weight before normalising: 0 drops interleaved data
+    (text and speech share its place in their recipe proportions), 2 doubles its odds against them."""
     if budget_tokens <= 0:
         raise ValueError(f"token budget must be > 0, got {budget_tokens}")
     once = {k: v / budget_tokens for k, v in once_tokens.items()}
@@ -22,13 +22,12 @@ def glm4voice_weights(budget_tokens: int, text_share: float, once_tokens: dict[s
     total_once = sum(once.values())
     scale = min(1.0, room / total_once) if total_once > 0 else 1.0
     w = {"text": text_share, **{k: v * scale for k, v in once.items()}}
-    inter = max(0.0, 1.0 - sum(w.values()))
-    if interleaved_scale != 1.0:
-        inter = min(1.0, inter * interleaved_scale)
-        rest = sum(w.values())
-        w = {k: v * (1.0 - inter) / rest for k, v in w.items()}
-    if inter > 0:
+    inter = max(0.0, 1.0 - sum(w.values())) * interleaved_scale
+    if inter > 1e-9:
         w["interleaved"] = inter
+    if interleaved_scale != 1.0:  # the recipe's weights already sum to 1
+        total = sum(w.values())
+        w = {k: v / total for k, v in w.items()}
     # expected passes over each once-source in the budget (the `epochs: 1` limit caps them at 1)
     info = {"budget_tokens": budget_tokens, "once_tokens": dict(once_tokens),
             "expected_epochs": {k: w[k] * budget_tokens / v for k, v in once_tokens.items() if v}}

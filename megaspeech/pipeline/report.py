@@ -10,15 +10,16 @@ from pathlib import Path
 from megaspeech.pipeline.layout import STAGES
 
 
-def write_report(run: Path, done: dict[str, dict], cfg) -> dict:
+def write_report(run: Path, done: dict[str, dict], cfg, variant: str = "") -> dict:
     stages = {s: {"seconds": round(m["seconds"], 1), "metrics": m["metrics"], "outputs": m["outputs"],
                   "hash": m["hash"]} for s, m in done.items()}
-    report = {"run": str(run), "config": dataclasses.asdict(cfg),
+    name = f"report-{variant}" if variant else "report"
+    report = {"run": str(run), "variant": variant, "config": dataclasses.asdict(cfg),
               "stages_done": [s for s in STAGES if s in done],
               "stages_missing": [s for s in STAGES if s not in done and s != "report"],
               "total_seconds": round(sum(m["seconds"] for m in done.values()), 1), "stages": stages}
-    _atomic(run / "report.json", json.dumps(report, indent=1, default=str))
-    lines = [f"# Pipeline report: {run}", "",
+    _atomic(run / f"{name}.json", json.dumps(report, indent=1, default=str))
+    lines = [f"# Pipeline report: {run}" + (f" (variant {variant})" if variant else ""), "",
              f"Stages done: {', '.join(report['stages_done']) or 'none'}; missing: "
              f"{', '.join(report['stages_missing']) or 'none'}; stage time {report['total_seconds']:.0f} s.", "",
              "| stage | time (s) | metrics |", "|---|---:|---|"]
@@ -32,7 +33,7 @@ def write_report(run: Path, done: dict[str, dict], cfg) -> dict:
             if f"heldout_loss_{k}" in ev:
                 lo, hi = ev[f"heldout_loss_{k}_ci95"]
                 lines.append(f"| {k} | {ev[f'heldout_loss_{k}']:.4f} | [{lo:.4f}, {hi:.4f}] |")
-    _atomic(run / "report.md", "\n".join(lines) + "\n")
+    _atomic(run / f"{name}.md", "\n".join(lines) + "\n")
     return report
 
 

@@ -114,7 +114,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
     t_all = time.time()
     try:
         for i, stage in enumerate(RUN_STAGES[:i1 + 1]):
-            d = run / stage
+            d = ctx.dir(stage)
             configure, execute, needs = STAGE_FUNCS[stage]
             tag = f"[{i + 1}/{n} {stage}]"
             if i < i0:
@@ -155,6 +155,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
                 except Exception:
                     traceback.print_exc()
                     raise
+                print(f"stage {stage} finished: {json.dumps(result, default=str)}", flush=True)
             secs = time.time() - t0
             marker = {"stage": stage, "hash": h, "upstream": spec["upstream"], "config": spec["config"],
                       "outputs": result["outputs"], "metrics": result["metrics"], "seconds": secs,
@@ -164,10 +165,10 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
             say(f"{tag} done in {_fmt(secs)}: " + _short(result["metrics"]))
     except Exception as e:
         say(f"pipeline stopped: {type(e).__name__}: {e}")
-        report = write_report(run, ctx.done, cfg)
+        report = write_report(run, ctx.done, cfg, cfg.run.variant)
         raise
-    report = write_report(run, ctx.done, cfg)
-    say(f"report: {run / 'report.md'} ({_fmt(time.time() - t_all)} this invocation)")
+    report = write_report(run, ctx.done, cfg, cfg.run.variant)
+    say(f"report: {run / (f'report-{cfg.run.variant}.md' if cfg.run.variant else 'report.md')} ({_fmt(time.time() - t_all)} this invocation)")
     return report
 
 

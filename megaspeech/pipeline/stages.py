@@ -34,7 +34,7 @@ from typing import Callable
 import megaspeech
 from megaspeech.config.load import load_config
 from megaspeech.pipeline.config import PipelineConfig, StageSection
-from megaspeech.pipeline.layout import MIXTURE_PATHS
+from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES
 
 ROOT = Path(megaspeech.__file__).resolve().parents[1]  # the repository: configs/ and launch/
 
@@ -45,6 +45,11 @@ class Ctx:
     run: Path
     done: dict[str, dict] = field(default_factory=dict)  # finished stages' markers
     progress: Callable[[str], None] = print  # one console line
+
+    def dir(self, stage: str) -> Path:
+        """RUN/<stage>, or RUN/<stage>-<variant> for the stages a variant redoes (run.variant)."""
+        v = self.cfg.run.variant
+        return self.run / (f"{stage}-{v}" if v and stage in VARIANT_STAGES else stage)
 
 
 def preset(path: str) -> Path:
@@ -209,7 +214,7 @@ def speech_shards_run(ctx: Ctx, cfgs, extra: dict) -> dict:
 
 
 def _trainer_links(ctx: Ctx, stage: str) -> list[str]:
-    return [f"run.dir={ctx.run / stage}", "train.progress_bar=false", "metrics.wandb=disabled", *vocab_links(ctx)]
+    return [f"run.dir={ctx.dir(stage)}", "train.progress_bar=false", "metrics.wandb=disabled", *vocab_links(ctx)]
 
 
 def text_to_token_configure(ctx: Ctx):
@@ -223,7 +228,7 @@ def text_to_token_configure(ctx: Ctx):
 def _train(ctx: Ctx, stage: str, script: str, section: StageSection, argv: list[str], steps: int) -> list[dict]:
     """Run a training tool under torch.distributed.run; its output goes to the stage log (our stdout),
     its metrics.jsonl drives the console progress."""
-    run_dir = ctx.run / stage
+    run_dir = ctx.dir(stage)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(section.nproc),
            "--master_port", str(_free_port()), str(ROOT / "launch" / script), "--config",
            str(preset(section.config)), *argv]
@@ -241,7 +246,7 @@ def _train(ctx: Ctx, stage: str, script: str, section: StageSection, argv: list[
                 seen = rows[-1]["step"]
                 ctx.progress(_eta_line(stage, seen, steps, time.time() - t0, first))
     if p.returncode != 0:
-        raise RuntimeError(f"{script} exited with {p.returncode}; see {run_dir.parent / stage / 'log.txt'}")
+        raise RuntimeError(f"{script} exited with {p.returncode}; see {run_dir / 'log.txt'}")
     return _rows(metrics)
 
 
@@ -360,7 +365,7 @@ def pretrain_run(ctx: Ctx, cfg, extra: dict) -> dict:
 
 def export_configure(ctx: Ctx):
     cfg = tool_config(tool("export_hf").ExportConfig, ctx.cfg.export,
-                      [f"checkpoint={ctx.run / 'pretrain'}", f"out={ctx.run / 'export' / 'hf'}"])
+                      [f"checkpoint={ctx.dir('pretrain')}", f"out={ctx.dir('export') / 'hf'}"])
     return cfg, {}
 
 
@@ -384,10 +389,10 @@ def eval_configure(ctx: Ctx):
 
 def eval_run(ctx: Ctx, spec, extra: dict) -> dict:
     from megaspeech.pipeline.heldout import heldout_losses
-    model = ctx.run / "export" / "hf"
+    model = ctx.dir("export") / "hf"
     metrics = heldout_losses(model, spec["heldout"], spec["limit"], spec["batch_size"])
     out = {"heldout": spec["heldout"]}
-    metrics["suite"] = run_eval_suite(spec["suite"], model, ctx.run / "eval" / "suite")
+    metrics["suite"] = run_eval_suite(spec["suite"], model, ctx.dir("eval") / "suite")
     return {"outputs": out, "metrics": metrics}
 
 
