@@ -10,6 +10,7 @@ output paths under run.dir, the vocabulary derived from the speech tokenizer's c
                      model); `smollm2`: SmolLM2-135M (megaspeech.model.smollm2, built once) or any HF
                      Llama-family dir: text shards in its tokenizer's vocabulary, pretrain initialised from it
   text.heldout_text  not used for training: the eval stage's held-out speech pairs carry their own text
+  speech_shards.real_audio  real audio for the unsupervised speech set (codes only), beside the TTS corpus
   pretrain.mixture   the data fragment (configs/data/mixture_glm4voice.yaml): its speech sources'
                      weights are replaced by one epoch of their tokens over the run's token budget
   pretrain.interleaved_scale  1 = the recipe; 0 = ablation without interleaved data (its share goes to
@@ -49,6 +50,13 @@ class SpeechCorpusSection(StageSection):
 
 
 @dataclass
+class SpeechShardsSection(StageSection):
+    # real audio (files, dirs, globs or `audio` shard dirs, e.g. the output of the real-audio
+    # ingestion tool) tokenized into the unsupervised speech set beside the TTS corpus
+    real_audio: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PretrainSection(StageSection):
     mixture: str = "configs/data/mixture_glm4voice.yaml"
     interleaved_scale: float = 1.0
@@ -74,7 +82,8 @@ class PipelineConfig:
     speech_corpus: SpeechCorpusSection = field(default_factory=lambda: SpeechCorpusSection(
         config="configs/speech_corpus.yaml"))
     tokenizer: StageSection = field(default_factory=lambda: StageSection(config="configs/speech_tokenizer_tiny.yaml"))
-    speech_shards: StageSection = field(default_factory=lambda: StageSection(config="configs/speech_tokenize.yaml"))
+    speech_shards: SpeechShardsSection = field(default_factory=lambda: SpeechShardsSection(
+        config="configs/speech_tokenize.yaml"))
     text_to_token: StageSection = field(default_factory=lambda: StageSection(config="configs/text_to_token_tiny.yaml"))
     interleaved: StageSection = field(default_factory=lambda: StageSection(config="configs/interleave_tiny.yaml"))
     speech_qa: StageSection = field(default_factory=lambda: StageSection(config="configs/speech_qa_tiny.yaml"))

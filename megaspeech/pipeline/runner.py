@@ -29,7 +29,8 @@ from pathlib import Path
 from megaspeech.pipeline.config import PipelineConfig
 from megaspeech.pipeline.layout import STAGES
 from megaspeech.pipeline.report import write_report
-from megaspeech.pipeline.stages import STAGE_FUNCS, Ctx, _fmt, as_dict
+from megaspeech.pipeline.progress import fmt
+from megaspeech.pipeline.stages import STAGE_FUNCS, Ctx, as_dict
 
 RUN_STAGES = [s for s in STAGES if s != "report"]
 
@@ -162,13 +163,14 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
                       "finished_at": time.time()}
             _write(d / "stage.json", marker)
             ctx.done[stage] = marker
-            say(f"{tag} done in {_fmt(secs)}: " + _short(result["metrics"]))
+            say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
     except Exception as e:
         say(f"pipeline stopped: {type(e).__name__}: {e}")
         report = write_report(run, ctx.done, cfg, cfg.run.variant)
         raise
     report = write_report(run, ctx.done, cfg, cfg.run.variant)
-    say(f"report: {run / (f'report-{cfg.run.variant}.md' if cfg.run.variant else 'report.md')} ({_fmt(time.time() - t_all)} this invocation)")
+    name = f"report-{cfg.run.variant}.md" if cfg.run.variant else "report.md"
+    say(f"report: {run / name} ({fmt(time.time() - t_all)} this invocation)")
     return report
 
 

@@ -23,8 +23,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import megaspeech
 from megaspeech.config.load import load_config
 from megaspeech.pipeline.config import PipelineConfig, StageSection
 from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES
+from megaspeech.pipeline.progress import eta_line, loss_metrics, train_tool
 
 ROOT = Path(megaspeech.__file__).resolve().parents[1]  # the repository: configs/ and launch/
 
@@ -174,7 +173,7 @@ def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
         print(line, flush=True)
         if line.startswith("step="):
             step = int(line.split()[0].split("=")[1])
-            ctx.progress(_eta_line("tokenizer", step, total, time.time() - t0))
+            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0))
     last = train(cfg, log=log)
     return {"outputs": {"tokenizer": str(Path(cfg.run.dir) / "tokenizer")},
             "metrics": {"codebook_size": cfg.tokenizer.codebook_size,
@@ -190,13 +189,25 @@ def speech_shards_configure(ctx: Ctx):
 
     def one(inputs, out, vocab_file):
         return tool_config(schema, ctx.cfg.speech_shards, [
-            f"tokenize.tokenizer={tok}", f"tokenize.inputs=[{inputs}]", f"tokenize.out_dir={out}",
-            f"tokenize.vocab_file={vocab_file}"])
-    # pairs and held-out pairs carry the transcripts as ids of the text vocabulary; unsup is codes only
-    # (at toy scale the same TTS audio without its transcripts: real untranscribed audio goes here)
-    cfgs = {"pairs": one(corpus / "train", d / "pairs", vocab), "unsup": one(corpus / "train", d / "unsup", "null"),
-            "heldout": one(corpus / "heldout", d / "heldout", vocab)}
-    return cfgs, {"tokenizer_model": file_sha(tok / "model.pt")}
+            f"tokenize.tokenizer={tok}", f"tokenize.inputs={json.dumps([str(i) for i in inputs])}",
+            f"tokenize.out_dir={out}", f"tokenize.vocab_file={vocab_file}"])
+    # pairs and held-out pairs carry the transcripts as ids of the text vocabulary; unsup is codes only:
+    # the TTS audio without its transcripts (at toy scale) plus any real audio given
+    real = [str(Path(p).expanduser().resolve()) for p in ctx.cfg.speech_shards.real_audio]
+    cfgs = {"pairs": one([corpus / "train"], d / "pairs", vocab),
+            "unsup": one([corpus / "train", *real], d / "unsup", "null"),
+            "heldout": one([corpus / "heldout"], d / "heldout", vocab)}
+    return cfgs, {"tokenizer_model": file_sha(tok / "model.pt"), "real_audio": {p: _fingerprint(p) for p in real}}
+
+
+def _fingerprint(path: str) -> str:
+    """What a real-audio input holds: its manifest's hash, or the names and sizes of its files."""
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        return file_sha(p / "manifest.json")
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    listing = [(str(f), f.stat().st_size) for f in files if f.is_file()]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def speech_shards_run(ctx: Ctx, cfgs, extra: dict) -> dict:
@@ -225,69 +236,10 @@ def text_to_token_configure(ctx: Ctx):
     return cfg, {"argv": [*ctx.cfg.text_to_token.overrides, *links]}
 
 
-def _train(ctx: Ctx, stage: str, script: str, section: StageSection, argv: list[str], steps: int) -> list[dict]:
-    """Run a training tool under torch.distributed.run; its output goes to the stage log (our stdout),
-    its metrics.jsonl drives the console progress."""
-    run_dir = ctx.dir(stage)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(section.nproc),
-           "--master_port", str(_free_port()), str(ROOT / "launch" / script), "--config",
-           str(preset(section.config)), *argv]
-    print("$ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    metrics = run_dir / "metrics.jsonl"
-    t0, seen = time.time(), 0
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr) as p:
-        while p.poll() is None:
-            time.sleep(2)
-            rows = _rows(metrics)
-            if rows and rows[-1]["step"] != seen:
-                first = rows[0]["step"] - 1
-                seen = rows[-1]["step"]
-                ctx.progress(_eta_line(stage, seen, steps, time.time() - t0, first))
-    if p.returncode != 0:
-        raise RuntimeError(f"{script} exited with {p.returncode}; see {run_dir / 'log.txt'}")
-    return _rows(metrics)
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _eta_line(stage: str, step: int, total: int, elapsed: float, start: int = 0) -> str:
-    done = max(step - start, 1)
-    eta = elapsed / done * max(total - step, 0)
-    return f"[{stage}] step {step}/{total} ({100 * step / max(total, 1):.0f}%) eta {_fmt(eta)}"
-
-
-def _fmt(s: float) -> str:
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
-
-
-def _loss_metrics(rows: list[dict]) -> dict:
-    last = rows[-1]
-    out = {"steps": last["step"], "consumed_tokens": last.get("consumed_tokens")}
-    for k in ("loss", "loss_text", "loss_speech"):
-        if k in last:
-            out[f"final_{k}"] = last[k]
-            out[f"first_{k}"] = rows[0].get(k)
-    out.update({k: v for k, v in last.items() if k.startswith("data/samples/")})
-    return out
-
-
 def text_to_token_run(ctx: Ctx, cfg, extra: dict) -> dict:
     argv = extra["argv"]
-    rows = _train(ctx, "text_to_token", "train_text_to_token.py", ctx.cfg.text_to_token, argv, cfg.train.steps)
-    return {"outputs": {"run": cfg.run.dir}, "metrics": _loss_metrics(rows)}
+    rows = train_tool(ctx, "text_to_token", "train_text_to_token.py", ctx.cfg.text_to_token, argv, cfg.train.steps)
+    return {"outputs": {"run": cfg.run.dir}, "metrics": loss_metrics(rows)}
 
 
 def interleaved_configure(ctx: Ctx):
@@ -357,9 +309,9 @@ def pretrain_configure(ctx: Ctx):
 
 def pretrain_run(ctx: Ctx, cfg, extra: dict) -> dict:
     argv, weights, mixture = extra["argv"], extra["weights"], extra["mixture"]
-    rows = _train(ctx, "pretrain", "pretrain.py", ctx.cfg.pretrain, argv, cfg.train.steps)
+    rows = train_tool(ctx, "pretrain", "pretrain.py", ctx.cfg.pretrain, argv, cfg.train.steps)
     return {"outputs": {"run": cfg.run.dir},
-            "metrics": {**_loss_metrics(rows), "weights": weights, "budget_tokens": mixture["budget_tokens"],
+            "metrics": {**loss_metrics(rows), "weights": weights, "budget_tokens": mixture["budget_tokens"],
                         "expected_epochs": mixture["expected_epochs"]}}
 
 
