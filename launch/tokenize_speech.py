@@ -1,8 +1,8 @@
 """Audio files / `audio` shards -> `speech` shards of codes (12.5 Hz at tokenizer.pool 4) with a trained tokenizer.
 
     python launch/tokenize_speech.py --config configs/speech_tokenize.yaml \
-        tokenize.tokenizer=runs/speech/tok_tiny/tokenizer 'tokenize.inputs=[data/wavs]' \
-        tokenize.out_dir=runs/speech/tokens tokenize.workers=2
+        tokenize.tokenizer=runs/speech_tokenizer_tiny/tokenizer 'tokenize.inputs=[data/wavs]' \
+        tokenize.out_dir=runs/speech_tokens/train tokenize.workers=2
 Finished parts are skipped on re-run; for a job array pass --worker I --num_workers N
 (e.g. SLURM_ARRAY_TASK_ID) and run once more (or any worker) to merge the manifest.
 """

@@ -31,12 +31,17 @@ class Vocab:
     speech_size: int = 16384
     specials: list[str] = field(default_factory=lambda: list(DEFAULT_SPECIALS))
     sp_model: str | None = None  # path to the SentencePiece model (None for synthetic/demo layouts)
+    # Hugging Face tokenizer dir (tokenizer.json) whose ids are the text ids [0, text_size), e.g. the
+    # tokenizer of model.init_from_hf; set instead of sp_model for runs that start from an HF LLM
+    hf_tokenizer: str | None = None
 
     def __post_init__(self):
         from megaspeech.config.load import check
         check(self.text_size > 0, "vocab.text_size", f"must be > 0, got {self.text_size}")
         check(self.speech_size >= 0, "vocab.speech_size", f"must be >= 0, got {self.speech_size}")
         check(len(set(self.specials)) == len(self.specials), "vocab.specials", "names must be unique")
+        check(not (self.sp_model and self.hf_tokenizer), "vocab.hf_tokenizer",
+              "set either vocab.sp_model (SentencePiece) or vocab.hf_tokenizer (Hugging Face), not both")
         for name in ("<|pad|>", "<|bos|>", "<|eos|>", "<|begin_of_speech|>", "<|end_of_speech|>"):
             check(name in self.specials, "vocab.specials", f"must contain {name}")
 
@@ -99,7 +104,7 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        return cls(**{k: d[k] for k in ("text_size", "speech_size", "specials", "sp_model") if k in d})
+        return cls(**{k: d[k] for k in ("text_size", "speech_size", "specials", "sp_model", "hf_tokenizer") if k in d})
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -109,7 +114,18 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read vocab.json. A relative `sp_model` / `hf_tokenizer` in the file is relative to the
+        file's own directory (not the working directory), so it is returned resolved against it."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found: a vocab.json is written by launch/train_tokenizer.py "
+                                    f"and beside every dataset and checkpoint") from None
+        for k in ("sp_model", "hf_tokenizer"):
+            if d.get(k) and not os.path.isabs(os.path.expanduser(d[k])):
+                d[k] = os.path.normpath(path.resolve().parent / d[k])
+        return cls.from_dict(d)
 
     def check_same(self, other: "Vocab", where: str) -> None:
         """Raise VocabMismatch naming the first differing layout field."""

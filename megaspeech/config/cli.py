@@ -17,7 +17,7 @@ def parse_args(schema: type[T], description: str, argv: list[str] | None = None,
     if extra is not None:
         extra(p)
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 run.dir=/tmp/r")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     try:
         cfg = load_config(schema, args.config, args.overrides)
     except ConfigError as e:

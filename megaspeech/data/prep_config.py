@@ -34,7 +34,8 @@ class TokenizerTrainConfig:
 @dataclass
 class TextPrepConfig:
     out_dir: str = "runs/data/text"
-    tokenizer: str = "runs/tokenizer"  # dir with vocab.json + the SentencePiece model
+    tokenizer: str = "runs/tokenizer"  # dir with vocab.json + its tokenizer, or a Hugging Face tokenizer dir
+    speech_size: int | None = None  # codes after the text ids: needed for an HF dir, checked against vocab.json
     max_tokens_per_sample: int = 2048  # longer documents are split into chunks of at most this
     max_tokens: int | None = None  # stop after this many tokens (small demo sets); None: everything
     max_shard_bytes: int = 128 << 20

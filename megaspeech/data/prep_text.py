@@ -1,16 +1,14 @@
 """Real text corpora -> `text` shards (the library side of `launch/prepare_data.py text`).
 
-Documents come from `interleave_corpora` in a fixed order, are tokenized with the SentencePiece
-model of `text.tokenizer`, split into samples of at most `text.max_tokens_per_sample` tokens and
+Documents come from `interleave_corpora` in a fixed order, are tokenized with the text tokenizer
+of `text.tokenizer` (a dir with vocab.json naming a SentencePiece model or a Hugging Face tokenizer;
+or a Hugging Face tokenizer dir itself, e.g. model.init_from_hf's), each sample storing `words`
+(token indices where words begin, from the tokenizer's offsets), split into samples of at most `text.max_tokens_per_sample` tokens and
 written through `ShardWriter`. Work is split into `text.parts` parts by document index (part =
 doc_index % parts); a job-array worker handles `parts_for_worker(...)` and skips finished parts,
 and whoever finds every part finished writes the dataset manifest.
 """
 from __future__ import annotations
-
-import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +16,7 @@ from megaspeech.data.corpora import interleave_corpora
 from megaspeech.data.prep_config import DataPrepConfig
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker
 from megaspeech.data.text import TextTokenizer
+from megaspeech.vocab import Vocab
 
 
 def split_tokens(ids: np.ndarray, max_len: int) -> list[np.ndarray]:
@@ -35,32 +34,36 @@ def _docs(cfg: DataPrepConfig, tok: TextTokenizer):
             if min(used) >= budget:
                 return
             continue  # still encoded lazily by the corpus reader; only this corpus is full
-        ids = tok.encode(text)
+        ids, starts = tok.encode_words(text)
         if budget is not None:
-            ids = ids[:budget - used[c]]
+            ids, starts = ids[:budget - used[c]], starts[:budget - used[c]]
         used[c] += len(ids)
         if len(ids):
-            yield i, name, ids
+            yield i, name, ids, starts
 
 
 def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
     """Write this worker's parts; returns the dataset manifest once all parts are finished."""
     t = cfg.text
-    tok = TextTokenizer.from_dir(t.tokenizer)
-    # vocab.json beside the shards names the SentencePiece model relative to the data dir
-    vocab = dataclasses.replace(tok.vocab, sp_model=os.path.relpath(tok.path.resolve(), Path(t.out_dir).resolve()))
+    tok = TextTokenizer.from_dir(t.tokenizer, t.speech_size)
+    # vocab.json beside the shards names the tokenizer relative to the data dir
+    vocab = tok.vocab_for(t.out_dir)
     todo = [p for p in parts_for_worker(t.parts, t.worker, t.num_workers) if not part_done(t.out_dir, p)]
     if todo:
         writers = {p: part_writer(t.out_dir, "text", vocab, p, max_bytes=t.max_shard_bytes,
                                   meta={"corpora": cfg.corpora, "tokenizer": str(tok.path),
                                         "max_tokens_per_sample": t.max_tokens_per_sample}) for p in todo}
         try:
-            for i, name, ids in _docs(cfg, tok):
+            for i, name, ids, starts in _docs(cfg, tok):
                 w = writers.get(i % t.parts)
                 if w is None:
                     continue
+                pos = 0
                 for j, chunk in enumerate(split_tokens(ids, t.max_tokens_per_sample)):
-                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "source": name})
+                    # words: token indices where a word begins (tokenizer offsets), for span sampling
+                    words = np.flatnonzero(starts[pos:pos + len(chunk)]).astype(np.int32)
+                    pos += len(chunk)
+                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "words": words, "source": name})
         except BaseException:
             for w in writers.values():
                 w.abort()
@@ -74,3 +77,41 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
         return m
     log("other parts still running; the last worker to finish writes manifest.json")
     return None
+
+
+def _lines(corpora: list[str]):
+    """Non-empty lines of every document; SentencePiece samples `input_sentence_size` of them."""
+    for _, _, text in interleave_corpora(corpora):
+        for line in text.splitlines():
+            line = line.strip()
+            if line:
+                yield line
+
+
+def train_sentencepiece(cfg: DataPrepConfig, log=print) -> Vocab:
+    """Train the SentencePiece text tokenizer on cfg.corpora; write tokenizer.model + vocab.json into
+    cfg.tokenizer.out_dir (atomic renames). The model has no bos/eos of its own (those are unified
+    specials), so its piece ids are exactly the unified text ids [0, vocab_size)."""
+    import io
+    import os
+    from pathlib import Path
+
+    import sentencepiece as spm
+    t = cfg.tokenizer
+    out = Path(t.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(cfg.corpora), model_writer=model, vocab_size=t.vocab_size,
+        model_type=t.model_type, character_coverage=t.character_coverage,
+        input_sentence_size=t.input_sentence_size, shuffle_input_sentence=True,
+        bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, byte_fallback=True,
+        num_threads=t.num_threads, minloglevel=2)
+    tmp = out / f".tokenizer.model.tmp{os.getpid()}"
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out / "tokenizer.model")
+    vocab = Vocab(text_size=t.vocab_size, speech_size=t.speech_size, sp_model="tokenizer.model")
+    vocab.save(out / "vocab.json")
+    log(f"wrote {out}/tokenizer.model ({len(model.getvalue())} bytes) and vocab.json "
+        f"(text_size={vocab.text_size} speech_size={vocab.speech_size} size={vocab.size})")
+    return vocab

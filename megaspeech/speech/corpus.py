@@ -25,7 +25,7 @@ _OK = re.compile(r"^[A-Za-z][A-Za-z ,;:'\-]*[.?!]$")
 
 @dataclass
 class CorpusConfig:
-    out_dir: str = "data/speech_corpus/train"
+    out_dir: str = "runs/speech/train"  # = the speech tokenizer trainer's default train.data
     split: str = "train"  # train: all but the last `heldout_addresses` addresses; heldout: those
     heldout_addresses: int = 3
     utterances: int = 2000

@@ -32,9 +32,11 @@ AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 @dataclass
 class TokenizeConfig:
-    tokenizer: str = "runs/speech_tokenizer_tiny/tokenizer"  # dir from launch/train_speech_tokenizer.py
-    inputs: list[str] = field(default_factory=list)  # audio files, dirs, globs, or `audio` shard dirs
-    out_dir: str = "runs/speech_tokens"
+    # defaults chain the tools: launch/train_speech_tokenizer.py writes runs/speech_tokenizer/tokenizer,
+    # launch/make_speech_corpus.py runs/speech/train; the text-to-token preset reads runs/speech_tokens/train
+    tokenizer: str = "runs/speech_tokenizer/tokenizer"  # dir from launch/train_speech_tokenizer.py
+    inputs: list[str] = field(default_factory=lambda: ["runs/speech/train"])  # audio files, dirs, globs, `audio` shard dirs
+    out_dir: str = "runs/speech_tokens/train"
     vocab_file: str | None = None  # vocab.json; with sp_model set, transcripts are also stored as ids
     files_per_part: int = 256
     batch_size: int = 16
@@ -93,16 +95,15 @@ class Tokenizer:
         from megaspeech.vocab import Vocab
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         self.model, self.whisper, self.tcfg = load_tokenizer(cfg.tokenizer)
+        # paths inside vocab.json are relative to that file (Vocab.load resolves them)
         self.vocab = Vocab.load(cfg.vocab_file) if cfg.vocab_file else None
-        self.sp = None
+        self.text_tok = None
         if self.vocab is not None:
-            K = self.model.vq.codebook_size
-            if self.vocab.speech_size != K:
-                raise ValueError(f"vocab.speech_size={self.vocab.speech_size} but the tokenizer has {K} codes; "
-                                 f"use a vocab.json with speech_size={K}")
-            if self.vocab.sp_model:
-                import sentencepiece as spm
-                self.sp = spm.SentencePieceProcessor(model_file=self.vocab.sp_model)
+            from megaspeech.speech.tokenizer import check_speech_vocab
+            check_speech_vocab(self.vocab.speech_size, f"tokenize.vocab_file={cfg.vocab_file}", cfg.tokenizer)
+            if self.vocab.sp_model or self.vocab.hf_tokenizer:
+                from megaspeech.data.text import TextTokenizer
+                self.text_tok = TextTokenizer(self.vocab)
 
     def codes(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """Utterances of any length -> codes; > 30 s is cut into 30 s segments on token boundaries."""
@@ -133,8 +134,8 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
                 sample = {"codes": codes.astype(np.int64), "duration": a.shape[0] / SAMPLE_RATE, "source": src}
                 if text is not None:
                     sample["transcript"] = text
-                    if tok.sp is not None:
-                        sample["text"] = np.asarray(tok.sp.encode(text), dtype=np.int64)
+                    if tok.text_tok is not None:
+                        sample["text"] = tok.text_tok.encode(text).astype(np.int64)
                 w.write(key, sample)
                 n += 1
             batch.clear()

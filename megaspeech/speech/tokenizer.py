@@ -121,6 +121,26 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
         os.replace(tmp, out_dir)
 
 
+def codebook_size(path: str | Path) -> int:
+    """The number of codes of a saved tokenizer dir (read from its tokenizer.json, no weights loaded):
+    the vocabulary's speech_size must equal it."""
+    f = Path(path) / "tokenizer.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{path} is not a speech tokenizer dir (no tokenizer.json); train one with "
+                                f"launch/train_speech_tokenizer.py and pass its run_dir/tokenizer")
+    return int(json.loads(f.read_text())["codebook_size"])
+
+
+def check_speech_vocab(speech_size: int, where: str, tokenizer: str | Path) -> None:
+    """Fail naming both sides when a vocabulary's speech_size differs from the tokenizer's codebook."""
+    k = codebook_size(tokenizer)
+    if speech_size != k:
+        from megaspeech.vocab import VocabMismatch
+        raise VocabMismatch(f"{where} has vocab.speech_size={speech_size} but the speech tokenizer {tokenizer} has "
+                            f"codebook_size={k}: derive the vocabulary from the tokenizer (speech_size={k}) or "
+                            f"use a tokenizer with {speech_size} codes")
+
+
 def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, TokenizerConfig]:
     """Load a tokenizer directory written by save_tokenizer (eval mode)."""
     from tokenizers import Tokenizer

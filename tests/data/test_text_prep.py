@@ -36,7 +36,10 @@ def test_train_tokenizer_writes_model_and_vocab(tmp_path):
                           f"tokenizer.out_dir={tmp_path}/tok", "tokenizer.vocab_size=300",
                           "tokenizer.speech_size=64"])
     vocab = Vocab.load(tmp_path / "tok" / "vocab.json")
-    assert (vocab.text_size, vocab.speech_size, vocab.sp_model) == (300, 64, "tokenizer.model")
+    assert (vocab.text_size, vocab.speech_size) == (300, 64)
+    # stored relative to vocab.json, resolved against its dir on load
+    assert json.loads((tmp_path / "tok" / "vocab.json").read_text())["sp_model"] == "tokenizer.model"
+    assert vocab.sp_model == str(tmp_path / "tok" / "tokenizer.model")
     tok = TextTokenizer.from_dir(tmp_path / "tok")
     ids = tok.encode(DOCS["b"].splitlines()[0])
     assert ids.dtype == np.int32 and 0 <= ids.min() and ids.max() < 300

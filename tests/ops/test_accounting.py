@@ -22,6 +22,7 @@ def cfg_9b(**over):
 def tiny(family="glm", qkv_bias=True, tie=False):
     return build(PretrainConfig, {
         "vocab": {"text_size": 300, "speech_size": 200},  # + 8 specials = 508, padded to 512
+        "data": {"kind": "synthetic"},
         "model": dict(family=family, num_layers=3, hidden_size=64, ffn_hidden_size=96, num_heads=4,
                       num_kv_heads=2, qkv_bias=qkv_bias, tie_embeddings=tie, rope_fraction=0.5)})
 
@@ -31,7 +32,7 @@ def llama3_8b():
     return build(PretrainConfig, {
         "vocab": {"text_size": 128256 - 8, "speech_size": 0},  # 128,256 rows with our 8 specials
         "model": dict(num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_heads=32, num_kv_heads=8),
-        "parallel": {"zero_stage": 3},
+        "parallel": {"zero_stage": 3}, "data": {"kind": "synthetic"},
         "train": dict(seq_len=8192, micro_batch=2, global_batch=16, precision="bf16")})
 
 

@@ -54,7 +54,7 @@ def test_config_style_and_bad_input(tmp_path):
     run = tmp_path / "r2"
     write_run(run, steps=5)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("run:\n  dir: /nonexistent\n")
+    cfg.write_text("run:\n  dir: /nonexistent\ndata:\n  kind: synthetic\n")  # a config must name its data
     assert plot_metrics.main(["--config", str(cfg), f"run.dir={run}", "--out", str(tmp_path / "o.png")]) == 0
     assert (tmp_path / "o.png").stat().st_size > 10_000
     lines = (run / "metrics.jsonl").read_text().splitlines()

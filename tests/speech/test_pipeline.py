@@ -63,10 +63,16 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     ref = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
-    assert all(1 <= x["perplexity"] <= 32 for x in lines)
+    # the batch's codes are spread over several entries (a collapsed VQ gives perplexity 1.0)
+    assert all(x["perplexity"] > 1.5 for x in lines), [x["perplexity"] for x in lines]
     shutil.rmtree(tmp_path / "run")
     train(_cfg(tmp_path, 2, whisper_cache, recipe), log=lambda *_: None)  # "interrupted" after 2 steps
     resumed = train(_cfg(tmp_path, 4, whisper_cache, recipe), log=lambda *_: None)
+    # the logged metrics resume exactly too: same losses and code perplexity at every step
+    again = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    timing = ("audio_s_per_s", "elapsed_s")
+    assert [{k: v for k, v in x.items() if k not in timing} for x in again] == \
+        [{k: v for k, v in x.items() if k not in timing} for x in lines]
     got = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert got["step"] == 4 and got["data"] == ref["data"]
     for k, v in ref["model"].items():

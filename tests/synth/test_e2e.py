@@ -21,6 +21,23 @@ SMALL = ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidden_size=2
          "metrics.wandb=disabled", "metrics.tensorboard=false"]
 
 
+def _wer(pairs) -> float:
+    """Corpus WER (%) by Levenshtein over normalized words, written independently of speech.asr."""
+    import re
+
+    def words(t):
+        return [w.strip("'") for w in re.sub(r"[^a-z0-9' ]+", " ", t.lower().replace("-", " ")).split() if w.strip("'")]
+    edits = total = 0
+    for ref, hyp in pairs:
+        r, h = words(ref), words(hyp)
+        d = [[i + j if i * j == 0 else 0 for j in range(len(h) + 1)] for i in range(len(r) + 1)]
+        for i in range(1, len(r) + 1):
+            for j in range(1, len(h) + 1):
+                d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (r[i - 1] != h[j - 1]))
+        edits, total = edits + d[len(r)][len(h)], total + len(r)
+    return 100.0 * edits / max(total, 1)
+
+
 def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word, speech_tokenizer):
     vocab = Vocab.load(DEMO / "vocab.json")
     vocab.sp_model = str(demo_tok.path)
@@ -50,7 +67,14 @@ def test_text_to_token_interleave_pretrain(tmp_path, demo_tok, starts_word, spee
                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
-    assert res["utterances"] == 3 and res["wer"] >= 0 and res["codes_per_word"] > 0 and len(res["examples"]) == 3
+    assert res["utterances"] == 3 and res["codes_per_word"] > 0 and len(res["examples"]) == 3
+    # the references are the first held-out transcripts, and the reported WER is exactly the word edit
+    # distance of the returned (reference, hypothesis) pairs (counted independently below)
+    from megaspeech.data.text import TextTokenizer
+    tok = TextTokenizer.from_dir(DEMO)
+    want_refs = [tok.decode(s["text"]) for _, s in list(Dataset(pairs))[:3]]
+    assert [r for r, _ in res["examples"]] == want_refs
+    assert abs(res["wer"] - _wer(res["examples"])) < 1e-9
     assert res["model"].startswith("step00000012@")
     bad = subprocess.run([sys.executable, "launch/train_text_to_token.py", "--config", "configs/text_to_token_tiny.yaml",
                           "data.asr_fraction=0.5", f"data.sources=[{{name: text, path: {text}}}]"],

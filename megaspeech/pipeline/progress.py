@@ -1,0 +1,78 @@
+"""Training stages' subprocess and console progress: a training tool (launch/pretrain.py,
+launch/train_text_to_token.py) runs under torch.distributed.run with its output in the stage log,
+and its metrics.jsonl drives one console line per new step (step, %, ETA)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import megaspeech
+
+ROOT = Path(megaspeech.__file__).resolve().parents[1]
+
+
+def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: int) -> list[dict]:
+    """Run launch/<script> with the section's preset + argv under torch.distributed.run (section.nproc
+    processes); its output goes to the stage log (our stdout), its metrics.jsonl drives the console
+    progress. Returns the metrics rows."""
+    from megaspeech.pipeline.stages import preset
+    run_dir, root, config = ctx.dir(stage), ROOT, preset(section.config)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(section.nproc),
+           "--master_port", str(_free_port()), str(root / "launch" / script), "--config",
+           str(config), *argv]
+    print("$ " + " ".join(cmd), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    metrics = run_dir / "metrics.jsonl"
+    t0, seen = time.time(), 0
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr) as p:
+        while p.poll() is None:
+            time.sleep(2)
+            rows = _rows(metrics)
+            if rows and rows[-1]["step"] != seen:
+                first = rows[0]["step"] - 1
+                seen = rows[-1]["step"]
+                ctx.progress(eta_line(stage, seen, steps, time.time() - t0, first))
+    if p.returncode != 0:
+        raise RuntimeError(f"{script} exited with {p.returncode}; see {run_dir / 'log.txt'}")
+    return _rows(metrics)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eta_line(stage: str, step: int, total: int, elapsed: float, start: int = 0) -> str:
+    done = max(step - start, 1)
+    eta = elapsed / done * max(total - step, 0)
+    return f"[{stage}] step {step}/{total} ({100 * step / max(total, 1):.0f}%) eta {fmt(eta)}"
+
+
+def fmt(s: float) -> str:
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def loss_metrics(rows: list[dict]) -> dict:
+    last = rows[-1]
+    out = {"steps": last["step"], "consumed_tokens": last.get("consumed_tokens")}
+    for k in ("loss", "loss_text", "loss_speech"):
+        if k in last:
+            out[f"final_{k}"] = last[k]
+            out[f"first_{k}"] = rows[0].get(k)
+    out.update({k: v for k, v in last.items() if k.startswith("data/samples/")})
+    return out
+
+

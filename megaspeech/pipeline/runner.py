@@ -1,0 +1,190 @@
+"""Run the recipe's stages in order with completion markers (the resume rule of launch/pipeline.py).
+
+For each stage the inputs hash covers its resolved tool config, the links the pipeline adds and the
+hashes of the stages it reads. Then:
+  RUN/<stage>/stage.json with the same hash  -> skipped (done, inputs unchanged)
+  stage.json with another hash               -> redone from scratch (its inputs changed)
+  started.json with the same hash, no marker -> resumed: the tools skip finished parts and the
+                                                trainers continue from their latest checkpoint
+  started.json with another hash             -> its partial outputs are removed, then it runs
+`--from STAGE` redoes STAGE and every later stage (earlier ones must be done); `--until STAGE` stops
+after it. A stage dir is only ever removed when it holds the pipeline's own started.json/stage.json.
+Each stage logs to RUN/<stage>/log.txt (its tools' output, subprocesses included); the console gets
+one line per stage event and training progress (step, ETA). RUN/report.json + report.md gather the
+markers' metrics and times after every invocation.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from megaspeech.pipeline.config import PipelineConfig
+from megaspeech.pipeline.layout import STAGES
+from megaspeech.pipeline.report import write_report
+from megaspeech.pipeline.progress import fmt
+from megaspeech.pipeline.stages import STAGE_FUNCS, Ctx, as_dict
+
+RUN_STAGES = [s for s in STAGES if s != "report"]
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _wipe(d: Path) -> None:
+    if not d.exists():
+        return
+    if not ((d / "started.json").exists() or (d / "stage.json").exists()):
+        raise PipelineError(f"{d} exists but was not written by the pipeline (no started.json/stage.json): "
+                            f"move it away or choose another run.dir")
+    shutil.rmtree(d)
+
+
+@contextlib.contextmanager
+def _stage_log(path: Path):
+    """Send print/logging/subprocess output of a stage to its log file (fd-level, so child
+    processes and C libraries land there too); the console keeps only the pipeline's own lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    f = open(path, "a", buffering=1)
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    root = logging.getLogger()
+    handler = logging.StreamHandler(f)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        f.close()
+
+
+def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | None = None,
+                 console=None) -> dict:
+    """Run (or skip / resume / redo) the stages between `start` and `until`; returns the report."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)  # the console, even while a stage owns fd 1
+
+    def say(line: str):
+        (console or out.write)(line + "\n")
+    for name, v in (("--from", start), ("--until", until)):
+        if v is not None and v not in RUN_STAGES:
+            raise PipelineError(f"{name} {v}: unknown stage; stages are {', '.join(RUN_STAGES)}")
+    run = Path(cfg.run.dir).expanduser().resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(cfg, run, progress=say)
+    i0 = RUN_STAGES.index(start) if start else 0
+    i1 = RUN_STAGES.index(until) if until else len(RUN_STAGES) - 1
+    n = len(RUN_STAGES)
+    t_all = time.time()
+    try:
+        for i, stage in enumerate(RUN_STAGES[:i1 + 1]):
+            d = ctx.dir(stage)
+            configure, execute, needs = STAGE_FUNCS[stage]
+            tag = f"[{i + 1}/{n} {stage}]"
+            if i < i0:
+                marker = _read(d / "stage.json")
+                if marker is None:
+                    raise PipelineError(f"--from {start}: earlier stage {stage} is not done ({d / 'stage.json'} "
+                                        f"missing); run without --from first")
+                ctx.done[stage] = marker
+                continue
+            missing = [u for u in needs if u not in ctx.done]
+            if missing:
+                raise PipelineError(f"{stage} needs {missing} done first")
+            cfg_obj, extra = configure(ctx)
+            spec = {"config": _jsonable(cfg_obj), "extra": extra,
+                    "upstream": {u: ctx.done[u]["hash"] for u in needs}}
+            h = _hash(spec)
+            marker, started = _read(d / "stage.json"), _read(d / "started.json")
+            if marker is not None and marker.get("hash") == h and not (start and i >= i0):
+                ctx.done[stage] = marker
+                say(f"{tag} skip: done, inputs unchanged ({marker['seconds']:.0f}s when run)")
+                continue
+            if marker is not None or start and i >= i0:
+                say(f"{tag} redo: " + ("--from" if marker is None or marker.get("hash") == h else "inputs changed"))
+                _wipe(d)
+            elif started is not None and started.get("hash") != h:
+                say(f"{tag} restart: an interrupted run had other inputs")
+                _wipe(d)
+            elif started is not None:
+                say(f"{tag} resume: an interrupted run with the same inputs")
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / "started.json").exists():
+                _write(d / "started.json", {"hash": h, "started_at": time.time()})
+            say(f"{tag} start (log: {d / 'log.txt'})")
+            t0 = time.time()
+            with _stage_log(d / "log.txt"):
+                try:
+                    result = execute(ctx, cfg_obj, extra)
+                except Exception:
+                    traceback.print_exc()
+                    raise
+                print(f"stage {stage} finished: {json.dumps(result, default=str)}", flush=True)
+            secs = time.time() - t0
+            marker = {"stage": stage, "hash": h, "upstream": spec["upstream"], "config": spec["config"],
+                      "outputs": result["outputs"], "metrics": result["metrics"], "seconds": secs,
+                      "finished_at": time.time()}
+            _write(d / "stage.json", marker)
+            ctx.done[stage] = marker
+            say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
+    except Exception as e:
+        say(f"pipeline stopped: {type(e).__name__}: {e}")
+        report = write_report(run, ctx.done, cfg, cfg.run.variant)
+        raise
+    report = write_report(run, ctx.done, cfg, cfg.run.variant)
+    name = f"report-{cfg.run.variant}.md" if cfg.run.variant else "report.md"
+    say(f"report: {run / name} ({fmt(time.time() - t_all)} this invocation)")
+    return report
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "__dataclass_fields__"):
+        return as_dict(obj)
+    return obj
+
+
+def _short(metrics: dict) -> str:
+    items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+             if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return " ".join(items[:8])

@@ -1,0 +1,374 @@
+"""The recipe's stages. Each one loads its standalone tool's config (the section's preset + overrides
++ the links below) and calls the same library function as that tool (`launch/<tool>.py`); the
+training stages run the tool itself under torch.distributed.run. A stage returns what it wrote
+(`outputs`) and what it measured (`metrics`).
+
+Links (all paths under RUN = run.dir, megaspeech.pipeline.layout):
+  text           SentencePiece (from scratch) or the HF tokenizer of init_from_hf -> RUN/text/shards
+  speech_corpus  TTS of real text -> RUN/speech_corpus/{train,heldout}
+  tokenizer      RUN/speech_corpus/train -> RUN/tokenizer/tokenizer (codebook K)
+  speech_shards  -> RUN/speech_shards/{pairs,unsup,heldout}; pairs/heldout carry text ids in the text vocab
+  text_to_token  RUN/speech_shards/pairs -> RUN/text_to_token (checkpoints)
+  interleaved    RUN/text/shards + RUN/text_to_token -> RUN/interleaved/shards
+  speech_qa      TTS passages + RUN/tokenizer/tokenizer -> RUN/speech_qa/shards (SALM-style QA)
+  pretrain       the GLM-4-Voice mixture over RUN -> RUN/pretrain
+  export         RUN/pretrain -> RUN/export/hf
+  eval           RUN/export/hf on RUN/speech_shards/heldout (+ megaspeech.eval when importable)
+The vocabulary: text ids of the text tokenizer, then K speech codes (K = the tokenizer stage's
+codebook_size), then the specials; every stage that reads a vocab.json checks K against the codebook.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import megaspeech
+from megaspeech.config.load import load_config
+from megaspeech.pipeline.config import PipelineConfig, StageSection
+from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES
+from megaspeech.pipeline.progress import eta_line, loss_metrics, train_tool
+
+ROOT = Path(megaspeech.__file__).resolve().parents[1]  # the repository: configs/ and launch/
+
+
+@dataclass
+class Ctx:
+    cfg: PipelineConfig
+    run: Path
+    done: dict[str, dict] = field(default_factory=dict)  # finished stages' markers
+    progress: Callable[[str], None] = print  # one console line
+
+    def dir(self, stage: str) -> Path:
+        """RUN/<stage>, or RUN/<stage>-<variant> for the stages a variant redoes (run.variant)."""
+        v = self.cfg.run.variant
+        return self.run / (f"{stage}-{v}" if v and stage in VARIANT_STAGES else stage)
+
+
+def preset(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def tool(name: str):
+    """launch/<name>.py as a module (the standalone tool, imported, not copied)."""
+    key = f"megaspeech_launch_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "launch" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
+def tool_config(schema, section: StageSection, links: list[str]):
+    """The tool's config: its preset, the section's overrides, then the pipeline's links (they win)."""
+    return load_config(schema, preset(section.config), [*section.overrides, *links])
+
+
+def as_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- shared links
+def codebook_size(ctx: Ctx) -> int:
+    from megaspeech.speech.train_tokenizer import Config
+    return tool_config(Config, ctx.cfg.tokenizer, []).tokenizer.codebook_size
+
+
+def hf_dir(ctx: Ctx) -> Path | None:
+    v = ctx.cfg.init_from_hf
+    if not v:
+        return None
+    if v == "smollm2":
+        from megaspeech.model.smollm2 import smollm2_dir
+        return smollm2_dir()
+    return Path(v).expanduser().resolve()
+
+
+def text_vocab(ctx: Ctx):
+    from megaspeech.vocab import Vocab
+    return Vocab.load(ctx.run / "text" / "shards" / "vocab.json")
+
+
+def vocab_links(ctx: Ctx) -> list[str]:
+    """Pre-training vocab.* = the text shards' vocabulary (text tokenizer + K codes + specials)."""
+    v = text_vocab(ctx)
+    out = [f"vocab.text_size={v.text_size}", f"vocab.speech_size={v.speech_size}",
+           f"vocab.specials={json.dumps(v.specials)}"]
+    if v.hf_tokenizer:
+        out += ["vocab.sp_model=null", f"vocab.hf_tokenizer={v.hf_tokenizer}"]
+    else:
+        out += [f"vocab.sp_model={v.sp_model}", "vocab.hf_tokenizer=null"]
+    return out
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((Path(path) / "manifest.json").read_text())
+
+
+# ---------------------------------------------------------------------------------- stages
+def text_configure(ctx: Ctx):
+    from megaspeech.data.prep_config import DataPrepConfig
+    k, hf, d = codebook_size(ctx), hf_dir(ctx), ctx.run / "text"
+    links = [f"tokenizer.out_dir={d / 'tokenizer'}", f"tokenizer.speech_size={k}", f"text.out_dir={d / 'shards'}",
+             f"text.tokenizer={hf or d / 'tokenizer'}", f"text.speech_size={k}"]
+    cfg = tool_config(DataPrepConfig, ctx.cfg.text, links)
+    extra = {"hf_tokenizer_sha": file_sha(hf / "tokenizer.json")} if hf else {}
+    return cfg, extra
+
+
+def text_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    from megaspeech.data.prep_text import prepare_text, train_sentencepiece
+    if hf_dir(ctx) is None:  # from scratch: SentencePiece on the same corpora (launch/train_tokenizer.py)
+        train_sentencepiece(cfg)
+    m = prepare_text(cfg)
+    v = text_vocab(ctx)
+    return {"outputs": {"shards": cfg.text.out_dir},
+            "metrics": {"samples": m["samples"], "tokens": m["tokens"], "text_size": v.text_size,
+                        "speech_size": v.speech_size, "tokenizer": "hf" if v.hf_tokenizer else "sentencepiece"}}
+
+
+def speech_corpus_configure(ctx: Ctx):
+    from megaspeech.speech.corpus import CorpusConfig
+    schema = dataclasses.make_dataclass("CorpusTool", [("corpus", CorpusConfig, field(default_factory=CorpusConfig))])
+    d = ctx.run / "speech_corpus"
+    train = tool_config(schema, ctx.cfg.speech_corpus, [f"corpus.out_dir={d / 'train'}", "corpus.split=train"])
+    held = tool_config(schema, ctx.cfg.speech_corpus, [f"corpus.out_dir={d / 'heldout'}", "corpus.split=heldout",
+                                                       f"corpus.utterances={ctx.cfg.speech_corpus.heldout_utterances}"])
+    return (train, held), {}
+
+
+def speech_corpus_run(ctx: Ctx, cfgs, extra: dict) -> dict:
+    from megaspeech.speech.corpus import build_corpus
+    out, metrics = {}, {}
+    for cfg in cfgs:
+        m = build_corpus(cfg.corpus)
+        out[cfg.corpus.split] = cfg.corpus.out_dir
+        metrics[f"{cfg.corpus.split}_utterances"] = m["samples"]
+    return {"outputs": out, "metrics": metrics}
+
+
+def tokenizer_configure(ctx: Ctx):
+    from megaspeech.speech.train_tokenizer import Config
+    d = ctx.run / "tokenizer"
+    return tool_config(Config, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"]), {}
+
+
+def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    from megaspeech.speech.train_tokenizer import train
+    total, t0 = cfg.train.steps, time.time()
+
+    def log(line: str):
+        print(line, flush=True)
+        if line.startswith("step="):
+            step = int(line.split()[0].split("=")[1])
+            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0))
+    last = train(cfg, log=log)
+    return {"outputs": {"tokenizer": str(Path(cfg.run.dir) / "tokenizer")},
+            "metrics": {"codebook_size": cfg.tokenizer.codebook_size,
+                        **{k: v for k, v in last.items() if isinstance(v, (int, float))}}}
+
+
+def speech_shards_configure(ctx: Ctx):
+    from megaspeech.speech.tokenize_corpus import TokenizeConfig
+    schema = dataclasses.make_dataclass("TokenizeTool", [("tokenize", TokenizeConfig,
+                                                          field(default_factory=TokenizeConfig))])
+    tok, corpus, d = ctx.run / "tokenizer" / "tokenizer", ctx.run / "speech_corpus", ctx.run / "speech_shards"
+    vocab = ctx.run / "text" / "shards" / "vocab.json"
+
+    def one(inputs, out, vocab_file):
+        return tool_config(schema, ctx.cfg.speech_shards, [
+            f"tokenize.tokenizer={tok}", f"tokenize.inputs={json.dumps([str(i) for i in inputs])}",
+            f"tokenize.out_dir={out}", f"tokenize.vocab_file={vocab_file}"])
+    # pairs and held-out pairs carry the transcripts as ids of the text vocabulary; unsup is codes only:
+    # the TTS audio without its transcripts (at toy scale) plus any real audio given
+    real = [str(Path(p).expanduser().resolve()) for p in ctx.cfg.speech_shards.real_audio]
+    cfgs = {"pairs": one([corpus / "train"], d / "pairs", vocab),
+            "unsup": one([corpus / "train", *real], d / "unsup", "null"),
+            "heldout": one([corpus / "heldout"], d / "heldout", vocab)}
+    return cfgs, {"tokenizer_model": file_sha(tok / "model.pt"), "real_audio": {p: _fingerprint(p) for p in real}}
+
+
+def _fingerprint(path: str) -> str:
+    """What a real-audio input holds: its manifest's hash, or the names and sizes of its files."""
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        return file_sha(p / "manifest.json")
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    listing = [(str(f), f.stat().st_size) for f in files if f.is_file()]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def speech_shards_run(ctx: Ctx, cfgs, extra: dict) -> dict:
+    from megaspeech.speech.tokenize_corpus import tokenize_corpus
+    out, metrics = {}, {}
+    for name, cfg in cfgs.items():
+        r = tokenize_corpus(cfg.tokenize)
+        if not r["done"]:
+            raise RuntimeError(f"speech_shards/{name}: manifest not written ({r})")
+        m = manifest(Path(cfg.tokenize.out_dir))
+        out[name] = cfg.tokenize.out_dir
+        metrics[f"{name}_samples"], metrics[f"{name}_tokens"] = m["samples"], m["tokens"]
+        metrics[f"{name}_bad_audio"] = len(r["bad"])
+    return {"outputs": out, "metrics": metrics}
+
+
+def _trainer_links(ctx: Ctx, stage: str) -> list[str]:
+    return [f"run.dir={ctx.dir(stage)}", "train.progress_bar=false", "metrics.wandb=disabled", *vocab_links(ctx)]
+
+
+def text_to_token_configure(ctx: Ctx):
+    from megaspeech.config.schema import PretrainConfig
+    links = [*_trainer_links(ctx, "text_to_token"),
+             f"data.sources=[{{name: pairs, path: {ctx.run / 'speech_shards' / 'pairs'}}}]"]
+    cfg = tool_config(PretrainConfig, ctx.cfg.text_to_token, links)
+    return cfg, {"argv": [*ctx.cfg.text_to_token.overrides, *links]}
+
+
+def text_to_token_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    argv = extra["argv"]
+    rows = train_tool(ctx, "text_to_token", "train_text_to_token.py", ctx.cfg.text_to_token, argv, cfg.train.steps)
+    return {"outputs": {"run": cfg.run.dir}, "metrics": loss_metrics(rows)}
+
+
+def interleaved_configure(ctx: Ctx):
+    links = [f"input={ctx.run / 'text' / 'shards'}", f"output={ctx.run / 'interleaved' / 'shards'}",
+             f"model={ctx.run / 'text_to_token'}"]
+    t = tool("make_interleaved")
+    cfg = tool_config(t.MakeInterleavedConfig, ctx.cfg.interleaved, links)
+    return cfg, {"argv": [*ctx.cfg.interleaved.overrides, *links]}
+
+
+def interleaved_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    argv = extra["argv"]
+    code = tool("make_interleaved").main(["--config", str(preset(ctx.cfg.interleaved.config)), *argv])
+    if code:
+        raise RuntimeError(f"make_interleaved exited with {code}")
+    m = manifest(Path(cfg.output))
+    return {"outputs": {"shards": cfg.output},
+            "metrics": {"docs": m["samples"], "tokens": m["tokens"], "eta": cfg.interleave.eta,
+                        "text_to_token": m["meta"]["text_to_token"]}}
+
+
+def speech_qa_configure(ctx: Ctx):
+    links = [f"text_tokenizer={ctx.run / 'text' / 'shards'}", f"speech_tokenizer={ctx.run / 'tokenizer' / 'tokenizer'}",
+             f"output={ctx.run / 'speech_qa' / 'shards'}"]
+    cfg = tool_config(tool("make_speech_qa").SpeechQAConfig, ctx.cfg.speech_qa, links)
+    return cfg, {"argv": [*ctx.cfg.speech_qa.overrides, *links]}
+
+
+def speech_qa_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    argv = extra["argv"]
+    code = tool("make_speech_qa").main(["--config", str(preset(ctx.cfg.speech_qa.config)), *argv])
+    if code:
+        raise RuntimeError(f"make_speech_qa exited with {code}")
+    m = manifest(Path(cfg.output))
+    return {"outputs": {"shards": cfg.output}, "metrics": {"qa_pairs": m["samples"], "tokens": m["tokens"]}}
+
+
+def pretrain_configure(ctx: Ctx):
+    import yaml
+
+    from megaspeech.config.schema import PretrainConfig
+    from megaspeech.pipeline.mixture import glm4voice_weights
+    sec = ctx.cfg.pretrain
+    links = _trainer_links(ctx, "pretrain")
+    hf = hf_dir(ctx)
+    if hf is not None:
+        links.append(f"model.init_from_hf={hf}")
+    base = tool_config(PretrainConfig, sec, [*links, "data.kind=synthetic"])  # budget only
+    budget = base.train.steps * base.train.global_batch * base.train.seq_len
+    frag = yaml.safe_load(preset(sec.mixture).read_text())["data"]
+    once = {s["name"]: manifest(ctx.run / s["path"])["tokens"] for s in frag["sources"] if s.get("epochs") == 1}
+    weights, info = glm4voice_weights(budget, sec.text_share, once, sec.interleaved_scale)
+    sources = []
+    for s in frag["sources"]:
+        if s["name"] not in weights:
+            continue
+        if MIXTURE_PATHS.get(s["name"]) != s["path"]:
+            raise ValueError(f"{sec.mixture}: source {s['name']} path {s['path']} is not the pipeline's layout "
+                             f"{MIXTURE_PATHS.get(s['name'])}")
+        epochs = f", epochs: {s['epochs']}" if s.get("epochs") else ""
+        sources.append(f"{{name: {s['name']}, path: {s['path']}, weight: {weights[s['name']]:.6g}{epochs}}}")
+    data = [f"data.kind={frag.get('kind', 'shards')}", f"data.mix_unit={frag.get('mix_unit', 'tokens')}",
+            f"data.root={ctx.run}", f"data.sources=[{', '.join(sources)}]"]
+    cfg = tool_config(PretrainConfig, sec, [*links, *data])
+    return cfg, {"argv": [*sec.overrides, *links, *data], "weights": weights, "mixture": info}
+
+
+def pretrain_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    argv, weights, mixture = extra["argv"], extra["weights"], extra["mixture"]
+    rows = train_tool(ctx, "pretrain", "pretrain.py", ctx.cfg.pretrain, argv, cfg.train.steps)
+    return {"outputs": {"run": cfg.run.dir},
+            "metrics": {**loss_metrics(rows), "weights": weights, "budget_tokens": mixture["budget_tokens"],
+                        "expected_epochs": mixture["expected_epochs"]}}
+
+
+def export_configure(ctx: Ctx):
+    cfg = tool_config(tool("export_hf").ExportConfig, ctx.cfg.export,
+                      [f"checkpoint={ctx.dir('pretrain')}", f"out={ctx.dir('export') / 'hf'}"])
+    return cfg, {}
+
+
+def export_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    from megaspeech.model.hf_export import export_hf
+    from megaspeech.train.checkpoint import resolve
+    src = resolve(cfg.checkpoint)
+    out = export_hf(src, cfg.out, cfg.dtype)
+    conf = json.loads((Path(out) / "config.json").read_text())
+    return {"outputs": {"hf": str(out), "checkpoint": str(src)},
+            "metrics": {"checkpoint": Path(src).name, "vocab_rows": conf["vocab_size"],
+                        "architecture": conf["architectures"][0]}}
+
+
+def eval_configure(ctx: Ctx):
+    e = ctx.cfg.eval
+    suite = {"suite": e.suite, "suite_sha": file_sha(preset(e.suite)) if e.suite else None}
+    return {"heldout": str(ctx.run / "speech_shards" / "heldout"), "limit": e.heldout_limit,
+            "batch_size": e.batch_size, **suite}, {}
+
+
+def eval_run(ctx: Ctx, spec, extra: dict) -> dict:
+    from megaspeech.pipeline.heldout import heldout_losses
+    model = ctx.dir("export") / "hf"
+    metrics = heldout_losses(model, spec["heldout"], spec["limit"], spec["batch_size"])
+    out = {"heldout": spec["heldout"]}
+    metrics["suite"] = run_eval_suite(spec["suite"], model, ctx.dir("eval") / "suite")
+    return {"outputs": out, "metrics": metrics}
+
+
+def run_eval_suite(suite: str, model: Path, out_dir: Path) -> dict | str:
+    """The hook for the evaluation suite (megaspeech.eval.run.evaluate(suite_cfg, model_path, out_dir)
+    -> dict): called when that package is importable and eval.suite is set."""
+    if not suite:
+        return "not run: eval.suite is empty"
+    try:
+        from megaspeech.eval.run import evaluate
+    except ImportError as e:
+        return f"not run: megaspeech.eval is not available ({e})"
+    return evaluate(str(preset(suite)), str(model), str(out_dir))
+
+
+STAGE_FUNCS = {
+    "text": (text_configure, text_run, ()),
+    "speech_corpus": (speech_corpus_configure, speech_corpus_run, ()),
+    "tokenizer": (tokenizer_configure, tokenizer_run, ("speech_corpus",)),
+    "speech_shards": (speech_shards_configure, speech_shards_run, ("text", "speech_corpus", "tokenizer")),
+    "text_to_token": (text_to_token_configure, text_to_token_run, ("text", "speech_shards")),
+    "interleaved": (interleaved_configure, interleaved_run, ("text", "text_to_token")),
+    "speech_qa": (speech_qa_configure, speech_qa_run, ("text", "tokenizer")),
+    "pretrain": (pretrain_configure, pretrain_run, ("text", "speech_shards", "interleaved")),
+    "export": (export_configure, export_run, ("pretrain",)),
+    "eval": (eval_configure, eval_run, ("export", "speech_shards")),
+}
