@@ -15,7 +15,8 @@ logits, their fp32 copy, log-softmax saved for backward, the gradient). Because 
 weighted *sum*, the gradient is linear in the incoming scalar gradient: d hidden and d weight are
 accumulated during the forward and only scaled in the backward, so no matmul is recomputed (the
 head is ~45% of the FLOPs of a 4-layer 168k-vocabulary slice). Cost: d weight is held from forward
-to backward ([V / tp, H], fp32 while accumulating, then weight.dtype).
+to backward ([V / tp, H], fp32 while accumulating, then weight.dtype); for half weights and an
+incoming gradient that is not a power of two the scaling rounds once more (half an ulp).
 
 Per chunk the softmax and its gradient run in torch (one fp32 [chunk, V / tp] buffer updated in
 place) or, on CUDA, in two Triton passes over the matmul's own (bf16) logits: an online max /
@@ -168,6 +169,15 @@ if triton is not None:
         tl.store(g_ptr + off, p - tl.where(cols == target, scale, 0.0), mask=ok)
 
 
+def _mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of half CUDA tensors with the fp32 accumulator returned unrounded (torch >= 2.8 on
+    CUDA); older builds round to the input dtype first."""
+    try:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return (a @ b).float()
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, tok_weight, group, rank, chunk, need_grad, use_triton):
@@ -189,11 +199,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                                       need_h or need_w, weight.dtype)
             if need_h:
                 gh[s:s + chunk] = g @ weight
-            if need_w:
-                if weight.dtype == torch.float32:
-                    gw.addmm_(g.T, hc.float())
-                else:
-                    gw.add_(g.T @ hc.to(weight.dtype))
+            if need_w:  # summed over chunks in fp32: one rounding at the end, as the plain path
+                if weight.is_cuda and weight.dtype != torch.float32:
+                    gw.add_(_mm_fp32_out(g.T, hc.to(weight.dtype)))
+                else:  # CPU (fp32 GEMM is the fast one there) or fp32 weights
+                    gw.addmm_(g.T.float(), hc.float())
             del g
         ctx.save_for_backward(gh, gw.to(weight.dtype) if need_w else None)
         ctx.mark_non_differentiable(ce)

@@ -48,18 +48,20 @@ def test_fp32_matches_plain_loss(seed, chunk, backend):
 def test_bf16_follows_the_plain_rule(seed, backend):
     """bf16 hidden/weight: logits from the bf16 matmul, then fp32 (the plain path's casts);
     gradients returned in bf16. Compared with the fp64 truth at bf16 tolerance, and no further
-    from it than the plain bf16 path."""
+    from it than the plain bf16 path. The incoming gradient is a power of two here (as with
+    gradient accumulation over 2^k micro-batches): the stored bf16 gradients are scaled in the
+    backward, which for other factors costs one more rounding (half an ulp)."""
     inputs = _inputs(40, 32, 90, torch.bfloat16, seed)
-    got = _run(linear_cross_entropy, *inputs, chunk_tokens=16, backend=backend)
-    plain = _run(linear_cross_entropy_reference, *inputs)
+    got = _run(linear_cross_entropy, *inputs, chunk_tokens=16, backend=backend, grad_scale=2.0)
+    plain = _run(linear_cross_entropy_reference, *inputs, grad_scale=2.0)
     h64, w64 = inputs[0].double(), inputs[1].double()
-    truth = _run(linear_cross_entropy_reference, h64, w64, *inputs[2:])
+    truth = _run(linear_cross_entropy_reference, h64, w64, *inputs[2:], grad_scale=2.0)
     assert got[2].dtype == got[3].dtype == torch.bfloat16
     torch.testing.assert_close(got[0].double(), truth[0].double(), rtol=2e-2, atol=1e-2)
     for i in (2, 3):
         err = (got[i].double() - truth[i]).abs().max()
         err_plain = (plain[i].double() - truth[i]).abs().max()
-        assert err <= 2 * err_plain + 1e-3, (i, float(err), float(err_plain))
+        assert err <= 1.5 * err_plain + 1e-4, (i, float(err), float(err_plain))
 
 
 def test_no_grad_and_frozen_weight(seed):
