@@ -166,11 +166,13 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
             say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
     except Exception as e:
         say(f"pipeline stopped: {type(e).__name__}: {e}")
-        report = write_report(run, ctx.done, cfg, cfg.run.variant)
+        write_report(run, ctx.done, cfg, cfg.run.variant)  # what is done so far
+        out.close()
         raise
     report = write_report(run, ctx.done, cfg, cfg.run.variant)
     name = f"report-{cfg.run.variant}.md" if cfg.run.variant else "report.md"
     say(f"report: {run / name} ({fmt(time.time() - t_all)} this invocation)")
+    out.close()
     return report
 
 

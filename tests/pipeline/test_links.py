@@ -88,3 +88,17 @@ def test_distill_preset_header_matches_what_loads():
     cfg = load_config(Config, f)
     said = int(re.search(r"split after layer (\d+)", f.read_text()).group(1))
     assert cfg.tokenizer.split_layer == said == 2
+
+
+def test_convert_smollm2_tool_reuses_the_cache_and_never_overwrites_foreign_dirs(tmp_path, capsys):
+    from megaspeech.model.smollm2 import smollm2_dir
+    cached = smollm2_dir()  # converted once per machine (~1-2 min), then cached
+    from megaspeech.pipeline.stages import tool
+    assert tool("convert_smollm2").main(["--config", str(ROOT / "configs/hf/convert_smollm2.yaml"), f"out={cached}"]) == 0
+    assert capsys.readouterr().out.strip() == str(cached)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a converted SmolLM2 dir"):
+        smollm2_dir(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
