@@ -352,7 +352,8 @@ def train(cfg: Config, log=print) -> dict:
             if pre_vq_frozen:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
-                pooled, keep = model.pooled(*features(data._load(idx, data.epoch)[0], model.conv1.in_channels, model.pool))
+                audios = data._load(idx, data.epoch)[0]  # augmented (when on) as in this epoch
+                pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
             teacher = torch.stack([tcache[i] for i in idx]) if distill else None
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)

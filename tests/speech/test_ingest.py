@@ -115,7 +115,8 @@ def test_bad_files_raise_naming_the_file(tmp_path):
         ingest(cfg)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert not list((tmp_path / "out").glob("*.tar"))  # the part never looks complete
-    for name, pat in [("empty.flac", "0 bytes"), ("empty.wav", "no samples"), ("silent.wav", "silent"), ("long.flac", "31.0 s > ingest.max_"),
+    for name, pat in [("empty.flac", "0 bytes"), ("empty.wav", "no samples"), ("silent.wav", "silent"),
+                      ("long.flac", "31.0 s > ingest.max_"),
                       ("latin1.wav", "latin1.txt: transcript is not UTF-8")]:
         with pytest.raises(IngestError, match=pat):
             ingest(IngestConfig(inputs=[str(tmp_path / "in" / name)], out_dir=str(tmp_path / name)))
