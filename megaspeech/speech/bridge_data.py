@@ -213,4 +213,3 @@ def collate(rows: list[dict], n_mels: int, latent_dim: int) -> dict:
     if latent_dim:
         out |= {"latents": latents, "latent_lengths": l_len}
     return out
-
