@@ -14,8 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from megaspeech.config.load import build
 from megaspeech.config.schema import PretrainConfig
 from megaspeech.parallel.state import Layout

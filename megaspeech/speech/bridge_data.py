@@ -21,7 +21,7 @@ import torch
 
 from megaspeech.config.bridge import BridgeConfig
 from megaspeech.model.speech_lm import ctc_units
-from megaspeech.speech.audio import HOP, SAMPLE_RATE, decode_audio, log_mel
+from megaspeech.speech.audio import HOP, decode_audio, log_mel
 
 
 class TextCodec:
@@ -213,6 +213,3 @@ def collate(rows: list[dict], n_mels: int, latent_dim: int) -> dict:
     if latent_dim:
         out |= {"latents": latents, "latent_lengths": l_len}
     return out
-
-
-SECONDS_PER_FRAME = 2 * HOP / SAMPLE_RATE  # encoder frames (50 Hz)

@@ -161,3 +161,26 @@ def test_kv_cached_greedy_generation_equals_full_recompute(asr_corpus):
                 seqs[i].append(int(logits[int(total[i]) - 1, i].argmax()))
     assert got == [s[k:] for s, k in zip(seqs, start)]
     assert len({tuple(g) for g in got}) > 1
+
+
+def test_bad_bridge_configs_fail_naming_the_field(asr_corpus, tmp_path):
+    import pytest
+
+    from megaspeech.config.load import ConfigError
+    from megaspeech.speech.bridge_data import BridgeLoader
+    from megaspeech.speech.lasyn import load_synthesizer
+    cases = {("bridge.lasyn_ratio=0.5",): "bridge.lasyn", ("parallel.pipeline=2",): "parallel.pipeline",
+             ("parallel.tensor=2", "parallel.sequence_parallel=true"): "parallel.sequence_parallel",
+             ("bridge.lm_mode=adapters",): "bridge.lm_mode", ("bridge.train=",): "bridge.train"}
+    for overrides, field in cases.items():
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            _cfg(asr_corpus, *overrides)
+    with pytest.raises(FileNotFoundError, match="launch/train_lasyn.py"):
+        load_synthesizer(tmp_path / "missing.pt")
+    (tmp_path / "empty").mkdir()
+    cfg = _cfg(asr_corpus, f"bridge.train={tmp_path / 'empty'}")
+    with pytest.raises(Exception, match="manifest.json"):
+        BridgeLoader(cfg.bridge, None, micro_batch=2, dp_rank=0, dp_size=1, seed=0)
+    loader = BridgeTask(_cfg(asr_corpus), SINGLE).build_loader()
+    with pytest.raises(ValueError, match="data-parallel size"):
+        loader.load_state_dict({"pos": 0, "syn_pos": 0, "dp_size": 2, "counts": {}})
