@@ -10,6 +10,7 @@ Field reference (README "Config reference" mirrors this file):
   data.*        the data pipeline (megaspeech.data.config.DataConfig)
   checkpoint.*  interval, retention, HF init
   metrics.*     jsonl is always written; wandb / TensorBoard mirrors
+  eval.*        held-out validation loss every eval.interval steps (megaspeech.eval.validation)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Literal
 
 from megaspeech.config.load import ConfigError, check
 from megaspeech.data.config import DataConfig
+from megaspeech.eval.validation import EvalConfig
 from megaspeech.vocab import Vocab
 
 
@@ -146,6 +148,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         m, p, t = self.model, self.parallel, self.train
