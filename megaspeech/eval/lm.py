@@ -170,3 +170,4 @@ def token_nll_rows(lm, batch: dict) -> torch.Tensor:
     doc = batch.get("doc_ids")
     logits = lm.logits(batch["input_ids"], torch.ones_like(batch["input_ids"], dtype=torch.bool), doc)
     return F.cross_entropy(logits.transpose(1, 2), batch["labels"], reduction="none").double()
+

@@ -44,6 +44,10 @@ class Context:
         if suite.speech_tokenizer:
             from megaspeech.eval.speech import SpeechCodes
             self.speech = SpeechCodes(suite.speech_tokenizer, suite.voices, out)
+            k = json.loads((Path(suite.speech_tokenizer) / "tokenizer.json").read_text())["codebook_size"]
+            if k != self.v.speech_size:
+                raise ValueError(f"speech_tokenizer {suite.speech_tokenizer} has {k} codes but the model's "
+                                 f"vocab.speech_size is {self.v.speech_size}; use the tokenizer the model was trained with")
         self._codes: dict[str, np.ndarray] = {}
 
     def need_speech(self, texts: list[str]) -> None:

