@@ -144,8 +144,8 @@ def greedy(lm, prompts: list[np.ndarray], max_new: int, stop_ids: list[int], all
             if not live:
                 break
             ids, attn = _pad([np.asarray(seqs[r]) for r in live], lm.vocab.pad_id)
-            logits = lm.logits(ids, attn)
-            last = logits[torch.arange(len(live)), attn.sum(1) - 1]
+            h = lm.hidden(ids, attn)
+            last = lm.head(h[torch.arange(len(live)), attn.sum(1) - 1])  # the head on each row's last token only
             if allowed is not None:
                 keep = torch.full_like(last, float("-inf"))
                 cols = torch.cat([allowed, stop])

@@ -72,6 +72,7 @@ def markdown(rows: list[dict]) -> str:
             continue
         lo, hi = r["ci95"]
         ips = f"{r['items_per_s']:.0f}" if r.get("items_per_s") else ""
-        out.append(f"| {r['task']} | {r['direction']} | {r['metric']} | {r['value']:.1f} | {lo:.1f}-{hi:.1f} | "
+        f = ".3f" if r["metric"] == "nats/token" else ".1f"
+        out.append(f"| {r['task']} | {r['direction']} | {r['metric']} | {r['value']:{f}} | {lo:{f}}-{hi:{f}} | "
                    f"{r['n']} | {ips} |")
     return "\n".join(out)
