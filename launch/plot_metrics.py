@@ -4,7 +4,8 @@
     python launch/plot_metrics.py --config configs/tiny.yaml [run.dir=/tmp/r ...]   # uses run.dir
 
 Top panel: loss, loss_text, loss_speech (and any other loss_* key) against step, log-scaled when
-the loss spans more than a factor of 10. Bottom panel: tokens_per_s, with MFU on a second axis
+the loss spans more than a factor of 10, with the held-out val_loss, val_loss_text, val_loss_speech
+(logged every eval.interval steps) as dashed lines with markers beside them. Bottom panel: tokens_per_s, with MFU on a second axis
 when logged. A step logged twice (a run resumed from an earlier checkpoint) keeps its last record.
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+VAL_COLORS = {"val_loss": "tab:brown", "val_loss_text": "tab:cyan", "val_loss_speech": "tab:olive"}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -64,6 +68,12 @@ def plot(records: list[dict], out: Path, title: str = "") -> Path:
         if any(not math.isnan(y) for y in ys):
             ax_loss.plot(steps, ys, label=k, linewidth=1.2, marker="." if len(steps) < 50 else None)
             finite += [y for y in ys if math.isfinite(y) and y > 0]
+    for k in sorted({k for r in records for k in r if k.startswith("val_loss")}):
+        pts = [(s, y) for s, y in zip(*_series(records, k)) if not math.isnan(y)]  # logged every eval.interval
+        if pts:
+            ax_loss.plot([s for s, _ in pts], [y for _, y in pts], label=k, linewidth=1.2, linestyle="--", marker="o",
+                         color=VAL_COLORS.get(k))
+            finite += [y for _, y in pts if math.isfinite(y) and y > 0]
     if finite and max(finite) / min(finite) > 10:
         ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss (nats/token)")

@@ -12,6 +12,7 @@ Field reference (README "Config reference" mirrors this file):
   metrics.*     jsonl is always written; wandb / TensorBoard mirrors
   task          lm (token LM pre-training) or bridge (speech encoder -> bridge -> LM, megaspeech/config/bridge.py)
   bridge.*      the continuous-speech bridge model and its data (task: bridge)
+  eval.*        held-out validation loss every eval.interval steps (megaspeech.eval.validation)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Literal
 from megaspeech.config.bridge import BridgeConfig
 from megaspeech.config.load import ConfigError, check
 from megaspeech.data.config import DataConfig
+from megaspeech.eval.validation import EvalConfig
 from megaspeech.vocab import Vocab
 
 
@@ -183,6 +185,7 @@ class PretrainConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     task: Literal["lm", "bridge"] = "lm"
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         m, p, t = self.model, self.parallel, self.train

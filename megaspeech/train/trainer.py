@@ -67,6 +67,7 @@ class Trainer:
         # Fault-injection hook for tests: a NaN loss at this step (pipeline=1 only).
         self._nan_step = int(os.environ.get("MEGASPEECH_INJECT_NAN_STEP", "0"))
         self._data_iter = None
+        self._val_batches = None  # built on first use (eval.sources read once)
 
     # ---- resumable state -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -174,6 +175,40 @@ class Trainer:
         out["grad_norm"] = float(gn) if gn is not None else None
         return out
 
+    def validate(self) -> dict:
+        """Held-out loss on the same fixed rows at every call (megaspeech/eval/validation.py), overall
+        and per modality: val_loss, val_loss_text, val_loss_speech. No gradient, no optimizer step;
+        the training loader is not touched and the RNG state is restored, so enabling validation
+        changes neither the training losses nor the data position."""
+        from megaspeech.eval.validation import validation_batches
+        lay = self.layout
+        if self._val_batches is None:
+            self._val_batches = validation_batches(self.cfg, lay.dp_rank, lay.dp, self.grad_accum)
+        rng = ckpt.rng_state()
+        self.loss_fn.begin_step(1.0, 1, 1)  # only the detached per-modality sums are used
+        dev = lambda b, k: b[k].to(self.device)  # noqa: E731
+        for group in self._val_batches:
+            if lay.pp > 1:
+                self.engine.eval_batch(iter([(dev(b, "input_ids"), (dev(b, "labels"), dev(b, "loss_mask"),
+                                                                   dev(b, "modality"))) for b in group]),
+                                       num_micro_batches=len(group))
+                continue
+            self.engine.module.eval()
+            with torch.no_grad():
+                for b in group:
+                    doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
+                    self.loss_fn(self.engine(dev(b, "input_ids"), doc_ids),
+                                 (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+        self.engine.module.train()
+        ckpt.set_rng_state(rng)
+        owner = lay.pp_rank == lay.pp - 1 and lay.tp_rank == 0  # as in train_step
+        sums = self._all_reduce(self.loss_fn.sums.clone() if owner else torch.zeros_like(self.loss_fn.sums))
+        out = {"val_loss": float(sums[0::2].sum() / max(sums[1::2].sum(), 1.0)),
+               "val_tokens": int(sums[1::2].sum())}
+        for i, name in enumerate(MODALITIES):
+            out[f"val_loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+        return out
+
     def _next_micro_batches(self) -> list[dict]:
         """The next step's micro-batches; None (on every rank) once any rank's data is exhausted."""
         if self._data_iter is None:
@@ -238,7 +273,9 @@ class Trainer:
                       "skipped_steps": self.skipped_steps, "data_wait_s": t_data, "step_time_s": dt}
             if hasattr(self.loader, "stats"):
                 record.update(self.loader.stats())
-            if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.steps:
+            if cfg.eval.interval and self.step % cfg.eval.interval == 0:
+                record.update(self.validate())
+            if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.steps or "val_loss" in record:
                 self.metrics.log(record)
             if bar is not None:
                 bar.update(1)

@@ -1,0 +1,78 @@
+"""Metrics with 95% confidence intervals, and the Markdown table of a suite's results.
+
+  accuracy (two-choice tasks)  per-item score 1 / 0.5 (tie) / 0; Wilson score interval on the mean
+  exact match, token F1 (QA)   SQuAD normalization (lowercase, no punctuation or articles); normal
+                               interval of the per-item mean
+  WER (ASR / TTS)              corpus WER (total errors / total reference words); percentile bootstrap
+                               over utterances (1,000 resamples, seeded)
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+
+import numpy as np
+
+Z = 1.959964
+
+
+def wilson(mean: float, n: int) -> list[float]:
+    if n == 0:
+        return [math.nan, math.nan]
+    d = 1 + Z * Z / n
+    c = (mean + Z * Z / (2 * n)) / d
+    h = Z * math.sqrt(mean * (1 - mean) / n + Z * Z / (4 * n * n)) / d
+    return [100 * max(0.0, c - h), 100 * min(1.0, c + h)]
+
+
+def accuracy(scores: np.ndarray) -> dict:
+    m = float(np.mean(scores)) if len(scores) else math.nan
+    return {"metric": "accuracy", "value": 100 * m, "n": int(len(scores)), "ci95": wilson(m, len(scores))}
+
+
+def mean_ci(x: np.ndarray, metric: str) -> dict:
+    n = len(x)
+    m = float(np.mean(x)) if n else math.nan
+    h = Z * float(np.std(x, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return {"metric": metric, "value": 100 * m, "n": n, "ci95": [100 * max(0.0, m - h), 100 * min(1.0, m + h)]}
+
+
+def normalize_answer(s: str) -> list[str]:
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", s).split()
+
+
+def em_f1(pred: str, gold: str) -> tuple[float, float]:
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    em = float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if not p or not g or common == 0:
+        return em, float(p == g)
+    prec, rec = common / len(p), common / len(g)
+    return em, 2 * prec * rec / (prec + rec)
+
+
+def wer_result(errors: np.ndarray, words: np.ndarray, seed: int = 0) -> dict:
+    n = len(errors)
+    value = 100 * errors.sum() / max(words.sum(), 1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (1000, n))
+    boots = 100 * errors[idx].sum(1) / np.maximum(words[idx].sum(1), 1)
+    return {"metric": "WER", "value": float(value), "n": n,
+            "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| task | direction | metric | value | 95% CI | items | items/s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("skipped"):
+            out.append(f"| {r['task']} | {r['direction']} | {r.get('metric', '')} | skipped: {r['skipped']} | | | |")
+            continue
+        lo, hi = r["ci95"]
+        ips = f"{r['items_per_s']:.0f}" if r.get("items_per_s") else ""
+        f = ".3f" if r["metric"] == "nats/token" else ".1f"
+        out.append(f"| {r['task']} | {r['direction']} | {r['metric']} | {r['value']:{f}} | {lo:{f}}-{hi:{f}} | "
+                   f"{r['n']} | {ips} |")
+    return "\n".join(out)

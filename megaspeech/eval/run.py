@@ -1,0 +1,233 @@
+"""Run an evaluation suite on one model: `evaluate(suite_cfg, model_path, out_dir) -> dict`.
+
+The scoring rule (fixed, the same for every two-choice task and direction, as slamkit/ZeroSpeech do):
+each candidate continuation is scored by its mean per-token negative log-likelihood given the prompt
+(`scoring: sum` uses the summed NLL instead); the candidate with the lower score is the model's
+choice; an exact tie counts 0.5. Continuations include their span markers (a spoken candidate is
+`<|begin_of_speech|> codes <|end_of_speech|>`, the interleaved-data format).
+
+Prompts, in the formats the model was trained on (megaspeech.data.packing, synth.interleave/speech_qa):
+  story   <|bos|> span(context) | span(ending)          span(x) = text ids, or the speech span of x
+  word    <|bos|> | span(word)
+  qa      <|user|> span(passage) question-ids <|assistant|>  -> greedy text until <|eos|>
+  asr     <|begin_of_speech|> codes <|end_of_speech|>   -> greedy text until <|eos|>
+  tts     <|bos|> text <|begin_of_speech|>              -> codes (synth.generate.SpeechGenerator; checkpoints)
+Directions X->Y: X is the modality of the prompt (context / passage), Y of the candidates or answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megaspeech.data.text import TextTokenizer
+from megaspeech.eval import tasks
+from megaspeech.eval.config import SuiteConfig
+from megaspeech.eval.heldout import check_not_in_training, heldout_documents
+from megaspeech.eval.lm import greedy, load_lm, loglikelihoods, token_nll_rows
+from megaspeech.eval.report import accuracy, em_f1, markdown, mean_ci, wer_result
+
+
+class Context:
+    """What every task needs: the model, tokenizers and the span builder."""
+
+    def __init__(self, suite: SuiteConfig, lm, out: Path):
+        self.suite, self.lm, self.v, self.out = suite, lm, lm.vocab, out
+        sp = suite.text_tokenizer or self.v.sp_model
+        self.tok = TextTokenizer(dataclasses.replace(self.v, sp_model=sp))
+        self.speech = None
+        if suite.speech_tokenizer:
+            from megaspeech.eval.speech import SpeechCodes
+            self.speech = SpeechCodes(suite.speech_tokenizer, suite.voices, out)
+            k = json.loads((Path(suite.speech_tokenizer) / "tokenizer.json").read_text())["codebook_size"]
+            if k != self.v.speech_size:
+                raise ValueError(f"speech_tokenizer {suite.speech_tokenizer} has {k} codes but the model's "
+                                 f"vocab.speech_size is {self.v.speech_size}; use the tokenizer the model was trained with")
+        self._codes: dict[str, np.ndarray] = {}
+
+    def need_speech(self, texts: list[str]) -> None:
+        self._codes.update(self.speech.codes(texts))
+
+    def span(self, text: str, mode: str) -> np.ndarray:
+        if mode == "T":
+            return self.tok.encode(text).astype(np.int64)
+        v = self.v
+        return np.concatenate([[v.bos_speech_id], self._codes[text] + v.speech_offset, [v.eos_speech_id]])
+
+
+def two_choice(ctx: Context, items: list[dict], direction: str) -> dict:
+    """Accuracy of preferring endings[label] under the scoring rule, batched over all candidates."""
+    src, dst = direction.split("->")
+    if "S" in (src, dst):
+        ctx.need_speech([x for it in items for x in ([it["context"]] if it["context"] and src == "S" else [])
+                         + (it["endings"] if dst == "S" else [])])
+    t0 = time.perf_counter()
+    prompts, conts = [], []
+    for it in items:
+        p = np.asarray([ctx.v.bos_id], np.int64)
+        if it["context"]:
+            p = np.concatenate([p, ctx.span(it["context"], src)])
+        for e in it["endings"]:
+            prompts.append(p)
+            conts.append(ctx.span(e, dst))
+    ll, n = loglikelihoods(ctx.lm, prompts, conts, ctx.suite.batch_size)
+    nll = -ll / n if ctx.suite.scoring == "mean" else -ll
+    nll = nll.reshape(len(items), 2)
+    label = np.array([it["label"] for it in items])
+    right, wrong = nll[np.arange(len(items)), label], nll[np.arange(len(items)), 1 - label]
+    scores = np.where(right < wrong, 1.0, np.where(right == wrong, 0.5, 0.0))
+    return {**accuracy(scores), "items_per_s": len(items) / (time.perf_counter() - t0)}
+
+
+def qa(ctx: Context, items: list[dict], direction: str) -> tuple[list[dict], list[str]]:
+    src = direction.split("->")[0]
+    if src == "S":
+        ctx.need_speech([it["passage"] for it in items])
+    t0 = time.perf_counter()
+    v = ctx.v
+    user, asst = v.special("<|user|>"), v.special("<|assistant|>")
+    prompts = [np.concatenate([[user], ctx.span(it["passage"], src), ctx.tok.encode(" " + it["question"]), [asst]])
+               for it in items]
+    outs = greedy(ctx.lm, prompts, ctx.suite.max_answer_tokens, [v.eos_id, v.bos_id, user],
+                  allowed=torch.arange(v.text_size), batch_size=ctx.suite.batch_size)
+    preds = [ctx.tok.decode(o).strip() for o in outs]
+    em, f1 = np.array([em_f1(p, it["answer"]) for p, it in zip(preds, items)]).T
+    ips = len(items) / (time.perf_counter() - t0)
+    return [{**mean_ci(em, "exact match"), "items_per_s": ips}, {**mean_ci(f1, "token F1"), "items_per_s": ips}], preds
+
+
+def asr(ctx: Context, items: list[dict]) -> tuple[dict, list[str]]:
+    from megaspeech.speech.asr import word_errors
+    refs = [it["text"] for it in items]
+    ctx.need_speech(refs)
+    t0 = time.perf_counter()
+    v = ctx.v
+    prompts = [ctx.span(r, "S") for r in refs]
+    cap = 3 * max(len(r.split()) for r in refs) + 8  # ~1.3 text tokens per word; cap well above
+    outs = greedy(ctx.lm, prompts, cap, [v.eos_id, v.bos_id], allowed=torch.arange(v.text_size),
+                  batch_size=ctx.suite.batch_size)
+    hyps = [ctx.tok.decode(o).strip() for o in outs]
+    errs = np.array([word_errors(r, h) for r, h in zip(refs, hyps)])
+    return {**wer_result(errs[:, 0], errs[:, 1], ctx.suite.seed), "items_per_s": len(refs) / (time.perf_counter() - t0)}, hyps
+
+
+def tts(ctx: Context, items: list[dict]) -> dict:
+    from megaspeech.synth.evaluate import generated_wer
+    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
+    t0 = time.perf_counter()
+    gen = SpeechGenerator(ctx.lm.model, ctx.v, GenerationConfig(batch_size=ctx.suite.batch_size))
+    r = generated_wer(gen, ctx.tok, ctx.suite.speech_tokenizer, [it["text"] for it in items])
+    # generated_wer gives no per-utterance errors: the interval is not bootstrapped here
+    return {"metric": "WER", "value": r["wer"], "n": r["utterances"], "ci95": [float("nan")] * 2,
+            "items_per_s": len(items) / (time.perf_counter() - t0), "examples": r["examples"]}
+
+
+def heldout_loss(lm) -> dict | None:
+    """The trainer's validation loss recomputed: the checkpoint's own eval.sources rows (same packing,
+    same eval.batches x train.global_batch rows), token-weighted mean NLL overall and per modality."""
+    from megaspeech.config.load import build
+    from megaspeech.config.schema import PretrainConfig
+    from megaspeech.eval.validation import heldout_rows
+    from megaspeech.train.checkpoint import read_meta
+    from megaspeech.train.loss import MODALITIES
+    cfg = build(PretrainConfig, read_meta(lm.ckpt)["config"])
+    if not cfg.eval.sources:
+        return None
+    rows = heldout_rows(cfg, cfg.eval.batches * cfg.train.global_batch)
+    sums = torch.zeros(2 * len(MODALITIES), dtype=torch.float64)
+    tok_nll = []
+    for r in rows:
+        nll = token_nll_rows(lm, r) * r["loss_mask"]
+        idx = r["modality"].reshape(-1) * 2
+        sums.index_add_(0, idx, nll.reshape(-1))
+        sums.index_add_(0, idx + 1, r["loss_mask"].reshape(-1).double())
+        tok_nll.append(nll[r["loss_mask"] > 0])
+    x = torch.cat(tok_nll).numpy()
+    out = {"val_loss": float(sums[0::2].sum() / sums[1::2].sum()), "val_tokens": int(sums[1::2].sum())}
+    for i, name in enumerate(MODALITIES):
+        out[f"val_loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+    h = 1.959964 * x.std(ddof=1) / np.sqrt(len(x))
+    out["ci95"] = [out["val_loss"] - h, out["val_loss"] + h]
+    return out
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: str | Path | None = None,
+             log=print) -> dict:
+    """Build the suite's tasks from held-out text, score the model, write OUT/eval.json (every metric,
+    item count, 95% CI, the split) and OUT/table.md; returns the eval.json dict."""
+    model_path = str(model_path or suite.model)
+    if not model_path:
+        raise ValueError("no model: pass model=<checkpoint dir | step dir | HF dir>")
+    out = Path(out_dir or suite.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_lm(model_path)
+    docs = heldout_documents(suite.corpus, suite.heldout_docs)
+    check_not_in_training([n for n, _ in docs], suite.training_manifests)
+    ctx = Context(suite, lm, out)
+    rows, examples = [], {}
+
+    def add(task: str, direction: str, res: dict) -> None:
+        rows.append({"task": task, "direction": direction, **res})
+        if "value" in res:
+            log(f"{task} {direction}: {res['metric']} {res['value']:.1f} (n={res['n']})")
+
+    speech_dirs = lambda ds: [d for d in ds if "S" not in d or ctx.speech is not None]  # noqa: E731
+    for d in set(suite.story_directions + suite.word_directions + suite.qa_directions) - set(speech_dirs(
+            suite.story_directions + suite.word_directions + suite.qa_directions)):
+        rows.append({"task": "spoken tasks", "direction": d, "skipped": "no speech_tokenizer set"})
+    items = {}
+    if suite.story_items:
+        for hard in (False, True):
+            name = "story (hard: same document)" if hard else "story (easy: other document)"
+            items[name] = tasks.story_items(docs, suite.story_items, suite.story_context, suite.seed, hard)
+            for d in speech_dirs(suite.story_directions):
+                add(name, d, two_choice(ctx, items[name], d))
+    if suite.word_items:
+        items["word"] = tasks.word_items(docs, suite.word_items, suite.seed)
+        for d in speech_dirs(suite.word_directions):
+            add("word vs non-word", d, two_choice(ctx, items["word"], d))
+    if suite.qa_items:
+        items["qa"] = tasks.qa_items(docs, suite.qa_items, suite.qa_context, suite.seed)
+        for d in speech_dirs(suite.qa_directions):
+            res, preds = qa(ctx, items["qa"], d)
+            for r in res:
+                add("spoken QA", d, r)
+            examples[f"qa {d}"] = [(it["question"], it["answer"], p) for it, p in zip(items["qa"][:5], preds[:5])]
+    if suite.asr_items and ctx.speech is not None:
+        items["asr"] = tasks.sentence_items(docs, suite.asr_items, suite.seed, "asr")
+        res, hyps = asr(ctx, items["asr"])
+        add("ASR", "S->T", res)
+        examples["asr"] = [(it["text"], h) for it, h in zip(items["asr"][:5], hyps[:5])]
+    if suite.tts_items and ctx.speech is not None:
+        if lm.kind == "checkpoint":
+            items["tts"] = tasks.sentence_items(docs, suite.tts_items, suite.seed, "tts")
+            add("TTS", "T->S", tts(ctx, items["tts"]))
+        else:
+            rows.append({"task": "TTS", "direction": "T->S", "skipped": "needs a checkpoint (KV-cache generator)"})
+    result = {"suite": suite.name, "model": model_path, "model_version": lm.version, "backend": lm.kind,
+              "scoring": suite.scoring, "results": rows, "examples": examples,
+              "split": {"corpus": suite.corpus, "heldout_docs": [n for n, _ in docs],
+                        "checked_against": list(suite.training_manifests)},
+              "items": {k: len(v) for k, v in items.items()}, "config": dataclasses.asdict(suite)}
+    if suite.heldout_loss and lm.kind == "checkpoint":
+        hl = heldout_loss(lm)
+        if hl is not None:
+            result["heldout_loss"] = hl
+            rows.append({"task": "held-out loss (eval.sources)", "direction": "-", "metric": "nats/token",
+                         "value": hl["val_loss"], "n": hl["val_tokens"], "ci95": hl["ci95"]})
+    _write(out / "eval.json", json.dumps(result, indent=1, default=float))
+    table = markdown(rows)
+    _write(out / "table.md", table + "\n")
+    result["table"] = table
+    return result

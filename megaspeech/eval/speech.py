@@ -1,0 +1,79 @@
+"""Spoken versions of evaluation texts: TTS voices (megaspeech.speech.tts) -> speech tokenizer codes.
+
+Each text gets one voice, chosen by a hash of the text among the suite's `voices`, which must be
+voices training speech never used (megaspeech.speech.tts.all_voices() is the training list). Codes
+are cached in OUT/speech_codes.npz (+ .json keys), keyed by tokenizer dir, voice and text, written
+atomically and read without pickle, so a re-run of the suite synthesizes nothing twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from megaspeech.config.load import ConfigError
+
+
+def check_unseen_voices(voices: list[str]) -> None:
+    from megaspeech.speech.tts import all_voices
+    seen = sorted(set(voices) & set(all_voices()))
+    if seen:
+        raise ConfigError(f"voices: {seen[0]} is a voice training speech uses (megaspeech.speech.tts.all_voices()); "
+                          f"pick voices the tokenizer and models never heard, e.g. espeak:en-us+m7")
+
+
+class SpeechCodes:
+    def __init__(self, tokenizer_dir: str | Path, voices: list[str], cache_dir: str | Path, batch: int = 16):
+        check_unseen_voices(voices)
+        self.dir, self.voices, self.batch = Path(tokenizer_dir), list(voices), batch
+        self.cache_path = Path(cache_dir) / "speech_codes.npz"
+        self.tag = hashlib.sha256((self.dir / "model.pt").read_bytes()).hexdigest()[:12] \
+            if (self.dir / "model.pt").is_file() else str(self.dir.resolve())
+        self.cache: dict[str, np.ndarray] = {}
+        keys_path = self.cache_path.with_suffix(".json")
+        if self.cache_path.is_file() and keys_path.is_file():
+            keys = json.loads(keys_path.read_text())
+            with np.load(self.cache_path, allow_pickle=False) as z:
+                codes, offs = z["codes"], z["offsets"]
+            self.cache = {k: codes[offs[i]:offs[i + 1]] for i, k in enumerate(keys)}
+        self._tok = None
+        self.synthesized = 0
+
+    def voice_for(self, text: str) -> str:
+        return self.voices[zlib.crc32(text.encode()) % len(self.voices)]
+
+    def _key(self, text: str) -> str:
+        return f"{self.tag}|{self.voice_for(text)}|{text}"
+
+    def codes(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """text -> raw speech codes int64 [C] for every distinct text."""
+        from megaspeech.speech.tts import synthesize
+        todo = sorted({t for t in texts if self._key(t) not in self.cache})
+        if todo:
+            from megaspeech.speech.tokenizer import load_tokenizer, tokenize_audios
+            if self._tok is None:
+                self._tok = load_tokenizer(self.dir)[0]
+            for i in range(0, len(todo), self.batch):
+                chunk = todo[i:i + self.batch]
+                audios = [synthesize(t, self.voice_for(t)) for t in chunk]
+                for t, c in zip(chunk, tokenize_audios(self._tok, audios)):
+                    self.cache[self._key(t)] = np.asarray(c, np.int64)
+            self.synthesized += len(todo)
+            self._save()
+        return {t: self.cache[self._key(t)] for t in set(texts)}
+
+    def _save(self) -> None:
+        keys = sorted(self.cache)
+        offs = np.cumsum([0] + [len(self.cache[k]) for k in keys])
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp{os.getpid()}.npz")
+        np.savez(tmp, codes=np.concatenate([self.cache[k] for k in keys]) if keys else np.zeros(0, np.int64),
+                 offsets=offs)
+        os.replace(tmp, self.cache_path)
+        kt = self.cache_path.with_suffix(f".json.tmp{os.getpid()}")
+        kt.write_text(json.dumps(keys))
+        os.replace(kt, self.cache_path.with_suffix(".json"))

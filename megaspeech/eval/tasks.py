@@ -1,0 +1,110 @@
+"""Task builders: items made offline from held-out real documents (megaspeech.eval.heldout).
+
+Every item is a JSON-able dict; `texts` lists the strings a spoken direction synthesizes.
+  story (StoryCloze-style)  context = `k` consecutive sentences, endings = [true next sentence,
+                            distractor], label 0. easy: the distractor is a sentence of another held-out
+                            document (topic-style); hard: a sentence from elsewhere in the same document
+                            (at least 3 sentences away from the true ending).
+  word (sWUGGY-style)       endings = [a real word of the held-out text, a pronounceable non-word made
+                            from it by swapping one vowel and one inner consonant], no context.
+  qa                        passage = `qa_context` consecutive sentences; question/answer by the
+                            extractive template generator of megaspeech.synth.speech_qa (cloze on a
+                            content word, or "what is said right after ..."); every other item of each
+                            kind.
+  asr / tts                 single plain held-out sentences.
+Sampling is seeded; the same config builds the same items.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+
+from megaspeech.eval.heldout import plain, split_sentences
+
+VOWELS, CONSONANTS = "aeiou", "bcdfghklmnprstvwz"
+
+
+def story_items(docs: list[tuple[str, str]], n: int, k: int, seed: int, hard: bool) -> list[dict]:
+    rng = np.random.default_rng([seed, 1 + hard])
+    sents = [split_sentences(t) for _, t in docs]
+    ok = [[plain(s) for s in ss] for ss in sents]
+    windows = [(d, i) for d, ss in enumerate(sents) for i in range(len(ss) - k) if all(ok[d][i:i + k + 1])]
+    items = []
+    for w in rng.permutation(len(windows)):
+        if len(items) == n:
+            break
+        d, i = windows[w]
+        true = sents[d][i + k]
+        if hard:
+            pool = [s for j, s in enumerate(sents[d]) if ok[d][j] and abs(j - (i + k)) >= 3 and s != true]
+        else:
+            other = int(rng.integers(len(docs) - 1))
+            other += other >= d
+            pool = [s for j, s in enumerate(sents[other]) if ok[other][j]]
+        if not pool:
+            continue
+        items.append({"id": f"story_{'hard' if hard else 'easy'}_{len(items):05d}", "doc": docs[d][0],
+                      "context": " ".join(sents[d][i:i + k]), "endings": [true, pool[int(rng.integers(len(pool)))]],
+                      "label": 0})
+    return items
+
+
+def nonword(word: str, rng: np.random.Generator, lexicon: set[str]) -> str | None:
+    """A pronounceable non-word from `word`: one vowel and one inner consonant replaced (same
+    letter classes, so the syllable shape stays), not in `lexicon`."""
+    for _ in range(20):
+        w = list(word)
+        vi = [i for i, c in enumerate(w) if c in VOWELS]
+        ci = [i for i, c in enumerate(w) if c in CONSONANTS and 0 < i < len(w) - 1]
+        if not vi or not ci:
+            return None
+        i, j = int(rng.choice(vi)), int(rng.choice(ci))
+        w[i] = str(rng.choice([v for v in VOWELS if v != w[i]]))
+        w[j] = str(rng.choice([c for c in CONSONANTS if c != w[j]]))
+        cand = "".join(w)
+        if cand not in lexicon:
+            return cand
+    return None
+
+
+def word_items(docs: list[tuple[str, str]], n: int, seed: int, lexicon: set[str] | None = None) -> list[dict]:
+    rng = np.random.default_rng([seed, 3])
+    counts = Counter(w for _, t in docs for w in re.findall(r"\b[a-z]+\b", t))
+    lex = set(counts) | (lexicon or set())
+    words = sorted(w for w, c in counts.items() if c >= 2 and 5 <= len(w) <= 10)
+    items = []
+    for w in (words[i] for i in rng.permutation(len(words))):
+        if len(items) == n:
+            break
+        nw = nonword(w, rng, lex)
+        if nw:
+            items.append({"id": f"word_{len(items):05d}", "context": "", "endings": [w, nw], "label": 0})
+    return items
+
+
+def qa_items(docs: list[tuple[str, str]], n: int, k: int, seed: int) -> list[dict]:
+    from megaspeech.synth.speech_qa import template_pairs
+    rng = np.random.default_rng([seed, 4])
+    passages = []
+    for name, t in docs:
+        ss = split_sentences(t)
+        passages += [(name, " ".join(ss[i:i + k])) for i in range(0, len(ss) - k + 1, k) if all(map(plain, ss[i:i + k]))]
+    items = []
+    for p in rng.permutation(len(passages)):
+        if len(items) == n:
+            break
+        name, passage = passages[p]
+        pairs = template_pairs(passage, 2, seed)
+        if len(pairs) < 1 + len(items) % 2:
+            continue
+        q, a = pairs[len(items) % 2]  # alternate cloze / continuation questions
+        items.append({"id": f"qa_{len(items):05d}", "doc": name, "passage": passage, "question": q, "answer": a})
+    return items
+
+
+def sentence_items(docs: list[tuple[str, str]], n: int, seed: int, tag: str) -> list[dict]:
+    rng = np.random.default_rng([seed, 5 if tag == "asr" else 6])
+    sents = sorted({s for _, t in docs for s in split_sentences(t) if plain(s)})
+    return [{"id": f"{tag}_{i:05d}", "text": sents[j]} for i, j in enumerate(rng.permutation(len(sents))[:n])]
