@@ -116,9 +116,19 @@ def _allowed_globals() -> list:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
+_depth = [0]  # nesting: only the outermost block installs and removes (torch's safe_globals is not reentrant)
+
+
 @contextlib.contextmanager
 def no_unpickling():
-    """Every torch.load inside the block reads tensors and allow-listed classes only."""
+    """Every torch.load inside the block reads tensors and allow-listed classes only. Reentrant."""
+    if _depth[0]:
+        _depth[0] += 1
+        try:
+            yield
+        finally:
+            _depth[0] -= 1
+        return
     original = torch.load
 
     def safe_load(f, map_location=None, pickle_module=None, *, weights_only=None, **kw):
@@ -134,10 +144,12 @@ def no_unpickling():
     old_env = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     torch.load = safe_load
+    _depth[0] = 1
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             yield
     finally:
+        _depth[0] = 0
         torch.load = original
         if old_env is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)

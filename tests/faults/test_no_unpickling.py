@@ -76,3 +76,17 @@ def test_deepspeed_files_load_under_the_allow_list(base_run):
     with no_unpickling():
         for f in sorted(d.glob("*.pt")):
             assert isinstance(torch.load(f, weights_only=False), dict)  # weights_only=False is overridden
+
+
+def test_no_unpickling_nests(base_run):
+    """DeepSpeed's engine load (guarded) runs inside the resume's block: leaving the inner block must
+    keep the allow-list for the universal loader's direct torch.load calls that follow."""
+    from megaspeech.train.ckpt_integrity import _allowed_globals, no_unpickling
+    f = base_run / "checkpoints" / "step00000004" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    original, before = torch.load, list(torch.serialization.get_safe_globals())
+    with no_unpickling():
+        with no_unpickling():
+            torch.load(f)
+        assert isinstance(torch.load(f), dict)
+    assert torch.load is original and torch.serialization.get_safe_globals() == before  # all undone
+    assert not set(_allowed_globals()) & set(before)
