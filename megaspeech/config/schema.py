@@ -44,7 +44,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     vocab_multiple: int = 128  # embedding rows padded to a multiple of this (layout-independent; % tensor == 0)
-    attention: Literal["auto", "sdpa", "flash"] = "auto"
+    # auto: flash-attn (plain causal) / FlexAttention (document mask) on CUDA, SDPA on CPU; flex: FlexAttention
+    attention: Literal["auto", "sdpa", "flash", "flex"] = "auto"
     init_from_hf: str | None = None  # HF Llama-family dir: weights loaded, vocab extended
 
     def __post_init__(self):
@@ -163,8 +164,6 @@ class PretrainConfig:
               f"{t.seq_len} must be divisible by parallel.tensor={p.tensor} with sequence parallelism")
         check(not (m.tie_embeddings and p.pipeline > 1), "model.tie_embeddings",
               "tied embeddings are not supported with parallel.pipeline > 1; untie them or use pipeline=1")
-        check(not (self.data.document_mask and p.pipeline > 1), "data.document_mask",
-              "document-boundary attention masks are supported with parallel.pipeline=1 only")
         ac = t.activation_checkpointing
         if isinstance(ac, list):
             bad = [i for i in ac if not 0 <= i < m.num_layers]

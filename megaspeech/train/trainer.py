@@ -129,7 +129,9 @@ class Trainer:
         lr = self.engine.optimizer.param_groups[0]["lr"]
         dev = lambda b, k: b[k].to(self.device)  # noqa: E731
         if lay.pp > 1:
-            batches = [(dev(b, "input_ids"), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+            inputs = (lambda b: (dev(b, "input_ids"), dev(b, "doc_ids"))) if self.cfg.data.document_mask \
+                else (lambda b: dev(b, "input_ids"))
+            batches = [(inputs(b), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
                        for b in micro_batches]
             self.engine.train_batch(data_iter=iter(batches))
         else:
