@@ -36,7 +36,7 @@ def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
     if cfg.parallel.sequence_parallel:
         reduce_sequence_parallel_grads(model)
     checkpoint_blocks(model, cfg.train.activation_checkpointing, cfg.model.num_layers)
-    if cfg.train.compile:
+    if cfg.train.compile_enabled("cuda" if torch.cuda.is_available() else "cpu"):
         for block in blocks_by_layer_id(model).values():
             block.compile()
     return model

@@ -49,7 +49,7 @@ def test_block_structure_equals_create_block_mask(max_len):
 
 def make_qkv(B, S, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, 4, S, 16, generator=g), torch.randn(B, 2, S, 16, generator=g), torch.randn(B, 2, S, 16, generator=g)
+    return tuple(torch.randn(B, h, S, 16, generator=g) for h in (4, 2, 2))  # GQA: 4 query, 2 kv heads
 
 
 @pytest.mark.parametrize("S,unordered", [(300, False), (256, False), (300, True)])

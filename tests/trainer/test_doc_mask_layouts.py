@@ -19,3 +19,17 @@ def test_packed_logits_equal_documents_alone(tp, pp):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for attn in ("sdpa", "flex"):  # the CPU path (dense mask) and the CUDA one (FlexAttention BlockMask)
         assert f"attention={attn} rank=" in p.stdout and "docs=8" in p.stdout, p.stdout[-2000:]
+
+
+def test_pipeline_trains_with_document_mask_like_one_process(tmp_path):
+    """Training (forward, backward, step) through DeepSpeed's pipeline with doc_ids in the stage inputs
+    gives the single-process losses."""
+    from tests.trainer.launch_util import losses, run_pretrain
+    common = ["data.kind=synthetic", "data.document_mask=true", "train.steps=3", "train.global_batch=4",
+              "train.micro_batch=2", "train.seq_len=64", "checkpoint.save_at_end=false", "parallel.zero_stage=1"]
+    run_pretrain(1, tmp_path / "one", common)
+    run_pretrain(2, tmp_path / "pp2", common + ["parallel.pipeline=2"])
+    ref, got = losses(tmp_path / "one"), losses(tmp_path / "pp2")
+    assert len(got) == len(ref) == 3
+    for a, b in zip(got, ref):
+        assert abs(a - b) <= 1e-5 * abs(b)
