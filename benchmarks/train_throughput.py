@@ -11,8 +11,8 @@ CUDA (`--device cuda --preset glm9b-slice|llama1b`): the shapes of issue 17 agai
 GlmForCausalLM / LlamaForCausalLM trained as HF Trainer does bf16 (fp32 weights, autocast bf16,
 fused AdamW, clip 1.0; /work/shared/gpu/hf_peer.py). Ours runs the preset's config as a user would
 (bf16, `train.compile=auto` = compiled on CUDA; `--eager` also times train.compile=false). Prints
-tokens/s, MFU (model FLOPs / 989 TFLOP/s), peak GPU memory of each (measured one after the other,
-memory freed between), `mem_ratio=<ours / hf>` and `ratio=<ours / hf>` last.
+tokens/s, MFU (model FLOPs / 989 TFLOP/s), peak GPU memory of each (measured one after the other, HF
+first, memory freed between), `mem_ratio=<ours / hf>` and `ratio=<ours / hf>` last.
 Usage: python benchmarks/train_throughput.py [--device cuda --preset glm9b-slice] [--steps 8] [overrides]
 """
 from __future__ import annotations
@@ -151,28 +151,40 @@ def main() -> None:
     mem = lambda: torch.cuda.max_memory_allocated() / 2**30  # noqa: E731
     results = {}
 
-    def run_ours(name: str, c) -> list[dict]:
-        tr = Trainer(with_compile(c), layout)
-        b = tr._next_micro_batches()
-        tr.close_data()
-        torch.cuda.reset_peak_memory_stats()
-        tps = tokens / time_steps(lambda: tr.train_step(b), args.steps, warmup=3, sync=sync)
-        results[name] = (tps, mem())
-        getattr(tr.engine, "destroy", lambda: None)()  # DeepSpeed releases its hooks and buffers
-        return b
+    # The same micro-batches for everyone, read as the trainer reads them (the step's own copy to the GPU is timed).
+    from megaspeech.data.loader import build_train_loader
+    from megaspeech.data.prefetch import read_step
+    loader = build_train_loader(cfg.data, cfg.vocab, seq_len=cfg.train.seq_len, micro_batch=cfg.train.micro_batch,
+                                dp_rank=0, dp_size=1, seed=cfg.run.seed)
+    batches = read_step(iter(loader), loader, cfg.grad_accum_steps(1), pin=True).batches
 
-    batches = run_ours("megaspeech", "auto")
+    # HF first, so that anything left allocated after a run can only count against ours.
+    start = torch.cuda.memory_allocated() / 2**30
+    hf_step, hf, opt = hf_baseline(cfg, batches, dev)
+    torch.cuda.reset_peak_memory_stats()
+    results["hf"] = (tokens / time_steps(hf_step, args.steps, warmup=3, sync=sync), mem(), start)
+    del hf_step, hf, opt
+    free()
+
+    def run_ours(name: str, c) -> None:
+        start = torch.cuda.memory_allocated() / 2**30
+        tr = Trainer(with_compile(c), layout)
+        torch.cuda.reset_peak_memory_stats()
+        tps = tokens / time_steps(lambda: tr.train_step(batches), args.steps, warmup=3, sync=sync)
+        results[name] = (tps, mem(), start)
+        tr.close_data()
+        getattr(tr.engine, "destroy", lambda: None)()  # DeepSpeed releases its hooks and buffers
+
+    run_ours("megaspeech", "auto")
     free()
     if args.eager:
         run_ours("megaspeech_eager", False)
         free()
-    torch.cuda.reset_peak_memory_stats()
-    hf_step, *_ = hf_baseline(cfg, batches, dev)
-    results["hf"] = (tokens / time_steps(hf_step, args.steps, warmup=3, sync=sync), mem())
-    for name, (tps, gib) in results.items():
+    for name, (tps, gib, start) in results.items():
         print(f"{name}_tokens_per_s={tps:.0f}")
         print(f"{name}_mfu={fpt * tps / peak:.3f}")
         print(f"{name}_peak_mem_gib={gib:.1f}")
+        print(f"{name}_mem_before_gib={start:.1f}")  # allocated before its model was built (leftovers)
     if args.eager:
         print(f"ratio_eager={results['megaspeech_eager'][0] / results['hf'][0]:.3f}")
     print(f"mem_ratio={results['megaspeech'][1] / results['hf'][1]:.3f}")
