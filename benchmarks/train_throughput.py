@@ -70,7 +70,7 @@ def hf_model(cfg: PretrainConfig):
     if m.family == "glm":
         from transformers import GlmConfig, GlmForCausalLM
         return GlmForCausalLM(GlmConfig(**common, head_dim=m.head_dim, partial_rotary_factor=m.rope_fraction,
-                                        attention_bias=m.qkv_bias))
+                                        attention_bias=m.qkv_bias, pad_token_id=None))
     from transformers import LlamaConfig, LlamaForCausalLM
     return LlamaForCausalLM(LlamaConfig(**common))
 
