@@ -90,26 +90,25 @@ class TrainConfig:
     grad_clip: float = 1.0
     activation_checkpointing: Literal["none", "all"] | list[int] = "none"  # or global layer ids
     skip_nonfinite: bool = False
-    # torch.compile each block (after TP and activation checkpointing). auto: on for CUDA, off on CPU,
-    # where short runs do not repay the compile time (see README, train.compile)
-    compile: bool | Literal["auto"] = "auto"
-    prefetch: int = 1  # steps of micro-batches read ahead by a background thread (0: read inside the step)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile each block (after TP and AC); auto: CUDA only
     log_interval: int = 1
     peak_tflops: float | None = None  # per device; None: 989 (H100 bf16) on GPU, a measured GEMM peak on CPU
     progress_bar: bool = True
+    prefetch: int = 1  # steps of micro-batches read ahead by a background thread (0: read inside the step)
+
+    def compile_enabled(self, device_type: str) -> bool:
+        """train.compile resolved for a device type ("cuda", "cpu"). auto compiles on CUDA only: on CPU
+        short runs do not repay the compile time (README, train.compile)."""
+        return self.compile is True or (self.compile == "auto" and device_type == "cuda")
 
     def __post_init__(self):
         check(self.steps >= 0, "train.steps", "must be >= 0")
         check(self.seq_len > 1, "train.seq_len", "must be > 1")
         check(self.micro_batch >= 1, "train.micro_batch", "must be >= 1")
+        check(self.prefetch >= 0, "train.prefetch", "must be >= 0 (0 reads the data inside the step)")
         check(self.global_batch % self.micro_batch == 0, "train.global_batch",
               f"{self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}")
         check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
-        check(self.prefetch >= 0, "train.prefetch", "must be >= 0 (0 reads the data inside the step)")
-
-    def compile_enabled(self, device_type: str) -> bool:
-        """train.compile resolved for a device type ("cuda", "cpu")."""
-        return self.compile is True or (self.compile == "auto" and device_type == "cuda")
 
 
 @dataclass
