@@ -58,7 +58,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     vocab_multiple: int = 128  # embedding rows padded to a multiple of this (layout-independent; % tensor == 0)
-    attention: Literal["auto", "sdpa", "flash"] = "auto"
+    # auto: flash-attn (plain causal) / FlexAttention (document mask) on CUDA, SDPA on CPU; flex: FlexAttention
+    attention: Literal["auto", "sdpa", "flash", "flex"] = "auto"
     init_from_hf: str | None = None  # HF Llama-family dir: weights loaded, vocab extended
 
     def __post_init__(self):
@@ -107,7 +108,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     activation_checkpointing: Literal["none", "all"] | list[int] = "none"  # or global layer ids
     skip_nonfinite: bool = False
-    compile: bool = False  # torch.compile each block (after TP and activation checkpointing)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile each block (after TP and AC); auto: CUDA only
     # LM loss in token chunks from the head's input and weight (kernels/linear_cross_entropy.py): no
     # [S, B, V] fp32 logits. Not under ZeRO-3 (the head weight is only gathered inside its forward).
     fused_loss: bool = True
@@ -115,6 +116,12 @@ class TrainConfig:
     log_interval: int = 1
     peak_tflops: float | None = None  # per device; None: 989 (H100 bf16) on GPU, a measured GEMM peak on CPU
     progress_bar: bool = True
+    prefetch: int = 1  # steps of micro-batches read ahead by a background thread (0: read inside the step)
+
+    def compile_enabled(self, device_type: str) -> bool:
+        """train.compile resolved for a device type ("cuda", "cpu"). auto compiles on CUDA only: on CPU
+        short runs do not repay the compile time (README, train.compile)."""
+        return self.compile is True or (self.compile == "auto" and device_type == "cuda")
 
     def __post_init__(self):
         check(self.steps >= 0, "train.steps", "must be >= 0")
@@ -124,6 +131,7 @@ class TrainConfig:
         check(self.log_interval >= 1, "train.log_interval", f"must be >= 1 (log every N steps), got {self.log_interval}")
         if self.peak_tflops is not None:
             _positive(self.peak_tflops, "train.peak_tflops")
+        check(self.prefetch >= 0, "train.prefetch", "must be >= 0 (0 reads the data inside the step)")
         check(self.global_batch % self.micro_batch == 0, "train.global_batch",
               f"{self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}")
         check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "train.grad_clip",
@@ -209,8 +217,6 @@ class PretrainConfig:
               f"{t.seq_len} must be divisible by parallel.tensor={p.tensor} with sequence parallelism")
         check(not (m.tie_embeddings and p.pipeline > 1), "model.tie_embeddings",
               "tied embeddings are not supported with parallel.pipeline > 1; untie them or use pipeline=1")
-        check(not (self.data.document_mask and p.pipeline > 1), "data.document_mask",
-              "document-boundary attention masks are supported with parallel.pipeline=1 only")
         ac = t.activation_checkpointing
         if isinstance(ac, list):
             bad = [i for i in ac if not 0 <= i < m.num_layers]

@@ -56,7 +56,7 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     kind: Literal["synthetic", "shards", ""] = ""  # "" = not set: refused at load
-    document_mask: bool = False  # block-diagonal attention inside packed rows (pipeline=1 only)
+    document_mask: bool = False  # block-diagonal attention inside packed rows (any TP/PP layout)
     num_workers: int = 0
     speech_fraction: float = 0.5  # synthetic stream only: share of speech-modality documents
     sources: list[SourceConfig] = field(default_factory=list)

@@ -28,7 +28,8 @@ def build_train_loader(cfg: DataConfig, vocab: Vocab, *, seq_len: int, micro_bat
                        dp_rank: int, dp_size: int, seed: int):
     if cfg.kind == "synthetic":
         from megaspeech.data.synthetic import SyntheticLoader
-        return SyntheticLoader(vocab, seq_len, micro_batch, dp_rank, dp_size, seed, cfg.speech_fraction)
+        return SyntheticLoader(vocab, seq_len, micro_batch, dp_rank, dp_size, seed, cfg.speech_fraction,
+                               cfg.document_mask)
     if cfg.kind == "shards":
         from megaspeech.data.stream import ShardLoader
         return ShardLoader(cfg, vocab, seq_len=seq_len, micro_batch=micro_batch, dp_rank=dp_rank,

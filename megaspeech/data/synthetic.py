@@ -16,13 +16,14 @@ TEXT, SPEECH = 0, 1
 
 class SyntheticLoader:
     def __init__(self, vocab: Vocab, seq_len: int, micro_batch: int, dp_rank: int, dp_size: int,
-                 seed: int, speech_fraction: float = 0.5):
+                 seed: int, speech_fraction: float = 0.5, document_mask: bool = False):
         self.vocab, self.seq_len, self.micro_batch = vocab, seq_len, micro_batch
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.speech_fraction = speech_fraction
+        self.document_mask = document_mask  # also emit doc_ids (as the shard packer does)
         self.batches = 0  # micro-batches yielded by this rank
 
-    def _row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v, n = self.vocab, self.seq_len + 1
         toks, mods = [], []
         while sum(map(len, toks)) < n:
@@ -39,22 +40,28 @@ class SyntheticLoader:
                 mod = np.full(len(doc), TEXT)
             toks.append(doc)
             mods.append(mod)
-        return np.concatenate(toks)[:n], np.concatenate(mods)[:n]
+        # doc index per position: 0 for the first document, +1 at each later document's first token
+        docs = np.repeat(np.arange(len(toks)), [len(t) for t in toks])
+        return np.concatenate(toks)[:n], np.concatenate(mods)[:n], docs[:n]
 
     def _batch(self, index: int) -> dict[str, torch.Tensor]:
-        rows, mods = [], []
+        rows, mods, docs = [], [], []
         for b in range(self.micro_batch):
             global_row = (index * self.dp_size + self.dp_rank) * self.micro_batch + b
             rng = np.random.default_rng([self.seed, global_row])
-            r, m = self._row(rng)
+            r, m, d = self._row(rng)
             rows.append(r)
             mods.append(m)
+            docs.append(d)
         t = torch.from_numpy(np.stack(rows)).long()
         m = torch.from_numpy(np.stack(mods)).long()
         ids = torch.tensor([[(index * self.dp_size + self.dp_rank) * self.micro_batch + b]
                             for b in range(self.micro_batch)])
-        return {"input_ids": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(t.shape[0], self.seq_len),
-                "modality": m[:, 1:], "sample_ids": ids}
+        out = {"input_ids": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(t.shape[0], self.seq_len),
+               "modality": m[:, 1:], "sample_ids": ids}
+        if self.document_mask:
+            out["doc_ids"] = torch.from_numpy(np.stack(docs)[:, :-1]).long()
+        return out
 
     def __iter__(self):
         while True:

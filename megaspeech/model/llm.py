@@ -24,6 +24,7 @@ from kernels.rmsnorm import rms_norm
 from kernels.swiglu import swiglu
 from megaspeech.config.schema import ModelConfig
 from megaspeech.parallel.layers import head_input
+from megaspeech.model.attention import BlockMask, attention_mask, document_mask, flex_causal_attention  # noqa: F401
 
 try:  # optional GPU path; computes the same causal attention as SDPA
     from flash_attn import flash_attn_func
@@ -60,7 +61,10 @@ def causal_attention(q, k, v, mask: torch.Tensor | None = None, impl: str = "aut
     """q [B, h, S, d], k/v [B, kv, S, d] -> [B, h, S, d]. `mask`: bool [B, 1, S, S] (True = attend)
     replacing the plain causal mask (document masking). impl "auto": flash-attn on CUDA half
     precision without a mask, SDPA otherwise; "sdpa" always SDPA; "flash" flash-attn or an error.
-    Both compute softmax(q k^T / sqrt(d) + causal) v."""
+    Both compute softmax(q k^T / sqrt(d) + causal) v. A FlexAttention BlockMask (megaspeech/model/
+    attention.py: document masks on CUDA or model.attention=flex) runs FlexAttention instead."""
+    if isinstance(mask, BlockMask):
+        return flex_causal_attention(q, k, v, mask)
     flash_ok = flash_attn_func is not None and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if impl == "flash" and not flash_ok:
         raise RuntimeError("model.attention=flash needs flash-attn installed (pip install -e '.[gpu]'), CUDA "
@@ -72,14 +76,6 @@ def causal_attention(q, k, v, mask: torch.Tensor | None = None, impl: str = "aut
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-
-
-def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """doc_ids [B, S] -> bool [B, 1, S, S]: causal and within the same packed document."""
-    S = doc_ids.shape[1]
-    causal = torch.ones(S, S, dtype=torch.bool, device=doc_ids.device).tril()
-    same = doc_ids[:, :, None] == doc_ids[:, None, :]
-    return (same & causal)[:, None]
 
 
 class Attention(nn.Module):
@@ -208,7 +204,7 @@ class DecoderLM(nn.Module):
     def forward(self, input_ids: torch.Tensor | None, doc_ids: torch.Tensor | None = None,
                 embeds: torch.Tensor | None = None) -> torch.Tensor:
         """embeds [S, B, H] (e.g. megaspeech.model.bridge.splice) replaces the token embedding."""
-        mask = document_mask(doc_ids) if doc_ids is not None else None
+        mask = attention_mask(doc_ids, self.blocks[0].attn.impl)  # once per forward, shared by the blocks
         x = self.embedding(input_ids) if embeds is None else embeds
         for block in self.blocks:
             x = block(x, mask)

@@ -30,7 +30,9 @@ def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
         model = DecoderLM(cfg.model, f, vocab, cfg.run.seed)
     else:
         from deepspeed.pipe import LayerSpec, PipelineModule
-        specs = [LayerSpec(cls, *args) for cls, args in layer_specs(cfg.model, f, vocab)]
+        from megaspeech.parallel.pipe_layers import DOC_LAYERS
+        swap = DOC_LAYERS if cfg.data.document_mask else {}  # doc_ids travel beside the activations
+        specs = [LayerSpec(swap.get(cls, cls), *args) for cls, args in layer_specs(cfg.model, f, vocab)]
         # seed_fn(base_seed + global layer id) before each layer: the same seeding as DecoderLM.
         model = PipelineModule(layers=specs, loss_fn=loss_fn, topology=pipeline_topology(layout),
                                partition_method="type:Block", seed_layers=True, seed_fn=torch.manual_seed,
@@ -40,7 +42,7 @@ def build_model(cfg: PretrainConfig, layout: Layout, loss_fn=None) -> nn.Module:
     if cfg.parallel.sequence_parallel:
         reduce_sequence_parallel_grads(model)
     checkpoint_blocks(model, cfg.train.activation_checkpointing, cfg.model.num_layers)
-    if cfg.train.compile:
+    if cfg.train.compile_enabled("cuda" if torch.cuda.is_available() else "cpu"):
         for block in blocks_by_layer_id(model).values():
             block.compile()
     return model

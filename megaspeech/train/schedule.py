@@ -25,12 +25,14 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return fn
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
-    """AdamW without weight decay on norms and biases; returns (optimizer, LambdaLR)."""
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int, fused: bool = False):
+    """AdamW without weight decay on norms and biases; returns (optimizer, LambdaLR). `fused`: torch's
+    single-kernel AdamW (the trainer asks for it on CUDA; the parameters may still be on the host
+    here, DeepSpeed moves them and the same Parameter objects, before the first step)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))

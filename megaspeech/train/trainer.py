@@ -17,6 +17,7 @@ from megaspeech import accounting
 from megaspeech.config.deepspeed import deepspeed_config
 from megaspeech.config.schema import PretrainConfig
 from megaspeech.data.loader import build_train_loader
+from megaspeech.data.prefetch import Prefetcher, StepData, read_step
 from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout, MegatronMPU
 from megaspeech.train import checkpoint as ckpt
@@ -51,7 +52,8 @@ class Trainer:
         if cfg.model.init_from_hf and not self.task:
             from megaspeech.model.hf import init_from_hf
             init_from_hf(model, cfg, layout)
-        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+        # fused AdamW on CUDA: one kernel per step instead of ~a dozen elementwise passes per tensor
+        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps, fused=self.device.type == "cuda")
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, layout.world), mpu=MegatronMPU() if layout.pp == 1 else None)
@@ -66,7 +68,9 @@ class Trainer:
         self._stop_signal = 0
         # Fault-injection hook for tests: a NaN loss at this step (pipeline=1 only).
         self._nan_step = int(os.environ.get("MEGASPEECH_INJECT_NAN_STEP", "0"))
-        self._data_iter = None
+        self._data_iter = None  # synchronous reads (train.prefetch=0)
+        self._prefetch: Prefetcher | None = None
+        self._consumed: StepData | None = None  # the last step's data, whose loader state a checkpoint holds
         self._val_batches = None  # built on first use (eval.sources read once)
 
     # ---- resumable state -------------------------------------------------------------------
@@ -85,7 +89,7 @@ class Trainer:
                   "vocab": cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout),
                   # TP slicing rules for DeepSpeed's universal-checkpoint converter (resharding)
                   "universal_checkpoint_info": ckpt.universal_checkpoint_info(cfg.padded_vocab_size())}
-        rank_state = {"rng": ckpt.rng_state(), "data": self.loader.state_dict(), "dp_rank": self.layout.dp_rank}
+        rank_state = {"rng": ckpt.rng_state(), "data": self.data_state(), "dp_rank": self.layout.dp_rank}
         meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
         return ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, cfg.checkpoint.keep,
@@ -128,26 +132,39 @@ class Trainer:
         if self.is_logger:
             log.info("resumed from %s at step %d", root / tag, self.step)
 
+    def data_state(self):
+        """The loader position after the last consumed step (prefetched batches are not consumed)."""
+        return self._consumed.state if self._consumed is not None else self.loader.state_dict()
+
     # ---- training ----------------------------------------------------------------------------
-    def _all_reduce(self, t: torch.Tensor, group=None, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    def _all_reduce(self, t: torch.Tensor, group=None, op=dist.ReduceOp.SUM, to_host: bool = True) -> torch.Tensor:
         t = t.to(self.device)
         dist.all_reduce(t, op=op, group=group)
-        return t.cpu()
+        return t.cpu() if to_host else t
 
-    def train_step(self, micro_batches: list[dict]) -> dict:
-        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
+    def train_step(self, micro_batches: list[dict], local_tokens: float | None = None) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics.
+
+        The step reads no device value until its end (one host synchronization, for the metrics):
+        the global token count stays a device tensor inside the loss scale, the batches are copied
+        without blocking (pinned by the prefetcher), the per-modality sums are read once."""
         from megatron.core import parallel_state as ps
         lay = self.layout
-        local_tokens = sum(float(b["loss_mask"].sum()) for b in micro_batches)
-        global_tokens = float(self._all_reduce(torch.tensor([local_tokens], dtype=torch.float64),
-                                               ps.get_data_parallel_group())[0])
-        self.loss_fn.begin_step(global_tokens, self.grad_accum, lay.dp)
+        if local_tokens is None:  # host tensors: no device synchronization
+            local_tokens = float(sum(b["loss_mask"].sum(dtype=torch.float64) for b in micro_batches))
+        global_tokens = self._all_reduce(torch.tensor(local_tokens, dtype=torch.float64),
+                                         ps.get_data_parallel_group(), to_host=False)
+        self.loss_fn.begin_step(1.0, self.grad_accum, lay.dp)  # zeroes the sums; the scale is set next
+        # = grad_accum * dp / max(global_tokens, 1), kept on the device (the loss multiplies by it)
+        self.loss_fn.scale = (self.grad_accum * lay.dp) / global_tokens.clamp(min=1.0)
         if self.task:
             self.task.begin_step()
         lr = self.engine.optimizer.param_groups[0]["lr"]
-        dev = lambda b, k: b[k].to(self.device)  # noqa: E731
+        dev = lambda b, k: b[k].to(self.device, non_blocking=True)  # noqa: E731
         if lay.pp > 1:
-            batches = [(dev(b, "input_ids"), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+            inputs = (lambda b: (dev(b, "input_ids"), dev(b, "doc_ids"))) if self.cfg.data.document_mask \
+                else (lambda b: dev(b, "input_ids"))
+            batches = [(inputs(b), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
                        for b in micro_batches]
             self.engine.train_batch(data_iter=iter(batches))
         else:
@@ -189,9 +206,10 @@ class Trainer:
         dev = lambda b, k: b[k].to(self.device)  # noqa: E731
         for group in self._val_batches:
             if lay.pp > 1:
-                self.engine.eval_batch(iter([(dev(b, "input_ids"), (dev(b, "labels"), dev(b, "loss_mask"),
-                                                                   dev(b, "modality"))) for b in group]),
-                                       num_micro_batches=len(group))
+                inputs = (lambda b: (dev(b, "input_ids"), dev(b, "doc_ids"))) if self.cfg.data.document_mask \
+                    else (lambda b: dev(b, "input_ids"))
+                self.engine.eval_batch(iter([(inputs(b), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                                             for b in group]), num_micro_batches=len(group))
                 continue
             self.engine.module.eval()
             with torch.no_grad():
@@ -209,22 +227,40 @@ class Trainer:
             out[f"val_loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
         return out
 
-    def _next_micro_batches(self) -> list[dict]:
-        """The next step's micro-batches; None (on every rank) once any rank's data is exhausted."""
-        if self._data_iter is None:
-            self._data_iter = iter(self.loader)
+    def _next_step_data(self) -> StepData | None:
+        """This step's micro-batches: from the prefetch thread (train.prefetch > 0) or read now. None
+        (on every rank) once any rank's data is exhausted."""
+        pin = self.device.type == "cuda"
         try:
-            batches = [next(self._data_iter) for _ in range(self.grad_accum)]
+            if self.cfg.train.prefetch > 0:
+                if self._prefetch is None:  # started lazily: after maybe_resume positioned the loader
+                    self._prefetch = Prefetcher(self.loader, self.grad_accum, self.cfg.train.prefetch, pin)
+                data = self._prefetch.next()
+            else:
+                if self._data_iter is None:
+                    self._data_iter = iter(self.loader)
+                data = read_step(self._data_iter, self.loader, self.grad_accum, pin)
         except StopIteration:
-            batches = None
+            data = None
         # ranks must agree before the step's collectives, or the ones with data would wait forever
-        if self._all_reduce(torch.tensor([batches is None], dtype=torch.int32), op=dist.ReduceOp.MAX).item():
+        if self._all_reduce(torch.tensor([data is None], dtype=torch.int32), op=dist.ReduceOp.MAX).item():
             return None
+        self._consumed = data
+        batches = data.batches
         if os.environ.get("MEGASPEECH_LOG_SAMPLES"):  # test hook: sample ids per step, per rank
             ids = [int(i) for b in batches for i in b["sample_ids"].flatten() if i >= 0]
             with open(self.run_dir / f"samples_rank{self.layout.rank}.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": self.step + 1, "sample_ids": ids}) + "\n")
-        return batches
+        return data
+
+    def _next_micro_batches(self) -> list[dict] | None:
+        data = self._next_step_data()
+        return None if data is None else data.batches
+
+    def close_data(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
 
     def _end_of_data(self) -> None:
         """The data ran out before train.steps (every source had `epochs` set): save and stop."""
@@ -243,6 +279,12 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self) -> None:
+        try:
+            self._fit()
+        finally:  # also on errors (non-finite loss, data errors): stop the prefetch thread
+            self.close_data()
+
+    def _fit(self) -> None:
         cfg = self.cfg
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle_signal)
@@ -254,12 +296,12 @@ class Trainer:
         tokens_per_step = cfg.train.global_batch * cfg.train.seq_len
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
-            micro_batches = self._next_micro_batches()
-            if micro_batches is None:
+            data = self._next_step_data()
+            if data is None:
                 self._end_of_data()
                 break
             t_data = time.perf_counter() - t0
-            out = self.train_step(micro_batches)
+            out = self.train_step(data.batches, data.tokens)
             dt = time.perf_counter() - t0
             self.step += 1
             self.consumed_samples += cfg.train.global_batch
@@ -271,8 +313,7 @@ class Trainer:
                       "mfu": self.flops_per_token * tps / (self.peak * self.layout.world),
                       "consumed_samples": self.consumed_samples, "consumed_tokens": self.consumed_tokens,
                       "skipped_steps": self.skipped_steps, "data_wait_s": t_data, "step_time_s": dt}
-            if hasattr(self.loader, "stats"):
-                record.update(self.loader.stats())
+            record.update(data.stats)  # the loader's counters as of this step's batches
             if cfg.eval.interval and self.step % cfg.eval.interval == 0:
                 record.update(self.validate())
             if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.steps or "val_loss" in record:
