@@ -48,3 +48,27 @@ def test_story_and_word_items_on_real_text():
         w, nw = it["endings"]
         assert len(w) == len(nw) and nw not in lexicon and sum(a != b for a, b in zip(w, nw)) == 2
     assert tasks.word_items(docs, 50, 0) == words  # seeded
+
+
+def test_greedy_batched_equals_one_at_a_time():
+    """Batched, right-padded greedy generation gives each prompt's own unbatched greedy tokens."""
+    import torch
+
+    from megaspeech.config.schema import ModelConfig
+    from megaspeech.eval.lm import CheckpointLM, greedy
+    from megaspeech.model.llm import DecoderLM
+    from megaspeech.parallel.layers import TorchLayers
+    from megaspeech.vocab import Vocab
+    lm = object.__new__(CheckpointLM)
+    lm.vocab = Vocab(text_size=200, speech_size=50)
+    cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_heads=4, num_kv_heads=2, init_std=0.5)
+    lm.model = DecoderLM(cfg, TorchLayers(), lm.vocab.padded_size(64), seed=1).eval()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 200, n) for n in (3, 9, 1, 6)]
+    out = greedy(lm, prompts, 6, [lm.vocab.eos_id], allowed=torch.arange(200), batch_size=3)
+    for p, o in zip(prompts, out):
+        seq = list(p)
+        for _ in range(len(o)):
+            ids = torch.tensor([seq])
+            seq.append(int(lm.logits(ids, torch.ones_like(ids, dtype=torch.bool))[0, -1, :200].argmax()))
+        assert list(o) == seq[len(p):] and len(o) == 6  # (this random model never picks <|eos|> within 6 tokens)
