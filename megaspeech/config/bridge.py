@@ -60,3 +60,8 @@ class BridgeConfig:
         check(not (self.lasyn_ratio > 0 and not self.lasyn), "bridge.lasyn",
               "bridge.lasyn_ratio > 0 needs a synthesizer checkpoint: set bridge.lasyn=PATH (launch/train_lasyn.py)")
         check(self.max_text_tokens >= 4, "bridge.max_text_tokens", "must be >= 4")
+        check(self.encoder_dim >= 1, "bridge.encoder_dim", "must be >= 1")
+        check(self.projector_hidden is None or self.projector_hidden >= 1, "bridge.projector_hidden",
+              "must be >= 1, or null for the LM hidden size")
+        check(self.lora_alpha > 0, "bridge.lora_alpha", "must be > 0")
+        check(self.max_seconds > 0, "bridge.max_seconds", "must be > 0")
