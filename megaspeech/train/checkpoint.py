@@ -48,16 +48,19 @@ log = logging.getLogger(__name__)
 # converter the way Megatron-DeepSpeed does, and used by `full_state_dict` for export. Everything
 # not listed is column-parallel: slices concatenate on dim 0 (the fused QKV is laid out per KV group,
 # so its dim-0 slices are whole groups and concatenate back in order).
-TP_REPLICATED = [r".*norm\.weight$", r"^(encoder|bridge)\."]  # task: bridge keeps these whole on every TP rank
+BRIDGE_REPLICATED = r"^(encoder|bridge)\."  # task: bridge keeps these whole on every TP rank
+TP_REPLICATED = [r".*norm\.weight$", BRIDGE_REPLICATED]
 TP_ROW_PARALLEL = [r".*attn\.proj\.weight$", r".*mlp\.down\.weight$"]
 TP_VOCAB = [r".*embed\.weight$", r".*out\.weight$"]
 
 
-def universal_checkpoint_info(padded_vocab: int) -> dict:
+def universal_checkpoint_info(padded_vocab: int, bridge: bool = False) -> dict:
     """The `universal_checkpoint_info` client state `ds_to_universal` needs. The padded vocab is the
-    same at every layout (cfg.padded_vocab_size()), so nothing is stripped or re-padded."""
+    same at every layout (cfg.padded_vocab_size()), so nothing is stripped or re-padded. The converter
+    refuses a pattern that matches no parameter, so the bridge's pattern is declared for its task only."""
+    replicated = [p for p in TP_REPLICATED if bridge or p != BRIDGE_REPLICATED]
     return {"universal_checkpoint_version": 0.2,
-            "tp_replicated_parameter_patterns": TP_REPLICATED,
+            "tp_replicated_parameter_patterns": replicated,
             "parameter_with_row_parallelism_patterns": TP_ROW_PARALLEL,
             "vocabulary_parameter_patterns": TP_VOCAB,
             "original_vocab_size": padded_vocab, "padded_vocab_size": padded_vocab}

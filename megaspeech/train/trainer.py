@@ -88,7 +88,7 @@ class Trainer:
         client = {"trainer": self.state_dict(), "config": dataclasses.asdict(cfg),
                   "vocab": cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout),
                   # TP slicing rules for DeepSpeed's universal-checkpoint converter (resharding)
-                  "universal_checkpoint_info": ckpt.universal_checkpoint_info(cfg.padded_vocab_size())}
+                  "universal_checkpoint_info": ckpt.universal_checkpoint_info(cfg.padded_vocab_size(), bridge=cfg.task == "bridge")}
         rank_state = {"rng": ckpt.rng_state(), "data": self.data_state(), "dp_rank": self.layout.dp_rank}
         meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
