@@ -43,8 +43,9 @@ def export_bridge(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     from megaspeech.config.load import to_dict
-    from megaspeech.model.hf_export import write_hf
+    from megaspeech.model.hf_export import MARKER, check_export_target, replace_export, write_hf
     from megaspeech.model.speech_lm import merged_lm
+    check_export_target(out_dir, ckpt_dir)  # never replaces what megaspeech did not write
     model, cfg = load_bridge(ckpt_dir)
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -55,6 +56,5 @@ def export_bridge(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     save_file(front, str(tmp / "speech.safetensors"))
     d = to_dict(cfg)
     (tmp / "bridge.json").write_text(json.dumps({k: d[k] for k in ("model", "vocab", "bridge", "run")}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    (tmp / MARKER).write_text("written by megaspeech.model.bridge_export; this directory may be replaced by the next export\n")
+    return replace_export(tmp, out)

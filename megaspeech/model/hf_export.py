@@ -152,9 +152,16 @@ def write_hf(sd: dict[str, torch.Tensor], m: ModelConfig, vocab: Vocab, out_dir:
     except BaseException:  # a failed export leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    check_export_target(out)  # again: nothing else may have appeared there meanwhile
+    return replace_export(tmp, out)
+
+
+def replace_export(tmp: Path, out: Path) -> Path:
+    """Move the complete export `tmp` (holding MARKER) to `out`: a previous export there is moved aside
+    and deleted only once replaced; anything else there is refused (checked again: nothing else may
+    have appeared meanwhile)."""
+    check_export_target(out)
     old = out.with_name(out.name + f".old{os.getpid()}")
-    if out.is_dir() and any(out.iterdir()):  # a previous export (checked): moved aside, deleted once replaced
+    if out.is_dir() and any(out.iterdir()):
         os.replace(out, old)
     elif out.is_dir():
         out.rmdir()

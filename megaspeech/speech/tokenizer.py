@@ -102,6 +102,9 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     """Write a tokenizer directory atomically (temp dir, then rename). trained_on: what it was trained
     on (data, hours, voices, steps), kept as trained_on.json."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / "tokenizer.json").is_file() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not a speech tokenizer directory (no tokenizer.json): "
+                              f"megaspeech never replaces what it did not write; choose another directory")
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "whisper").mkdir(parents=True)
@@ -112,7 +115,7 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     (tmp / "tokenizer.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     if trained_on is not None:
         (tmp / "trained_on.json").write_text(json.dumps(trained_on, indent=1))
-    if out_dir.exists():
+    if out_dir.exists():  # a previous tokenizer (checked above): moved aside, deleted once replaced
         old = out_dir.with_name(out_dir.name + f".old{os.getpid()}")
         os.replace(out_dir, old)
         os.replace(tmp, out_dir)

@@ -68,3 +68,27 @@ def test_missing_model_file_hint_matches_the_zero_stage(base_run, tmp_path):
         ckpt.full_state_dict(step)
     assert "mp_rank_00_model_states.pt is missing" in str(e.value) and "ZeRO-3" not in str(e.value)
     shutil.rmtree(step)
+
+
+def test_bridge_export_refuses_what_it_did_not_write(base_run, tmp_path):
+    """The bridge export (launch/export_bridge.py) follows the same rule as the HF export: a user's
+    directory is refused before any checkpoint is read, and left as it was."""
+    from megaspeech.model.bridge_export import export_bridge
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("user data")
+    with pytest.raises(ValueError, match=f"out={out} is not empty and is not a previous export"):
+        export_bridge(base_run / "checkpoints" / "step00000004", out)
+    assert (out / "notes.txt").read_text() == "user data"
+    with pytest.raises(ValueError, match="inside"):
+        export_bridge(base_run / "checkpoints" / "step00000004", base_run / "export")
+
+
+def test_speech_tokenizer_save_refuses_a_directory_that_is_not_a_tokenizer(tmp_path):
+    from megaspeech.speech.tokenizer import save_tokenizer
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "notes.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not a speech tokenizer directory"):
+        save_tokenizer(out, model=None, cfg=None, whisper=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"] and (out / "notes.txt").read_text() == "user data"
