@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from megaspeech.config.schema import ModelConfig
+from megaspeech.fs import swap_dir
 from megaspeech.model.hf import adapter_for
 from megaspeech.train.checkpoint import full_state_dict
 from megaspeech.vocab import Vocab
@@ -160,11 +161,4 @@ def replace_export(tmp: Path, out: Path) -> Path:
     and deleted only once replaced; anything else there is refused (checked again: nothing else may
     have appeared meanwhile)."""
     check_export_target(out)
-    old = out.with_name(out.name + f".old{os.getpid()}")
-    if out.is_dir() and any(out.iterdir()):
-        os.replace(out, old)
-    elif out.is_dir():
-        out.rmdir()
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return swap_dir(tmp, out)

@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from megaspeech.fs import swap_dir
+
 
 def default_dir() -> Path:
     """$MEGASPEECH_CACHE/smollm2 (default ~/.cache/megaspeech/smollm2)."""
@@ -52,14 +54,7 @@ def convert_gguf(gguf: str | Path, out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    if out.exists():  # only ever a previous conversion: config.json checked by the caller
-        old = out.with_name(out.name + f".old{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-    return out
+    return swap_dir(tmp, out)  # only ever a previous conversion there: config.json checked by the caller
 
 
 def smollm2_dir(out: str | Path | None = None) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.load import check
+from megaspeech.fs import swap_dir
 from megaspeech.speech.audio import POOLS, AudioError, log_mel, max_token_samples, num_tokens
 from megaspeech.speech.tokenizer_model import SpeechTokenizer
 from megaspeech.speech.whisper_ct2 import Whisper, load_whisper
@@ -115,13 +116,7 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     (tmp / "tokenizer.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     if trained_on is not None:
         (tmp / "trained_on.json").write_text(json.dumps(trained_on, indent=1))
-    if out_dir.exists():  # a previous tokenizer (checked above): moved aside, deleted once replaced
-        old = out_dir.with_name(out_dir.name + f".old{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
+    swap_dir(tmp, out_dir)  # a previous tokenizer there (checked above) is replaced
 
 
 def codebook_size(path: str | Path) -> int:
