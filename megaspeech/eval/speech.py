@@ -1,7 +1,7 @@
 """Spoken versions of evaluation texts: TTS voices (megaspeech.speech.tts) -> speech tokenizer codes.
 
 Each text gets one voice, chosen by a hash of the text among the suite's `voices`, which must be
-voices training speech never used (megaspeech.speech.tts.all_voices() is the training list). Codes
+voices training speech never used (megaspeech.speech.tts.training_voices(); EVAL_VARIANTS are kept out of it). Codes
 are cached in OUT/speech_codes.npz (+ .json keys), keyed by tokenizer dir, voice and text, written
 atomically and read without pickle, so a re-run of the suite synthesizes nothing twice.
 """
@@ -19,11 +19,12 @@ from megaspeech.config.load import ConfigError
 
 
 def check_unseen_voices(voices: list[str]) -> None:
-    from megaspeech.speech.tts import all_voices
-    seen = sorted(set(voices) & set(all_voices()))
+    from megaspeech.speech.tts import EVAL_VARIANTS, training_voices
+    seen = sorted(set(voices) & training_voices())
     if seen:
-        raise ConfigError(f"voices: {seen[0]} is a voice training speech uses (megaspeech.speech.tts.all_voices()); "
-                          f"pick voices the tokenizer and models never heard, e.g. espeak:en-us+m7")
+        raise ConfigError(f"voices: {seen[0]} is a voice training speech uses (megaspeech.speech.tts.all_voices); "
+                          f"pick espeak-ng voices with a variant no training set uses, {EVAL_VARIANTS}, "
+                          f"e.g. espeak:en-us+m7")
 
 
 class SpeechCodes:

@@ -70,6 +70,7 @@ class PretrainSection(StageSection):
 @dataclass
 class EvalSection:
     suite: str = ""  # megaspeech.eval suite config; "" = held-out losses only
+    overrides: list[str] = field(default_factory=list)  # on the suite config (item counts, directions...)
     heldout_limit: int = 200  # held-out pairs scored for the text / speech / ASR / TTS losses
     batch_size: int = 8
 

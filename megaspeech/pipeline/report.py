@@ -33,6 +33,9 @@ def write_report(run: Path, done: dict[str, dict], cfg, variant: str = "") -> di
             if f"heldout_loss_{k}" in ev:
                 lo, hi = ev[f"heldout_loss_{k}_ci95"]
                 lines.append(f"| {k} | {ev[f'heldout_loss_{k}']:.4f} | [{lo:.4f}, {hi:.4f}] |")
+        suite = ev.get("suite")
+        lines += ["", "## Evaluation suite (megaspeech.eval)", "",
+                  suite["table"] if isinstance(suite, dict) else str(suite)]
     _atomic(run / f"{name}.md", "\n".join(lines) + "\n")
     return report
 
@@ -40,6 +43,8 @@ def write_report(run: Path, done: dict[str, dict], cfg, variant: str = "") -> di
 def _fmt_metrics(m: dict) -> str:
     out = []
     for k, v in m.items():
+        if k == "suite":  # its own section
+            continue
         if isinstance(v, float):
             out.append(f"{k}={v:.4g}")
         elif isinstance(v, dict):

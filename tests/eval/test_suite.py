@@ -136,3 +136,19 @@ def test_thousand_item_task_under_a_minute(planted, docs_dir, tmp_path):
         torch.set_num_threads(threads)
     assert res["n"] == 1000 and cpu < 60, f"{cpu:.1f} s CPU ({dt:.1f} s wall)"
     print(f"1000 items: {cpu:.1f} s CPU, {dt:.1f} s wall ({res['items_per_s']:.0f} items/s)")
+
+
+def test_speech_corpus_never_reads_the_suites_heldout_documents(tmp_path):
+    """The TTS corpus's training split and the suite's held-out SOTU addresses are disjoint, and a
+    speech corpus written from held-out addresses is refused by the contamination check (its `doc`)."""
+    from megaspeech.eval.heldout import check_not_in_training
+    from megaspeech.speech.corpus import CorpusConfig, build_corpus, sotu_sentences
+    suite, c = SuiteConfig(), CorpusConfig()
+    held = [n for n, _ in heldout_documents(suite.corpus, suite.heldout_docs)]
+    train_docs = {f"sotu/{d}" for d, _ in sotu_sentences("train", c.heldout_addresses, c.min_words, c.max_words)}
+    assert len(train_docs) > 100 and not train_docs & set(held)
+    cfg = dataclasses.replace(c, out_dir=str(tmp_path / "speech"), split="heldout", utterances=2, part_size=2,
+                              hibari_fraction=0.0, flite_fraction=0.0)
+    build_corpus(cfg)
+    with pytest.raises(ContaminationError, match="is in the training dataset"):
+        check_not_in_training(held, [cfg.out_dir])
