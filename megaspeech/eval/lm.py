@@ -47,6 +47,11 @@ class CheckpointLM:
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.head(h).float()
 
+    def decoder(self, out_rows: torch.Tensor | None = None):
+        """KV-cached incremental decoding (prefill / step / keep) over the `out_rows` head rows."""
+        from megaspeech.synth.generate import KVCacheLM
+        return KVCacheLM(self.model, out_rows)
+
 
 class HFLM:
     kind = "hf"
@@ -71,6 +76,51 @@ class HFLM:
     @torch.no_grad()
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(h).float()
+
+    def decoder(self, out_rows: torch.Tensor | None = None):
+        return HFDecoder(self.model, out_rows)
+
+
+class HFDecoder:
+    """KV-cached incremental decoding of a transformers causal LM (its own DynamicCache), with the
+    interface of synth.generate.KVCacheLM: left-padded prefill, one-token steps, dropping finished
+    rows; logits over the `out_rows` rows of the head only."""
+
+    def __init__(self, model, out_rows: torch.Tensor | None = None):
+        self.model = model
+        w = model.lm_head.weight.detach()
+        self.w_out = w if out_rows is None else w[out_rows].contiguous()
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.w_out).float()
+
+    def _run(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = self.model.model(input_ids=ids, attention_mask=self.attn, position_ids=pos,
+                               past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[torch.Tensor], max_new: int) -> torch.Tensor:
+        from transformers import DynamicCache
+        B, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        self.attn = torch.zeros(B, T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, T - len(p):], self.attn[i, T - len(p):] = p, 1
+        pos = (self.attn.cumsum(1) - 1).clamp(min=0)
+        self.cache, self.pos = DynamicCache(), pos[:, -1]
+        return self._logits(self._run(ids, pos))
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self.attn = torch.cat([self.attn, torch.ones(len(ids), 1, dtype=torch.long)], 1)
+        self.pos = self.pos + 1
+        return self._logits(self._run(ids[:, None], self.pos[:, None]))
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attn, self.pos = self.attn[rows], self.pos[rows]
 
 
 def _find(sp: str | None) -> str | None:
@@ -127,41 +177,49 @@ def loglikelihoods(lm, prompts: list[np.ndarray], conts: list[np.ndarray], batch
 
 
 @torch.no_grad()
-def greedy(lm, prompts: list[np.ndarray], max_new: int, stop_ids: list[int], allowed: torch.Tensor | None = None,
-           batch_size: int = 32) -> list[np.ndarray]:
-    """Greedy continuation of each prompt until a stop id (not returned) or max_new tokens. `allowed`:
-    vocabulary ids generation is restricted to (stop ids are always allowed). Each step re-runs the
-    right-padded batch (no KV cache: works the same for both backends; answers are short)."""
-    stop = torch.tensor(stop_ids)
-    out: list[np.ndarray | None] = [None] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for j in range(0, len(order), batch_size):
+def greedy(lm, prompts: list[np.ndarray], max_new, stop_ids: list[int], allowed: torch.Tensor | None = None,
+           batch_size: int = 32, min_new=0) -> list[np.ndarray]:
+    """Greedy continuation of each prompt with the backend's KV cache (`lm.decoder`), until a stop id
+    (not returned) or max_new tokens. `allowed`: vocabulary ids generation is restricted to (stop ids
+    are always allowed; the head runs on those rows only). max_new / min_new: one int or one per
+    prompt; a stop id is refused before min_new tokens (synth.generate's length rule for speech)."""
+    n = len(prompts)
+    hi = np.broadcast_to(np.asarray(max_new, np.int64), (n,))
+    lo = np.broadcast_to(np.asarray(min_new, np.int64), (n,))
+    stop = torch.tensor(stop_ids, dtype=torch.long)
+    rows = None if allowed is None else torch.cat([torch.as_tensor(allowed, dtype=torch.long), stop])
+    stop_cols = stop if rows is None else torch.arange(len(rows) - len(stop), len(rows))
+    dec = lm.decoder(rows)
+    out: list[np.ndarray | None] = [None] * n
+    order = sorted(range(n), key=lambda i: -len(prompts[i]))
+    for j in range(0, n, batch_size):
         idx = order[j:j + batch_size]
-        seqs = [list(np.asarray(prompts[i], np.int64)) for i in idx]
-        gen: list[list[int]] = [[] for _ in idx]
-        live = list(range(len(idx)))
-        for _ in range(max_new):
-            if not live:
+        b_hi, b_lo = torch.as_tensor(hi[idx].copy()), torch.as_tensor(lo[idx].copy())
+        gen = torch.zeros(len(idx), max(int(b_hi.max()), 1), dtype=torch.long)
+        count = torch.zeros(len(idx), dtype=torch.long)
+        done = b_hi <= 0
+        alive = torch.arange(len(idx))  # batch row of each decoder row
+        logits = dec.prefill([torch.as_tensor(np.asarray(prompts[i], np.int64)) for i in idx], int(b_hi.max()))
+        while not bool(done.all()):
+            c = count[alive]
+            logits[:, stop_cols] = logits[:, stop_cols].masked_fill((c < b_lo[alive])[:, None], float("-inf"))
+            col = logits.argmax(-1)
+            tok = col if rows is None else rows[col]
+            ends = torch.isin(tok, stop)
+            live = ~ends & ~done[alive]
+            gen[alive[live], c[live]] = tok[live]
+            count[alive[live]] += 1
+            done[alive] |= ends | (count[alive] >= b_hi[alive])
+            d = done[alive]
+            if bool(d.all()):
                 break
-            ids, attn = _pad([np.asarray(seqs[r]) for r in live], lm.vocab.pad_id)
-            h = lm.hidden(ids, attn)
-            last = lm.head(h[torch.arange(len(live)), attn.sum(1) - 1])  # the head on each row's last token only
-            if allowed is not None:
-                keep = torch.full_like(last, float("-inf"))
-                cols = torch.cat([allowed, stop])
-                keep[:, cols] = last[:, cols]
-                last = keep
-            nxt = last.argmax(-1)
-            still = []
-            for r, t in zip(live, nxt.tolist()):
-                if t in stop_ids:
-                    continue
-                seqs[r].append(t)
-                gen[r].append(t)
-                still.append(r)
-            live = still
+            if int(d.sum()) * 4 >= len(alive):  # compact: finished rows leave the cache
+                keep = (~d).nonzero()[:, 0]
+                dec.keep(keep)
+                alive, tok = alive[keep], tok[keep]
+            logits = dec.step(tok)
         for r, i in enumerate(idx):
-            out[i] = np.asarray(gen[r], np.int64)
+            out[i] = gen[r, :count[r]].numpy()
     return out
 
 

@@ -9,9 +9,10 @@ choice; an exact tie counts 0.5. Continuations include their span markers (a spo
 Prompts, in the formats the model was trained on (megaspeech.data.packing, synth.interleave/speech_qa):
   story   <|bos|> span(context) | span(ending)          span(x) = text ids, or the speech span of x
   word    <|bos|> | span(word)
-  qa      <|user|> span(passage) question-ids <|assistant|>  -> greedy text until <|eos|>
+  qa      <|user|> span(passage) span(question) <|assistant|>  -> greedy text until <|eos|>
+          (S->T: passage and question spoken, GLM-4-Voice's spoken QA; T->T: both written)
   asr     <|begin_of_speech|> codes <|end_of_speech|>   -> greedy text until <|eos|>
-  tts     <|bos|> text <|begin_of_speech|>              -> codes (synth.generate.SpeechGenerator; checkpoints)
+  tts     <|bos|> text <|begin_of_speech|>              -> codes (SpeechGenerator's greedy length rule)
 Directions X->Y: X is the modality of the prompt (context / passage), Y of the candidates or answer.
 """
 from __future__ import annotations
@@ -84,14 +85,20 @@ def two_choice(ctx: Context, items: list[dict], direction: str) -> dict:
     return {**accuracy(scores), "items_per_s": len(items) / (time.perf_counter() - t0)}
 
 
+def spoken(question: str) -> str:
+    """A question as TTS reads it: the cloze blank as a word."""
+    return question.replace("___", "blank")
+
+
 def qa(ctx: Context, items: list[dict], direction: str) -> tuple[list[dict], list[str]]:
     src = direction.split("->")[0]
-    if src == "S":
-        ctx.need_speech([it["passage"] for it in items])
+    if src == "S":  # passage and question both spoken (a cloze blank is read as the word "blank")
+        ctx.need_speech([it["passage"] for it in items] + [spoken(it["question"]) for it in items])
     t0 = time.perf_counter()
     v = ctx.v
     user, asst = v.special("<|user|>"), v.special("<|assistant|>")
-    prompts = [np.concatenate([[user], ctx.span(it["passage"], src), ctx.tok.encode(" " + it["question"]), [asst]])
+    question = (lambda q: ctx.span(spoken(q), "S")) if src == "S" else (lambda q: ctx.tok.encode(" " + q))
+    prompts = [np.concatenate([[user], ctx.span(it["passage"], src), question(it["question"]), [asst]])
                for it in items]
     outs = greedy(ctx.lm, prompts, ctx.suite.max_answer_tokens, [v.eos_id, v.bos_id, user],
                   allowed=torch.arange(v.text_size), batch_size=ctx.suite.batch_size)
@@ -116,12 +123,30 @@ def asr(ctx: Context, items: list[dict]) -> tuple[dict, list[str]]:
     return {**wer_result(errs[:, 0], errs[:, 1], ctx.suite.seed), "items_per_s": len(refs) / (time.perf_counter() - t0)}, hyps
 
 
+class GreedySpeech:
+    """Text -> speech codes on either backend: synth.generate.SpeechGenerator's greedy rule (speech
+    codes and <|end_of_speech|> only, the end refused before and forced at the length limits of
+    GenerationConfig) through eval.lm.greedy's KV cache; the SpeechGenerator.generate protocol."""
+
+    def __init__(self, lm, batch_size: int):
+        from megaspeech.synth.generate import GenerationConfig
+        self.lm, self.batch_size, self.cfg = lm, batch_size, GenerationConfig()
+
+    def generate(self, texts: list[np.ndarray], n_words: list[int]) -> list[np.ndarray]:
+        v = self.lm.vocab
+        lims = [self.cfg.length_limits(w) for w in n_words]
+        prompts = [np.concatenate([[v.bos_id], np.asarray(t, np.int64), [v.bos_speech_id]]) for t in texts]
+        codes = greedy(self.lm, prompts, [hi for _, hi in lims], [v.eos_speech_id],
+                       allowed=torch.arange(v.speech_offset, v.speech_offset + v.speech_size),
+                       batch_size=self.batch_size, min_new=[lo for lo, _ in lims])
+        return [c - v.speech_offset for c in codes]
+
+
 def tts(ctx: Context, items: list[dict]) -> dict:
     from megaspeech.synth.evaluate import generated_wer
-    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
     t0 = time.perf_counter()
-    gen = SpeechGenerator(ctx.lm.model, ctx.v, GenerationConfig(batch_size=ctx.suite.batch_size))
-    r = generated_wer(gen, ctx.tok, ctx.suite.speech_tokenizer, [it["text"] for it in items])
+    r = generated_wer(GreedySpeech(ctx.lm, ctx.suite.batch_size), ctx.tok, ctx.suite.speech_tokenizer,
+                      [it["text"] for it in items])
     # generated_wer gives no per-utterance errors: the interval is not bootstrapped here
     return {"metric": "WER", "value": r["wer"], "n": r["utterances"], "ci95": [float("nan")] * 2,
             "items_per_s": len(items) / (time.perf_counter() - t0), "examples": r["examples"]}
@@ -198,7 +223,11 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
         for d in speech_dirs(suite.word_directions):
             add("word vs non-word", d, two_choice(ctx, items["word"], d))
     if suite.qa_items:
-        items["qa"] = tasks.qa_items(docs, suite.qa_items, suite.qa_context, suite.seed)
+        writer = None
+        if suite.qa_writer != "template":
+            from megaspeech.synth.speech_qa import LMQuestionWriter, QAConfig
+            writer = LMQuestionWriter(QAConfig(generator="lm", lm=suite.qa_writer, pairs_per_context=1, seed=suite.seed))
+        items["qa"] = tasks.qa_items(docs, suite.qa_items, suite.qa_context, suite.seed, writer)
         for d in speech_dirs(suite.qa_directions):
             res, preds = qa(ctx, items["qa"], d)
             for r in res:
@@ -210,16 +239,14 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
         add("ASR", "S->T", res)
         examples["asr"] = [(it["text"], h) for it, h in zip(items["asr"][:5], hyps[:5])]
     if suite.tts_items and ctx.speech is not None:
-        if lm.kind == "checkpoint":
-            items["tts"] = tasks.sentence_items(docs, suite.tts_items, suite.seed, "tts")
-            add("TTS", "T->S", tts(ctx, items["tts"]))
-        else:
-            rows.append({"task": "TTS", "direction": "T->S", "skipped": "needs a checkpoint (KV-cache generator)"})
+        items["tts"] = tasks.sentence_items(docs, suite.tts_items, suite.seed, "tts")
+        add("TTS", "T->S", tts(ctx, items["tts"]))
     result = {"suite": suite.name, "model": model_path, "model_version": lm.version, "backend": lm.kind,
               "scoring": suite.scoring, "results": rows, "examples": examples,
               "split": {"corpus": suite.corpus, "heldout_docs": [n for n, _ in docs],
                         "checked_against": list(suite.training_manifests)},
-              "items": {k: len(v) for k, v in items.items()}, "config": dataclasses.asdict(suite)}
+              "items": {k: len(v) for k, v in items.items()}, "config": dataclasses.asdict(suite),
+              "qa_writers": {w: sum(it["writer"] == w for it in items.get("qa", [])) for w in ("template", "lm")}}
     if suite.heldout_loss and lm.kind == "checkpoint":
         hl = heldout_loss(lm)
         if hl is not None:

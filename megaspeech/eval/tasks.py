@@ -84,24 +84,39 @@ def word_items(docs: list[tuple[str, str]], n: int, seed: int, lexicon: set[str]
     return items
 
 
-def qa_items(docs: list[tuple[str, str]], n: int, k: int, seed: int) -> list[dict]:
-    from megaspeech.synth.speech_qa import template_pairs
+def qa_items(docs: list[tuple[str, str]], n: int, k: int, seed: int, writer=None) -> list[dict]:
+    """n questions with short answers, each on a passage of k held-out sentences. Template questions
+    (synth.speech_qa.template_pairs) alternate cloze and continuation; with `writer` (a
+    synth.speech_qa.LMQuestionWriter) every second item is instead a question the LM wrote, kept
+    only if it passes the QA data's own filter (grounded short answer, well-formed, no duplicate)."""
+    from megaspeech.synth.speech_qa import filter_pair, template_pairs
     rng = np.random.default_rng([seed, 4])
     passages = []
     for name, t in docs:
         ss = split_sentences(t)
         passages += [(name, " ".join(ss[i:i + k])) for i in range(0, len(ss) - k + 1, k) if all(map(plain, ss[i:i + k]))]
-    items = []
-    for p in rng.permutation(len(passages)):
-        if len(items) == n:
+    passages = [passages[p] for p in rng.permutation(len(passages))]
+    written: list[tuple[str, str, str, str]] = []
+    if writer is not None:  # LM questions from the first passages, template ones from the rest
+        want, seen = n // 2, set()
+        cand = passages[:8 * want + 16]  # SmolLM2-135M: ~10% of its pairs pass the filter
+        for (name, passage), pairs in zip(cand, writer([p for _, p in cand])):
+            if len(written) < want and pairs and filter_pair(passage, *pairs[0], writer.cfg, seen) is None:
+                written.append((name, passage, *pairs[0]))
+        passages = passages[len(cand):]
+    items: list[dict] = []
+    for name, passage in passages:
+        if len(items) + len(written) >= n:
             break
-        name, passage = passages[p]
+        t = len(items)
         pairs = template_pairs(passage, 2, seed)
-        if len(pairs) < 1 + len(items) % 2:
+        if len(pairs) < 1 + t % 2:
             continue
-        q, a = pairs[len(items) % 2]  # alternate cloze / continuation questions
-        items.append({"id": f"qa_{len(items):05d}", "doc": name, "passage": passage, "question": q, "answer": a})
-    return items
+        q, a = pairs[t % 2]  # alternate cloze / continuation questions
+        items.append({"doc": name, "passage": passage, "question": q, "answer": a, "writer": "template"})
+    lm = [{"doc": d, "passage": p, "question": q, "answer": a, "writer": "lm"} for d, p, q, a in written]
+    mixed = [x for pair in zip(items, lm) for x in pair] + items[len(lm):] + lm[len(items):]
+    return [{"id": f"qa_{i:05d}", **it} for i, it in enumerate(mixed[:n])]
 
 
 def sentence_items(docs: list[tuple[str, str]], n: int, seed: int, tag: str) -> list[dict]:

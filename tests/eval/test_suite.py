@@ -69,6 +69,20 @@ def test_checkpoint_and_hf_export_agree(planted, docs_dir, tmp_path):
     rb = evaluate(suite_cfg(docs_dir), hf_dir, tmp_path / "e_hf", log=lambda m: None)
     assert [r["value"] for r in ra["results"] if "value" in r][:2] == [r["value"] for r in rb["results"] if "value" in r][:2]
     assert rb["backend"] == "hf" and ra["backend"] == "checkpoint"
+    # generation through each backend's own KV cache: the same greedy text, and the same speech codes
+    # as synth.generate.SpeechGenerator (the text-to-token generator) under its length rule
+    from megaspeech.eval.lm import greedy
+    from megaspeech.eval.run import GreedySpeech
+    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
+    texts = [tok.encode(it["context"]) for it in items[:6]]
+    prompts = [np.concatenate([[VOCAB.bos_id], t]) for t in texts]
+    outs = [greedy(m, prompts, 10, [VOCAB.eos_id], allowed=torch.arange(VOCAB.text_size), batch_size=4, min_new=10)
+            for m in (ck, hf)]
+    assert [list(o) for o in outs[0]] == [list(o) for o in outs[1]] and all(len(o) == 10 for o in outs[0])
+    words = [len(it["context"].split()) // 4 for it in items[:6]]
+    want = SpeechGenerator(ck.model, ck.vocab, GenerationConfig(batch_size=4)).generate(texts, words)
+    for m in (ck, hf):
+        assert [list(c) for c in GreedySpeech(m, 4).generate(texts, words)] == [list(c) for c in want]
 
 
 def test_planted_signal(planted, docs_dir, tmp_path):

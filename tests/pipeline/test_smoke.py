@@ -114,6 +114,14 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     for x in ("text", "speech", "asr", "tts"):
         lo, hi = ev[f"heldout_loss_{x}_ci95"]
         assert 0 < lo <= ev[f"heldout_loss_{x}"] <= hi < 2 * math.log(text_vocab.size)
+    # the evaluation suite ran on the export with the run's speech tokenizer, checked against its data
+    suite = ev["suite"]
+    done = {(r["task"], r["direction"]) for r in suite["results"] if "value" in r}
+    assert {("story (easy: other document)", "S->S"), ("word vs non-word", "S->S"), ("spoken QA", "S->T"),
+            ("ASR", "S->T")} <= done, done
+    assert {str(run / p) for p in (*MIXTURE_PATHS.values(), "speech_corpus/train")} <= set(suite["split"]["checked_against"])
+    assert json.loads((run / "eval/suite/eval.json").read_text())["config"]["speech_tokenizer"] == str(run / "tokenizer/tokenizer")
+    assert "## Evaluation suite" in (run / "report.md").read_text()
 
     # rerun: every stage is skipped, nothing rewritten
     again = _pipeline(run)
