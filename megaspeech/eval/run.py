@@ -219,7 +219,8 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
             for d in speech_dirs(suite.story_directions):
                 add(name, d, two_choice(ctx, items[name], d))
     if suite.word_items:
-        items["word"] = tasks.word_items(docs, suite.word_items, suite.seed)
+        items["word"] = tasks.word_items(docs, suite.word_items, suite.seed,
+                                         n_pieces=lambda w: len(ctx.tok.encode(w)))
         for d in speech_dirs(suite.word_directions):
             add("word vs non-word", d, two_choice(ctx, items["word"], d))
     if suite.qa_items:

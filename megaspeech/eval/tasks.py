@@ -69,7 +69,12 @@ def nonword(word: str, rng: np.random.Generator, lexicon: set[str]) -> str | Non
     return None
 
 
-def word_items(docs: list[tuple[str, str]], n: int, seed: int, lexicon: set[str] | None = None) -> list[dict]:
+def word_items(docs: list[tuple[str, str]], n: int, seed: int, lexicon: set[str] | None = None,
+               n_pieces=None) -> list[dict]:
+    """n (word, non-word) pairs. `n_pieces(text) -> int` (the model's text tokenizer): only pairs that
+    tokenize into the same number of pieces are kept, as sWUGGY matches its pairs in length; otherwise
+    the scoring rule, not the model, decides: a non-word splits into more pieces, which wins under the
+    mean per-token NLL and loses under the summed NLL, whatever the model knows."""
     rng = np.random.default_rng([seed, 3])
     counts = Counter(w for _, t in docs for w in re.findall(r"\b[a-z]+\b", t))
     lex = set(counts) | (lexicon or set())
@@ -78,9 +83,11 @@ def word_items(docs: list[tuple[str, str]], n: int, seed: int, lexicon: set[str]
     for w in (words[i] for i in rng.permutation(len(words))):
         if len(items) == n:
             break
-        nw = nonword(w, rng, lex)
-        if nw:
-            items.append({"id": f"word_{len(items):05d}", "context": "", "endings": [w, nw], "label": 0})
+        for _ in range(1 if n_pieces is None else 10):
+            nw = nonword(w, rng, lex)
+            if nw and (n_pieces is None or n_pieces(w) == n_pieces(nw)):
+                items.append({"id": f"word_{len(items):05d}", "context": "", "endings": [w, nw], "label": 0})
+                break
     return items
 
 

@@ -48,6 +48,14 @@ def test_story_and_word_items_on_real_text():
         w, nw = it["endings"]
         assert len(w) == len(nw) and nw not in lexicon and sum(a != b for a, b in zip(w, nw)) == 2
     assert tasks.word_items(docs, 50, 0) == words  # seeded
+    # matched in length for the model's tokenizer (else the scoring rule decides, not the model)
+    from megaspeech.data.text import TextTokenizer
+    from tests.eval.heldout import VOCAB
+    tok = TextTokenizer(VOCAB)
+    pieces = lambda w: len(tok.encode(w))  # noqa: E731
+    assert sum(pieces(it["endings"][0]) != pieces(it["endings"][1]) for it in words) > 10  # unmatched today
+    matched = tasks.word_items(docs, 50, 0, n_pieces=pieces)
+    assert len(matched) == 50 and all(pieces(it["endings"][0]) == pieces(it["endings"][1]) for it in matched)
 
 
 def _greedy_reference(lm, prompt, max_new, stop_ids, allowed, min_new=0) -> list[int]:
