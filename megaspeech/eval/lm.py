@@ -182,44 +182,27 @@ def greedy(lm, prompts: list[np.ndarray], max_new, stop_ids: list[int], allowed:
     """Greedy continuation of each prompt with the backend's KV cache (`lm.decoder`), until a stop id
     (not returned) or max_new tokens. `allowed`: vocabulary ids generation is restricted to (stop ids
     are always allowed; the head runs on those rows only). max_new / min_new: one int or one per
-    prompt; a stop id is refused before min_new tokens (synth.generate's length rule for speech)."""
+    prompt; a stop id is refused before min_new tokens (synth.generate's length rule for speech).
+    The loop is synth.generate.decode_batch, the speech generator's."""
+    from megaspeech.synth.generate import decode_batch
     n = len(prompts)
-    hi = np.broadcast_to(np.asarray(max_new, np.int64), (n,))
-    lo = np.broadcast_to(np.asarray(min_new, np.int64), (n,))
+    hi = torch.as_tensor(np.broadcast_to(np.asarray(max_new, np.int64), (n,)).copy())
+    lo = torch.as_tensor(np.broadcast_to(np.asarray(min_new, np.int64), (n,)).copy())
     stop = torch.tensor(stop_ids, dtype=torch.long)
-    rows = None if allowed is None else torch.cat([torch.as_tensor(allowed, dtype=torch.long), stop])
+    if allowed is not None:  # each stop id once, in the stop columns
+        allowed = torch.as_tensor(allowed, dtype=torch.long)
+        allowed = allowed[~torch.isin(allowed, stop)]
+    rows = None if allowed is None else torch.cat([allowed, stop])
     stop_cols = stop if rows is None else torch.arange(len(rows) - len(stop), len(rows))
     dec = lm.decoder(rows)
     out: list[np.ndarray | None] = [None] * n
     order = sorted(range(n), key=lambda i: -len(prompts[i]))
     for j in range(0, n, batch_size):
         idx = order[j:j + batch_size]
-        b_hi, b_lo = torch.as_tensor(hi[idx].copy()), torch.as_tensor(lo[idx].copy())
-        gen = torch.zeros(len(idx), max(int(b_hi.max()), 1), dtype=torch.long)
-        count = torch.zeros(len(idx), dtype=torch.long)
-        done = b_hi <= 0
-        alive = torch.arange(len(idx))  # batch row of each decoder row
-        logits = dec.prefill([torch.as_tensor(np.asarray(prompts[i], np.int64)) for i in idx], int(b_hi.max()))
-        while not bool(done.all()):
-            c = count[alive]
-            logits[:, stop_cols] = logits[:, stop_cols].masked_fill((c < b_lo[alive])[:, None], float("-inf"))
-            col = logits.argmax(-1)
-            tok = col if rows is None else rows[col]
-            ends = torch.isin(tok, stop)
-            live = ~ends & ~done[alive]
-            gen[alive[live], c[live]] = tok[live]
-            count[alive[live]] += 1
-            done[alive] |= ends | (count[alive] >= b_hi[alive])
-            d = done[alive]
-            if bool(d.all()):
-                break
-            if int(d.sum()) * 4 >= len(alive):  # compact: finished rows leave the cache
-                keep = (~d).nonzero()[:, 0]
-                dec.keep(keep)
-                alive, tok = alive[keep], tok[keep]
-            logits = dec.step(tok)
-        for r, i in enumerate(idx):
-            out[i] = gen[r, :count[r]].numpy()
+        cols = decode_batch(dec, [torch.as_tensor(np.asarray(prompts[i], np.int64)) for i in idx], lo[idx], hi[idx],
+                            stop_cols, lambda logits: logits.argmax(-1), rows)
+        for i, c in zip(idx, cols):
+            out[i] = (c if rows is None else rows[c]).numpy()
     return out
 
 

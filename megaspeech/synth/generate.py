@@ -166,6 +166,40 @@ def _choose(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
 
+@torch.no_grad()
+def decode_batch(dec, prompts: list[torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, stop_cols: torch.Tensor,
+                 choose, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The one incremental decoding loop (speech generation here, greedy text in megaspeech.eval).
+    dec: prefill / step / keep over head rows `rows` (None: the whole vocabulary; logits column j is
+    token rows[j]). Per prompt i it picks `choose(logits [B', R]) -> columns` until a stop column (not
+    returned) or hi[i] tokens, a stop column being refused before lo[i] tokens. Finished rows leave
+    the caches once they are a quarter of the batch. Returns the chosen columns int64 [n_i] per prompt."""
+    B = len(prompts)
+    logits = dec.prefill(prompts, max(int(hi.max()), 1))
+    out = torch.zeros(B, max(int(hi.max()), 1), dtype=torch.long)
+    n = torch.zeros(B, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    alive = torch.arange(B)  # prompt of each cache row
+    while True:
+        na = n[alive]
+        logits[:, stop_cols] = logits[:, stop_cols].masked_fill((na < lo[alive])[:, None], float("-inf"))
+        col = torch.where(na >= hi[alive], stop_cols[0], choose(logits))
+        ends = torch.isin(col, stop_cols)
+        wr = ~ends & ~done[alive]
+        out[alive[wr], na[wr]] = col[wr]
+        n[alive[wr]] += 1
+        done[alive] = done[alive] | ends | (n[alive] >= hi[alive])
+        d = done[alive]
+        if bool(d.all()):
+            break
+        if int(d.sum()) * 4 >= len(alive):  # compact: finished rows leave the caches
+            keep = (~d).nonzero()[:, 0]
+            dec.keep(keep)
+            alive, col = alive[keep], col[keep]
+        logits = dec.step(col if rows is None else rows[col])
+    return [out[i, :n[i]] for i in range(B)]
+
+
 class SpeechGenerator:
     """Text ids -> speech codes with a text-to-token DecoderLM (see module docstring)."""
 
@@ -173,7 +207,7 @@ class SpeechGenerator:
         self.vocab, self.cfg, self.version = vocab, cfg, version
         rows = torch.cat([torch.arange(vocab.speech_offset, vocab.speech_offset + vocab.speech_size),
                           torch.tensor([vocab.eos_speech_id])])
-        self.lm = KVCacheLM(model, rows)
+        self.lm, self.rows = KVCacheLM(model, rows), rows
         self.eos = vocab.speech_size  # index of <|end_of_speech|> among the evaluated rows
         self.stats = {"codes": 0, "seconds": 0.0, "spans": 0}
 
@@ -185,33 +219,13 @@ class SpeechGenerator:
     def generate_batch(self, texts: list[np.ndarray], n_words: list[int], gen: torch.Generator,
                        fixed_len: int | None = None) -> list[np.ndarray]:
         """One batch -> raw codes int64 [C_i]. fixed_len: exactly that many codes, no stop (benchmarks)."""
-        cfg, B = self.cfg, len(texts)
+        cfg = self.cfg
         lims = [cfg.length_limits(w) for w in n_words]
         lo = torch.tensor([fixed_len if fixed_len else a for a, _ in lims])
         hi = torch.tensor([fixed_len if fixed_len else b for _, b in lims])
-        logits = self.lm.prefill([self.prompt(t) for t in texts], int(hi.max()))
-        out = torch.zeros(B, int(hi.max()), dtype=torch.long)
-        n = torch.zeros(B, dtype=torch.long)
-        done = torch.zeros(B, dtype=torch.bool)
-        alive = torch.arange(B)  # original row of each cache row
-        while True:
-            na = n[alive]
-            logits[:, self.eos] = logits[:, self.eos].masked_fill(na < lo[alive], float("-inf"))
-            tok = torch.where(na >= hi[alive], self.eos, _choose(logits, cfg, gen))
-            wr = (tok != self.eos) & ~done[alive]
-            out[alive[wr], na[wr]] = tok[wr]
-            n[alive[wr]] += 1
-            done[alive] = done[alive] | (tok == self.eos) | (n[alive] >= hi[alive])
-            d = done[alive]
-            if bool(d.all()):
-                break
-            if int(d.sum()) * 4 >= len(alive):  # compact: finished rows leave the caches
-                keep = (~d).nonzero()[:, 0]
-                self.lm.keep(keep)
-                alive, tok = alive[keep], tok[keep]
-            ids = torch.where(tok == self.eos, self.vocab.eos_speech_id, tok + self.vocab.speech_offset)
-            logits = self.lm.step(ids)
-        return [out[i, :n[i]].numpy() for i in range(B)]
+        cols = decode_batch(self.lm, [self.prompt(t) for t in texts], lo, hi, torch.tensor([self.eos]),
+                            lambda logits: _choose(logits, cfg, gen), self.rows)
+        return [c.numpy() for c in cols]  # the first speech_size rows are the codes in order
 
     def generate(self, texts: list[np.ndarray], n_words: list[int], batch_id: int = 0) -> list[np.ndarray]:
         """Any number of spans: sorted by length into batches of generation.batch_size; results in
