@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -171,6 +172,13 @@ class AudioBatches:
         idx = self._order(self.epoch)[self.cursor:self.cursor + self.batch_size]
         self.cursor += self.batch_size
         return idx
+
+    def upcoming(self) -> tuple[np.ndarray, int]:
+        """(indices, epoch) the next next_indices() call returns, without moving the position."""
+        epoch, cursor = self.epoch, self.cursor
+        if cursor + self.batch_size > len(self.groups):
+            epoch, cursor = epoch + 1, 0
+        return self._order(epoch)[cursor:cursor + self.batch_size], epoch
 
     def next(self) -> tuple[list[np.ndarray], list[str]]:
         idx = self.next_indices()
@@ -339,6 +347,10 @@ def train(cfg: Config, log=print) -> dict:
             "freeze": cfg.train.freeze, "pack_seconds": cfg.train.pack_seconds})
 
     model.train()
+    pool, ahead, ahead_key = ThreadPoolExecutor(1), None, None
+
+    def load_mels(idx, epoch):  # augmented (when on) as in this epoch
+        return features(data._load(idx, epoch)[0], model.conv1.in_channels, model.pool)
     t_start = t_win = time.time()
     last = {}
     acc = {"n": 0, "audio_s": 0.0, "codes": []}
@@ -352,8 +364,13 @@ def train(cfg: Config, log=print) -> dict:
             if pre_vq_frozen:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
-                audios = data._load(idx, data.epoch)[0]  # augmented (when on) as in this epoch
-                pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
+                # decoding, augmentation and log-mels of a batch are a pure function of (indices,
+                # epoch): the next batch's are made in a thread while this step trains
+                key = (data.epoch, tuple(idx.tolist()))
+                mels = ahead.result() if ahead is not None and ahead_key == key else load_mels(idx, data.epoch)
+                nidx, nep = data.upcoming()
+                ahead_key, ahead = (nep, tuple(nidx.tolist())), pool.submit(load_mels, nidx, nep)
+                pooled, keep = model.pooled(*mels)
             teacher = torch.stack([tcache[i] for i in idx]) if distill else None
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)
@@ -384,4 +401,5 @@ def train(cfg: Config, log=print) -> dict:
             if out_of_time:
                 log(f"train.max_seconds={cfg.train.max_seconds} reached at step {step}; checkpoint saved")
                 break
+    pool.shutdown(wait=False, cancel_futures=True)
     return last

@@ -105,6 +105,10 @@ def test_augmented_batches(tmp_path):
     assert not np.array_equal(a._load([1], 1)[0][0][:100], x0[:100])  # another epoch, another variant
     audios, texts = a.next()  # next() augments as in its epoch
     assert np.array_equal(audios[0], a._load([a._order(0)[0]], 0)[0][0]) and texts == a.texts(a._order(0)[:2])
+    for _ in range(3):  # the trainer's prefetch loads upcoming() while a step trains: it must be what comes next
+        idx, ep = a.upcoming()
+        assert np.array_equal(idx, a.next_indices()) and ep == a.epoch
+    assert a.epoch == 1  # (4 items, batch 2: the third call crossed into the next epoch)
     with pytest.raises(Exception, match="augment.enabled"):
         cfg = _cfg(tmp_path, 1, tmp_path / "nowhere", "cached_pre_vq")
         cfg.augment = ALL_EFFECTS
