@@ -33,10 +33,10 @@ class CorpusConfig:
     utterances: int = 2000
     part_size: int = 100  # utterances per resumable part
     hibari_fraction: float = 0.3  # the neural voice is slower; the rest is spread over espeak/flite voices
-    # all: every English espeak-ng accent x every variant (~820) + flite's 5 + hibari; classic: the
+    # all: every English espeak-ng accent x every variant but the eval ones (~800) + flite's 5 + hibari; classic: the
     # 17 voices of the first corpora (megaspeech.speech.tts.all_voices)
     voice_set: str = "all"
-    flite_fraction: float = 0.15  # voice_set=all: share of flite's 5 voices (uniform over ~820 would give 0.6%)
+    flite_fraction: float = 0.15  # voice_set=all: share of flite's 5 voices (uniform over ~800 would give 0.6%)
     min_words: int = 6
     max_words: int = 24
     speed_range: tuple[float, float] = (0.8, 1.25)

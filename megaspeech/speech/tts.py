@@ -88,7 +88,7 @@ def synthesize(text: str, voice: str, speed: float = 1.0, seed: int = 0, pitch: 
 
 def all_voices(voice_set: str = "classic") -> list[str]:
     """classic: the 17 first voices; all: hibari + every English espeak-ng accent alone and with every
-    variant but EVAL_VARIANTS (8 x 99 installed here) + every general flite voice."""
+    variant but EVAL_VARIANTS (8 x (1 + 99) installed here) + every general flite voice."""
     if voice_set == "classic":
         return ([f"hibari:{v}" for v in HIBARI_VOICES] + [f"espeak:{v}" for v in ESPEAK_VOICES]
                 + [f"flite:{v}" for v in FLITE_VOICES])
