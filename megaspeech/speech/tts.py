@@ -2,7 +2,6 @@
 (formant / diphone, many accents). Every voice returns 16 kHz float32 mono audio."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import tempfile
