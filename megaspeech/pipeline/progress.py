@@ -55,9 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def eta_line(stage: str, step: int, total: int, elapsed: float, start: int = 0) -> str:
+def eta_line(stage: str, step: int, total: int, elapsed: float, start: int = 0, max_seconds: float = 0) -> str:
+    """max_seconds: a time budget that ends the stage before `total` steps (the speech tokenizer's)."""
     done = max(step - start, 1)
     eta = elapsed / done * max(total - step, 0)
+    if max_seconds:
+        eta = min(eta, max(max_seconds - elapsed, 0.0))
     return f"[{stage}] step {step}/{total} ({100 * step / max(total, 1):.0f}%) eta {fmt(eta)}"
 
 

@@ -173,7 +173,7 @@ def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
         print(line, flush=True)
         if line.startswith("step="):
             step = int(line.split()[0].split("=")[1])
-            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0))
+            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0, max_seconds=cfg.train.max_seconds))
     last = train(cfg, log=log)
     return {"outputs": {"tokenizer": str(Path(cfg.run.dir) / "tokenizer")},
             "metrics": {"codebook_size": cfg.tokenizer.codebook_size,

@@ -102,3 +102,11 @@ def test_convert_smollm2_tool_reuses_the_cache_and_never_overwrites_foreign_dirs
     with pytest.raises(FileExistsError, match="not a converted SmolLM2 dir"):
         smollm2_dir(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_eta_respects_a_time_budget():
+    """The ETA line counts to the step total, or to a time budget that ends the stage first."""
+    from megaspeech.pipeline.progress import eta_line
+    assert eta_line("t", 100, 1100, 500.0) == "[t] step 100/1100 (9%) eta 1h23m"  # 5 s/step x 1000 steps
+    assert eta_line("t", 100, 1100, 500.0, max_seconds=2700) == "[t] step 100/1100 (9%) eta 36m40s"
+    assert eta_line("t", 100, 1100, 3000.0, max_seconds=2700).endswith("eta 0m00s")
