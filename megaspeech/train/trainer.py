@@ -160,32 +160,22 @@ class Trainer:
         if self.task:
             self.task.begin_step()
         lr = self.engine.optimizer.param_groups[0]["lr"]
-        dev = lambda b, k: b[k].to(self.device, non_blocking=True)  # noqa: E731
         if lay.pp > 1:
-            inputs = (lambda b: (dev(b, "input_ids"), dev(b, "doc_ids"))) if self.cfg.data.document_mask \
-                else (lambda b: dev(b, "input_ids"))
-            batches = [(inputs(b), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
-                       for b in micro_batches]
-            self.engine.train_batch(data_iter=iter(batches))
+            self.engine.train_batch(data_iter=iter([self._pipe_item(b, non_blocking=True) for b in micro_batches]))
         else:
             for b in micro_batches:
                 if self.task:
                     loss = self.task.micro_loss(self.engine, b, self.device, self.loss_fn)
                 else:
-                    doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
-                    logits = self.engine(dev(b, "input_ids"), doc_ids)
-                    loss = self.loss_fn(logits, (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                    (ids, doc_ids), targets = self._on_device(b, non_blocking=True)
+                    loss = self.loss_fn(self.engine(ids, doc_ids), targets)
                 if self.step + 1 == self._nan_step:
                     loss = loss * float("nan")
                     self.loss_fn.sums[0] = float("nan")
                 self.engine.backward(loss)
                 self.engine.step()
-        # Per-modality sums live on the last stage (identical on its TP ranks): count them once.
-        owner = lay.pp_rank == lay.pp - 1 and lay.tp_rank == 0
-        sums = self._all_reduce(self.loss_fn.sums.clone() if owner else torch.zeros_like(self.loss_fn.sums))
-        out = {"loss": float(sums[0::2].sum() / max(sums[1::2].sum(), 1.0)), "lr": lr}
-        for i, name in enumerate(MODALITIES):
-            out[f"loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+        owner, _, mean_loss, per_modality = self._reduced_losses("loss")
+        out = {"loss": mean_loss, "lr": lr, **per_modality}
         if self.task:
             out.update(self.task.metrics(self._all_reduce, owner))
         gn = self.engine.get_global_grad_norm()
@@ -203,29 +193,41 @@ class Trainer:
             self._val_batches = validation_batches(self.cfg, lay.dp_rank, lay.dp, self.grad_accum)
         rng = ckpt.rng_state()
         self.loss_fn.begin_step(1.0, 1, 1)  # only the detached per-modality sums are used
-        dev = lambda b, k: b[k].to(self.device)  # noqa: E731
         for group in self._val_batches:
             if lay.pp > 1:
-                inputs = (lambda b: (dev(b, "input_ids"), dev(b, "doc_ids"))) if self.cfg.data.document_mask \
-                    else (lambda b: dev(b, "input_ids"))
-                self.engine.eval_batch(iter([(inputs(b), (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
-                                             for b in group]), num_micro_batches=len(group))
+                self.engine.eval_batch(iter([self._pipe_item(b) for b in group]), num_micro_batches=len(group))
                 continue
             self.engine.module.eval()
             with torch.no_grad():
                 for b in group:
-                    doc_ids = dev(b, "doc_ids") if self.cfg.data.document_mask else None
-                    self.loss_fn(self.engine(dev(b, "input_ids"), doc_ids),
-                                 (dev(b, "labels"), dev(b, "loss_mask"), dev(b, "modality")))
+                    (ids, doc_ids), targets = self._on_device(b)
+                    self.loss_fn(self.engine(ids, doc_ids), targets)
         self.engine.module.train()
         ckpt.set_rng_state(rng)
-        owner = lay.pp_rank == lay.pp - 1 and lay.tp_rank == 0  # as in train_step
+        _, sums, mean_loss, per_modality = self._reduced_losses("val_loss")
+        return {"val_loss": mean_loss, "val_tokens": int(sums[1::2].sum()), **per_modality}
+
+    def _on_device(self, b: dict, non_blocking: bool = False):
+        """A micro-batch on the device: (input ids, doc ids or None), (labels, loss mask, modality)."""
+        dev = lambda k: b[k].to(self.device, non_blocking=non_blocking)  # noqa: E731
+        return ((dev("input_ids"), dev("doc_ids") if self.cfg.data.document_mask else None),
+                (dev("labels"), dev("loss_mask"), dev("modality")))
+
+    def _pipe_item(self, b: dict, non_blocking: bool = False):
+        """A micro-batch as the pipeline engine takes it: inputs (ids, or ids and doc ids), targets."""
+        (ids, doc_ids), targets = self._on_device(b, non_blocking)
+        return (ids if doc_ids is None else (ids, doc_ids)), targets
+
+    def _reduced_losses(self, name: str) -> tuple[bool, torch.Tensor, float, dict]:
+        """The loss function's per-modality sums summed over ranks -> (owner, sums, mean loss,
+        {name_<modality>: mean or None}). The sums live on the last stage (identical on its TP ranks):
+        only its TP rank 0 (the owner) contributes them, so they count once."""
+        lay = self.layout
+        owner = lay.pp_rank == lay.pp - 1 and lay.tp_rank == 0
         sums = self._all_reduce(self.loss_fn.sums.clone() if owner else torch.zeros_like(self.loss_fn.sums))
-        out = {"val_loss": float(sums[0::2].sum() / max(sums[1::2].sum(), 1.0)),
-               "val_tokens": int(sums[1::2].sum())}
-        for i, name in enumerate(MODALITIES):
-            out[f"val_loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
-        return out
+        per = {f"{name}_{m}": float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+               for i, m in enumerate(MODALITIES)}
+        return owner, sums, float(sums[0::2].sum() / max(sums[1::2].sum(), 1.0)), per
 
     def _next_step_data(self) -> StepData | None:
         """This step's micro-batches: from the prefetch thread (train.prefetch > 0) or read now. None
