@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +19,15 @@ export_cli = sys.modules["export_cli"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(export_cli)
 
 
-def test_refuses_a_non_empty_directory_it_did_not_write(base_run, tmp_path):
-    out = tmp_path / "mine"
+def user_dir(out: Path) -> Path:
+    """A directory a user wrote (one file, notes.txt): no writer of megaspeech may replace it."""
     out.mkdir()
     (out / "notes.txt").write_text("user data")
+    return out
+
+
+def test_refuses_a_non_empty_directory_it_did_not_write(base_run, tmp_path):
+    out = user_dir(tmp_path / "mine")
     with pytest.raises(ValueError, match=f"out={out} is not empty and is not a previous export"):
         export_hf(base_run / "checkpoints" / "step00000004", out)
     assert (out / "notes.txt").read_text() == "user data"
@@ -74,9 +80,7 @@ def test_bridge_export_refuses_what_it_did_not_write(base_run, tmp_path):
     """The bridge export (launch/export_bridge.py) follows the same rule as the HF export: a user's
     directory is refused before any checkpoint is read, and left as it was."""
     from megaspeech.model.bridge_export import export_bridge
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "notes.txt").write_text("user data")
+    out = user_dir(tmp_path / "mine")
     with pytest.raises(ValueError, match=f"out={out} is not empty and is not a previous export"):
         export_bridge(base_run / "checkpoints" / "step00000004", out)
     assert (out / "notes.txt").read_text() == "user data"
@@ -86,9 +90,7 @@ def test_bridge_export_refuses_what_it_did_not_write(base_run, tmp_path):
 
 def test_speech_tokenizer_save_refuses_a_directory_that_is_not_a_tokenizer(tmp_path):
     from megaspeech.speech.tokenizer import save_tokenizer
-    out = tmp_path / "tok"
-    out.mkdir()
-    (out / "notes.txt").write_text("user data")
+    out = user_dir(tmp_path / "tok")
     with pytest.raises(FileExistsError, match="not a speech tokenizer directory"):
         save_tokenizer(out, model=None, cfg=None, whisper=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"] and (out / "notes.txt").read_text() == "user data"
