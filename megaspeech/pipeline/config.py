@@ -13,6 +13,7 @@ output paths under run.dir, the vocabulary derived from the speech tokenizer's c
   speech_shards.real_audio  real audio for the unsupervised speech set (codes only), beside the TTS corpus
   pretrain.mixture   the data fragment (configs/data/mixture_glm4voice.yaml): its speech sources'
                      weights are replaced by one epoch of their tokens over the run's token budget
+  pretrain.speech_share_max   cap on the one-epoch speech sources' share (0.1, the paper's proportion)
   pretrain.interleaved_scale  1 = the recipe; 0 = ablation without interleaved data (its share goes to
                      text and speech); 2 = interleaved share doubled (text and speech shrink to fit)
   eval.suite         the evaluation suite config of megaspeech.eval (called when importable)
@@ -61,10 +62,15 @@ class PretrainSection(StageSection):
     mixture: str = "configs/data/mixture_glm4voice.yaml"
     interleaved_scale: float = 1.0
     text_share: float = 0.30  # GLM-4-Voice: 30% text
+    # at most this share of the budget for the one-epoch speech sources (the paper's 1T run: 300B text,
+    # 600B interleaved, so ~10% speech); more speech than that is scaled down, not seen completely
+    speech_share_max: float = 0.10
 
     def __post_init__(self):
         check(self.interleaved_scale >= 0, "pretrain.interleaved_scale", "must be >= 0")
         check(0 < self.text_share < 1, "pretrain.text_share", "must be in (0, 1)")
+        check(0 < self.speech_share_max <= 1 - self.text_share, "pretrain.speech_share_max",
+              f"must be in (0, 1 - text_share = {1 - self.text_share:g}]")
 
 
 @dataclass

@@ -291,7 +291,7 @@ def pretrain_configure(ctx: Ctx):
     budget = base.train.steps * base.train.global_batch * base.train.seq_len
     frag = yaml.safe_load(preset(sec.mixture).read_text())["data"]
     once = {s["name"]: manifest(ctx.run / s["path"])["tokens"] for s in frag["sources"] if s.get("epochs") == 1}
-    weights, info = glm4voice_weights(budget, sec.text_share, once, sec.interleaved_scale)
+    weights, info = glm4voice_weights(budget, sec.text_share, once, sec.interleaved_scale, sec.speech_share_max)
     sources = []
     for s in frag["sources"]:
         if s["name"] not in weights:
