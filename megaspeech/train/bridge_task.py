@@ -54,7 +54,7 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
         torch.manual_seed(cfg.run.seed + 7_919)
         bridge = SpeechBridge(encoder.dim, cfg.model.hidden_size, kind=b.kind, ctc_vocab=len(CTC_CHARS) + 1,
                               blank=0, reduce=b.reduce, stride=b.stride, hidden=b.projector_hidden)
-    lm = apply_lm_mode(lm, b.lm_mode, b.lora_rank, b.lora_alpha, tuple(b.lora_targets))
+        lm = apply_lm_mode(lm, b.lm_mode, b.lora_rank, b.lora_alpha, tuple(b.lora_targets))  # LoRA A from the seed
     return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder)
 
 

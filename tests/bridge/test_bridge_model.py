@@ -85,6 +85,9 @@ def test_lora_trains_only_adapters_and_merged_export_equals_adapted(asr_corpus, 
     assert len(lm_trainable) == 2 * 3 * cfg.model.num_layers
     assert all(n.startswith(("lm.", "bridge.")) for n in trainable)  # encoder frozen by default
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(1234)  # the global RNG does not decide the init: run.seed does (LoRA A included)
+    again = dict(BridgeTask(cfg, SINGLE).model.named_parameters())
+    assert all(torch.equal(before[n], again[n]) for n in before)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loader = task.build_loader()
     for _ in range(3):
@@ -140,7 +143,7 @@ def test_kv_cached_greedy_generation_equals_full_recompute(asr_corpus):
     from megaspeech.model.speech_lm import greedy_generate
     task = BridgeTask(_cfg(asr_corpus, "bridge.lm_mode=lora", "train.micro_batch=3", "train.global_batch=3"), SINGLE)
     model = task.model.eval()
-    gen = torch.Generator().manual_seed(0)  # seeded: the rows must differ (asserted last) whatever ran before
+    gen = torch.Generator().manual_seed(0)  # seeded (as LoRA A is, from run.seed): the rows must differ (asserted last)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
