@@ -29,17 +29,38 @@ def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: in
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     metrics = run_dir / "metrics.jsonl"
     t0, seen = time.time(), 0
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr) as p:
-        while p.poll() is None:
-            time.sleep(2)
-            rows = _rows(metrics)
-            if rows and rows[-1]["step"] != seen:
-                first = rows[0]["step"] - 1
-                seen = rows[-1]["step"]
-                ctx.progress(eta_line(stage, seen, steps, time.time() - t0, first))
-    if p.returncode != 0:
-        raise RuntimeError(f"{script} exited with {p.returncode}; see {run_dir / 'log.txt'}")
+
+    def poll() -> None:
+        nonlocal seen
+        rows = _rows(metrics)
+        if rows and rows[-1]["step"] != seen:
+            seen = rows[-1]["step"]
+            ctx.progress(eta_line(stage, seen, steps, time.time() - t0, rows[0]["step"] - 1))
+
+    code = run_child(cmd, poll, env)
+    if code != 0:
+        raise RuntimeError(f"{script} exited with {code}; see {run_dir / 'log.txt'}")
     return _rows(metrics)
+
+
+def run_child(cmd: list[str], poll, env: dict | None = None, every: float = 2.0) -> int:
+    """Run cmd (output to ours), calling poll() every `every` s; returns its exit code. A SIGTERM to
+    this process (a user's kill, a scheduler's stop) is passed on to the child, and this process
+    exits once the child has: a stopped pipeline leaves no training process behind."""
+    import signal
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr) as p:
+        def stop(signum, frame):
+            p.terminate()
+            p.wait()
+            raise SystemExit(128 + signum)
+        prev = signal.signal(signal.SIGTERM, stop)
+        try:
+            while p.poll() is None:
+                time.sleep(every)
+                poll()
+        finally:
+            signal.signal(signal.SIGTERM, prev)
+    return p.returncode
 
 
 def _rows(path: Path) -> list[dict]:

@@ -1,0 +1,31 @@
+"""A training stage's child process: a SIGTERM to the pipeline stops the child too (none left behind)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from megaspeech.pipeline.progress import ROOT
+
+
+def test_sigterm_reaches_the_training_child(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent = ("import sys; from megaspeech.pipeline.progress import run_child; "
+              f"sys.exit(run_child([sys.executable, '-c', {child!r}], lambda: None, every=0.1))")
+    p = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT)
+    for _ in range(300):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    try:
+        os.kill(pid, 0)  # reaped by run_child's wait: the pid no longer exists
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive
