@@ -2,7 +2,9 @@
 
   model               a checkpoint (run dir, checkpoints dir or step dir; any TP/PP layout) or an
                       exported Hugging Face dir (config.json + vocab.json; scored through transformers)
-  out_dir             eval.json, table.md and the speech-code cache go here
+  out_dir             eval.json, table.md and (unless speech_cache says) the speech-code cache go here
+  speech_cache        dir of the speech-code cache (keyed by tokenizer, voice and text, so evaluations
+                      of several models with one speech tokenizer can share it); null: out_dir
   corpus, heldout_docs  held-out documents: the last `heldout_docs` documents of the corpus spec
                       (megaspeech.data.corpora: sotu, kjv, shakespeare:PATH, files:GLOB)
   training_manifests  dataset dirs the model was trained on; building fails if a held-out document
@@ -38,6 +40,7 @@ class SuiteConfig:
     training_manifests: list[str] = field(default_factory=list)
     text_tokenizer: str | None = None
     speech_tokenizer: str | None = None
+    speech_cache: str | None = None
     voices: list[str] = field(default_factory=lambda: list(DEFAULT_VOICES))
     story_items: int = 500  # per difficulty (easy: unrelated-document ending, hard: same document)
     story_context: int = 3  # sentences of context

@@ -1,12 +1,15 @@
 """The model under evaluation, from a checkpoint or an exported Hugging Face dir, and the two things
 the tasks ask of it: batched log-likelihoods of continuations, and batched greedy generation.
 
-Both backends expose `logits(ids [B, T] int64, attn [B, T] bool) -> float32 [B, T, V_padded]`:
-  CheckpointLM  a checkpoint of any TP/PP layout merged to one DecoderLM (synth.generate.load_decoder)
+Both backends expose `logits(ids [B, T] int64, attn [B, T] bool) -> float32 [B, T, V_padded]` (the
+held-out loss) and `decoder(rows)`, a KV cache with prefill / extend / step / keep / head:
+  CheckpointLM  a checkpoint of any TP/PP layout merged to one DecoderLM (synth.generate.load_decoder),
+                decoded by synth.generate.KVCacheLM
   HFLM          transformers AutoModelForCausalLM of a dir written by launch/export_hf.py (vocab.json
-                beside it gives the token layout)
-Batches are right-padded: with causal attention a row's real positions never see its padding, so a
-row's scores do not depend on what it is batched with (up to float summation order).
+                beside it gives the token layout), decoded through its own DynamicCache (HFDecoder)
+Prompts are left-padded and continuation blocks right-padded: with causal attention a row's real
+positions never see padding, so a row's scores do not depend on what it is batched with (up to float
+summation order).
 """
 from __future__ import annotations
 
@@ -35,18 +38,6 @@ class CheckpointLM:
     def logits(self, ids: torch.Tensor, attn: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(ids, doc_ids).transpose(0, 1).float()
 
-    @torch.no_grad()
-    def hidden(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """[B, T, H] before the output head (the head runs on the scored positions only)."""
-        x = self.model.embedding(ids)
-        for block in self.model.blocks:
-            x = block(x, None)
-        return x.transpose(0, 1)
-
-    @torch.no_grad()
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.head(h).float()
-
     def decoder(self, out_rows: torch.Tensor | None = None):
         """KV-cached incremental decoding (prefill / step / keep) over the `out_rows` head rows."""
         from megaspeech.synth.generate import KVCacheLM
@@ -69,14 +60,6 @@ class HFLM:
             raise ValueError("document masks are not supported for Hugging Face models; score without them")
         return self.model(input_ids=ids, attention_mask=attn.long()).logits.float()
 
-    @torch.no_grad()
-    def hidden(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        return self.model.model(input_ids=ids, attention_mask=attn.long()).last_hidden_state
-
-    @torch.no_grad()
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(h).float()
-
     def decoder(self, out_rows: torch.Tensor | None = None):
         return HFDecoder(self.model, out_rows)
 
@@ -91,7 +74,7 @@ class HFDecoder:
         w = model.lm_head.weight.detach()
         self.w_out = w if out_rows is None else w[out_rows].contiguous()
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def head(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.w_out).float()
 
     def _run(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -110,13 +93,24 @@ class HFDecoder:
             ids[i, T - len(p):], self.attn[i, T - len(p):] = p, 1
         pos = (self.attn.cumsum(1) - 1).clamp(min=0)
         self.cache, self.pos = DynamicCache(), pos[:, -1]
-        return self._logits(self._run(ids, pos))
+        return self.head(self._run(ids, pos))
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         self.attn = torch.cat([self.attn, torch.ones(len(ids), 1, dtype=torch.long)], 1)
         self.pos = self.pos + 1
-        return self._logits(self._run(ids[:, None], self.pos[:, None]))
+        return self.head(self._run(ids[:, None], self.pos[:, None]))
+
+    @torch.no_grad()
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids int64 [B, S] after every row's cached tokens -> hidden [B, S, H] (KVCacheLM.extend)."""
+        B, S = ids.shape
+        self.attn = torch.cat([self.attn, torch.ones(B, S, dtype=torch.long)], 1)
+        pos = self.pos[:, None] + 1 + torch.arange(S)
+        out = self.model.model(input_ids=ids, attention_mask=self.attn, position_ids=pos,
+                               past_key_values=self.cache, use_cache=True)
+        self.cache, self.pos = out.past_key_values, pos[:, -1]
+        return out.last_hidden_state
 
     def keep(self, rows: torch.Tensor) -> None:
         self.cache.batch_select_indices(rows)
@@ -153,27 +147,41 @@ def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, attn
 
 
-def loglikelihoods(lm, prompts: list[np.ndarray], conts: list[np.ndarray], batch_size: int = 32
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Summed log p(continuation tokens | prompt, earlier continuation tokens) float64 [N] and the
-    continuation lengths int64 [N]. Items are sorted by length into batches (less padding); the
-    output head (the largest matmul of a small model) runs only on the positions that predict a
-    continuation token."""
-    seqs = [np.concatenate([np.asarray(p, np.int64), np.asarray(c, np.int64)]) for p, c in zip(prompts, conts)]
-    if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for c in conts):
-        raise ValueError("every prompt and continuation needs at least one token (start prompts with <|bos|>)")
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    ll = np.zeros(len(seqs))
+@torch.no_grad()
+def choice_loglikelihoods(lm, prompts: list[np.ndarray], choices: list[list[np.ndarray]], batch_size: int = 32
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """loglikelihoods() of several continuations of each prompt, the prompt run once: its KV cache
+    (`lm.decoder`) is copied to one row per choice, and the choices run as one right-padded block.
+    Returns float64 [N, K] and lengths int64 [N, K] (K choices per prompt). For a spoken story
+    (~375 context codes, two ~125-code endings) that is 625 positions per item instead of 1,000."""
+    k = len(choices[0])
+    if any(len(c) != k for c in choices) or any(len(p) == 0 for p in prompts) \
+            or any(len(x) == 0 for c in choices for x in c):
+        raise ValueError("every prompt needs >= 1 token and the same number of non-empty choices")
+    dec = lm.decoder(None)
+    ll = np.zeros((len(prompts), k))
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for j in range(0, len(order), batch_size):
         idx = order[j:j + batch_size]
-        ids, attn = _pad([seqs[i] for i in idx], lm.vocab.pad_id)
-        h = lm.hidden(ids[:, :-1], attn[:, :-1])
-        rows = torch.cat([torch.full((len(conts[i]),), r) for r, i in enumerate(idx)])
-        # the hidden state at position t predicts token t + 1
-        pos = torch.cat([torch.arange(len(prompts[i]) - 1, len(seqs[i]) - 1) for i in idx])
-        nll = F.cross_entropy(lm.head(h[rows, pos]), ids[rows, pos + 1], reduction="none").double()
-        ll[idx] = -torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows, nll).numpy()
-    return ll, np.array([len(c) for c in conts], np.int64)
+        conts = [torch.as_tensor(np.asarray(c, np.int64)) for i in idx for c in choices[i]]
+        S = max(len(c) for c in conts)
+        first = dec.prefill([torch.as_tensor(np.asarray(prompts[i], np.int64)) for i in idx], S)
+        dec.keep(torch.arange(len(idx)).repeat_interleave(k))
+        block = torch.zeros(len(conts), S, dtype=torch.long)
+        for r, c in enumerate(conts):
+            block[r, :len(c)] = c
+        # continuation token 0 is predicted by the prompt's last position, token t by block position t - 1
+        h = dec.extend(block[:, :S - 1]) if S > 1 else None
+        rows = torch.cat([torch.full((len(c) - 1,), r) for r, c in enumerate(conts)])
+        pos = torch.cat([torch.arange(len(c) - 1) for c in conts])
+        nll = torch.zeros(len(conts), dtype=torch.float64)
+        for a in range(0, len(rows), 1024):  # the head over the whole vocabulary, in chunks
+            r, p = rows[a:a + 1024], pos[a:a + 1024]
+            nll.index_add_(0, r, F.cross_entropy(dec.head(h[r, p]).float(), block[r, p + 1], reduction="none").double())
+        first = first.repeat_interleave(k, 0).float()
+        nll += F.cross_entropy(first, block[:, 0], reduction="none").double()
+        ll[idx] = -nll.view(len(idx), k).numpy()
+    return ll, np.array([[len(c) for c in cs] for cs in choices], np.int64)
 
 
 @torch.no_grad()

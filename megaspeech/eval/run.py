@@ -30,7 +30,7 @@ from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.eval.config import SuiteConfig
 from megaspeech.eval.heldout import check_not_in_training, heldout_documents
-from megaspeech.eval.lm import greedy, load_lm, loglikelihoods, token_nll_rows
+from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm, token_nll_rows
 from megaspeech.eval.report import accuracy, em_f1, markdown, mean_ci, wer_result
 
 
@@ -44,7 +44,7 @@ class Context:
         self.speech = None
         if suite.speech_tokenizer:
             from megaspeech.eval.speech import SpeechCodes
-            self.speech = SpeechCodes(suite.speech_tokenizer, suite.voices, out)
+            self.speech = SpeechCodes(suite.speech_tokenizer, suite.voices, suite.speech_cache or out)
             k = json.loads((Path(suite.speech_tokenizer) / "tokenizer.json").read_text())["codebook_size"]
             if k != self.v.speech_size:
                 raise ValueError(f"speech_tokenizer {suite.speech_tokenizer} has {k} codes but the model's "
@@ -68,17 +68,11 @@ def two_choice(ctx: Context, items: list[dict], direction: str) -> dict:
         ctx.need_speech([x for it in items for x in ([it["context"]] if it["context"] and src == "S" else [])
                          + (it["endings"] if dst == "S" else [])])
     t0 = time.perf_counter()
-    prompts, conts = [], []
-    for it in items:
-        p = np.asarray([ctx.v.bos_id], np.int64)
-        if it["context"]:
-            p = np.concatenate([p, ctx.span(it["context"], src)])
-        for e in it["endings"]:
-            prompts.append(p)
-            conts.append(ctx.span(e, dst))
-    ll, n = loglikelihoods(ctx.lm, prompts, conts, ctx.suite.batch_size)
+    prompts = [np.concatenate([[ctx.v.bos_id], ctx.span(it["context"], src) if it["context"] else []]).astype(np.int64)
+               for it in items]
+    ll, n = choice_loglikelihoods(ctx.lm, prompts, [[ctx.span(e, dst) for e in it["endings"]] for it in items],
+                                  ctx.suite.batch_size)
     nll = -ll / n if ctx.suite.scoring == "mean" else -ll
-    nll = nll.reshape(len(items), 2)
     label = np.array([it["label"] for it in items])
     right, wrong = nll[np.arange(len(items)), label], nll[np.arange(len(items)), 1 - label]
     scores = np.where(right < wrong, 1.0, np.where(right == wrong, 0.5, 0.0))

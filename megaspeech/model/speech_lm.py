@@ -213,7 +213,7 @@ class _PrefixKVCache:
             (slots < kv.pad[:, None])[:, None, None], float("-inf"))
         j = torch.arange(T, device=dev)
         mask = ((j[None, :] <= j[:, None])[None] & (j[None, None, :] >= kv.pad[:, None, None])) | torch.eye(T, dtype=torch.bool, device=dev)
-        return kv._logits(kv._layers(x, pos, 0, mask[:, None], causal=True)[:, -1])
+        return kv.head(kv._layers(x, pos, 0, mask[:, None], causal=True)[:, -1])
 
 
 @torch.no_grad()

@@ -335,7 +335,8 @@ def export_run(ctx: Ctx, cfg, extra: dict) -> dict:
 def eval_configure(ctx: Ctx):
     """Held-out losses, and the evaluation suite (megaspeech.eval) when eval.suite names one: the
     pipeline links the exported model, the run's speech tokenizer and every training dataset of the run
-    (the suite refuses to build from a document any of them contains)."""
+    (the suite refuses to build from a document any of them contains). The spoken items' codes are
+    cached in RUN/eval_speech_codes, shared by the variants (they are the same for every model)."""
     e = ctx.cfg.eval
     spec = {"heldout": str(ctx.run / "speech_shards" / "heldout"), "limit": e.heldout_limit,
             "batch_size": e.batch_size, "suite": None}
@@ -344,7 +345,7 @@ def eval_configure(ctx: Ctx):
         run = ctx.run
         trained_on = [run / p for p in MIXTURE_PATHS.values()] + [run / "speech_corpus" / "train", run / "speech_qa" / "shards"]
         links = [f"model={ctx.dir('export') / 'hf'}", f"out_dir={ctx.dir('eval') / 'suite'}",
-                 f"speech_tokenizer={run / 'tokenizer' / 'tokenizer'}",
+                 f"speech_tokenizer={run / 'tokenizer' / 'tokenizer'}", f"speech_cache={run / 'eval_speech_codes'}",
                  f"training_manifests={json.dumps([str(p) for p in trained_on])}"]
         spec["suite"] = as_dict(tool_config(SuiteConfig, StageSection(e.suite, e.overrides), links))
     return spec, {}

@@ -101,7 +101,7 @@ class KVCacheLM:
             x = x + blk.mlp(blk.mlp_norm(x))
         return x
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def head(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(self.model.head.norm(h), self.w_out)
 
     # -- API ---------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class KVCacheLM:
             mask = ((j[None, :] <= j[:, None])[None] & (j[None, None, :] >= self.pad[:, None, None])) | torch.eye(T, dtype=torch.bool, device=dev)
             mask = mask[:, None]
         h = self._layers(self.model.embedding.embed(ids), pos, 0, mask, causal=True)
-        return self._logits(h if all_logits else h[:, -1])
+        return self.head(h if all_logits else h[:, -1])
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -143,10 +143,26 @@ class KVCacheLM:
         mask = self.bias[..., :t + 1] if self.bias is not None else None
         h = self._layers(self.model.embedding.embed(ids[:, None]), pos, t, mask, causal=False)
         self.t = t + 1
-        return self._logits(h[:, 0])
+        return self.head(h[:, 0])
+
+    @torch.no_grad()
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids int64 [B, S], a block at slots [t, t + S) of every row -> hidden [B, S, H] (before
+        `head`). Causal inside the block; a right-padded block is fine (a row's real tokens never see
+        the padding after them)."""
+        B, S = ids.shape
+        t, dev = self.t, ids.device
+        if t + S > self.max_len:
+            raise RuntimeError(f"KV cache full ({self.max_len} slots): raise max_new in prefill()")
+        q = t + torch.arange(S, device=dev)
+        slots = torch.arange(t + S, device=dev)
+        mask = (slots[None, None] <= q[None, :, None]) & (slots[None, None] >= self.pad[:, None, None])
+        h = self._layers(self.model.embedding.embed(ids), q[None] - self.pad[:, None], t, mask[:, None], causal=False)
+        self.t = t + S
+        return h
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Drop finished rows from the caches (rows: indices to keep)."""
+        """Keep these cache rows, in this order (drop finished rows; a repeated index copies a row)."""
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
         self.pad = self.pad.index_select(0, rows)

@@ -1,9 +1,10 @@
 """The spoken directions end to end on a fresh random speech tokenizer (no trained one exists here):
 held-out sentences read by unseen TTS voices -> speech codes -> S->S / S->T / T->S story items, S->S
 word items, S->T QA, ASR and TTS WER; every row has its item count, and a second run reuses the
-cached codes (nothing synthesized twice)."""
+cached codes (nothing synthesized twice), also from another out_dir through speech_cache."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -41,11 +42,13 @@ def test_spoken_directions(planted, docs_dir, speech_tok, tmp_path):
     assert not any(r.get("skipped") for r in res["results"])
     keys = json.loads((tmp_path / "speech_codes.json").read_text())
     assert keys and all(k.split("|")[1] in cfg.voices for k in keys)
-    # the same suite again: every code comes from the cache
-    ctx = Context(cfg, load_lm(planted[0]), tmp_path)
+    # the same suite again: every code comes from the cache; another model's evaluation into another
+    # out_dir reads it too when speech_cache points there (the pipeline's variants share one)
     texts = [k.split("|", 2)[2] for k in keys]
-    ctx.need_speech(texts)
-    assert ctx.speech.synthesized == 0
+    for c, out in ((cfg, tmp_path), (dataclasses.replace(cfg, speech_cache=str(tmp_path)), tmp_path / "other")):
+        ctx = Context(c, load_lm(planted[1]), out)
+        ctx.need_speech(texts)
+        assert ctx.speech.synthesized == 0
 
 
 def test_training_voice_refused(planted, docs_dir, speech_tok, tmp_path):

@@ -21,7 +21,7 @@ from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.eval.config import SuiteConfig
 from megaspeech.eval.heldout import ContaminationError, heldout_documents
-from megaspeech.eval.lm import CheckpointLM, HFLM, loglikelihoods
+from megaspeech.eval.lm import CheckpointLM, HFLM, choice_loglikelihoods
 from megaspeech.eval.run import evaluate
 from tests.eval.heldout import REPO, VOCAB
 from tests.trainer.launch_util import read_metrics
@@ -37,17 +37,21 @@ def suite_cfg(docs_dir, **kw) -> SuiteConfig:
 
 
 def test_scorer_equals_brute_force(planted):
+    """choice_loglikelihoods (prompt once, its KV cache copied per choice) = per-token sums of a full
+    forward pass of prompt + choice; prompts and choices of mixed lengths (1 token included)."""
     lm = CheckpointLM(planted[0])
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 4096, n) for n in (1, 5, 17, 3, 30)]
-    conts = [rng.integers(0, 5128, n) for n in (4, 1, 9, 25, 2)]
-    ll, n = loglikelihoods(lm, prompts, conts, batch_size=3)
-    for p, c, got, k in zip(prompts, conts, ll, n):
-        ids = torch.as_tensor(np.concatenate([p, c]))[None]
-        with torch.no_grad():
-            logp = torch.log_softmax(lm.model(ids).transpose(0, 1)[0].double(), -1)
-        want = sum(float(logp[len(p) - 1 + j, c[j]]) for j in range(len(c)))
-        assert got == pytest.approx(want, rel=1e-5) and k == len(c)  # float32 logits vs float64
+    choices = [[rng.integers(0, 5128, n) for n in pair] for pair in ((4, 1), (1, 1), (9, 2), (25, 7), (2, 12))]
+    ll, n = choice_loglikelihoods(lm, prompts, choices, batch_size=3)
+    assert ll.shape == (5, 2)
+    for p, cs, got, k in zip(prompts, choices, ll, n):
+        for c, g, m in zip(cs, got, k):
+            ids = torch.as_tensor(np.concatenate([p, c]))[None]
+            with torch.no_grad():
+                logp = torch.log_softmax(lm.model(ids).transpose(0, 1)[0].double(), -1)
+            want = sum(float(logp[len(p) - 1 + j, c[j]]) for j in range(len(c)))
+            assert g == pytest.approx(want, rel=1e-5) and m == len(c)  # float32 logits vs float64
 
 
 def test_checkpoint_and_hf_export_agree(planted, docs_dir, tmp_path):
@@ -60,10 +64,10 @@ def test_checkpoint_and_hf_export_agree(planted, docs_dir, tmp_path):
     ck, hf = CheckpointLM(trained), HFLM(hf_dir)
     tok = TextTokenizer(VOCAB)
     items = planted[2][:40]
-    prompts = [np.concatenate([[VOCAB.bos_id], tok.encode(it["context"])]) for it in items for _ in (0, 1)]
-    conts = [tok.encode(e).astype(np.int64) for it in items for e in it["endings"]]
-    a, _ = loglikelihoods(ck, prompts, conts)
-    b, _ = loglikelihoods(hf, prompts, conts)
+    prompts = [np.concatenate([[VOCAB.bos_id], tok.encode(it["context"])]) for it in items]
+    choices = [[tok.encode(e).astype(np.int64) for e in it["endings"]] for it in items]
+    a, _ = choice_loglikelihoods(ck, prompts, choices)
+    b, _ = choice_loglikelihoods(hf, prompts, choices)
     assert np.max(np.abs(a - b) / np.abs(a)) < 1e-4
     ra = evaluate(suite_cfg(docs_dir), trained, tmp_path / "e_ck", log=lambda m: None)
     rb = evaluate(suite_cfg(docs_dir), hf_dir, tmp_path / "e_hf", log=lambda m: None)
