@@ -40,6 +40,47 @@ def write_report(run: Path, done: dict[str, dict], cfg, variant: str = "") -> di
     return report
 
 
+def ablation_table(run: Path) -> str:
+    """The recipe and its variants side by side (every RUN/report*.json; launch/pipeline.py --compare):
+    interleaved share, final training losses, held-out losses and every evaluation-suite row, as
+    value [95% CI]. Also written to RUN/ablation.md."""
+    reports = {}
+    for path in sorted(Path(run).glob("report*.json"), key=lambda f: (f.name != "report.json", f.name)):
+        r = json.loads(path.read_text())
+        reports[r.get("variant") or "recipe"] = r["stages"]
+    if not reports:
+        raise FileNotFoundError(f"{run}: no report*.json; run launch/pipeline.py with run.dir={run} first")
+    rows: dict[str, dict[str, str]] = {}
+
+    def put(label: str, name: str, text: str) -> None:
+        rows.setdefault(label, {})[name] = text
+
+    for name, st in reports.items():
+        pre = st.get("pretrain", {}).get("metrics", {})
+        if "weights" in pre:
+            put("interleaved share of tokens", name, f"{pre['weights'].get('interleaved', 0.0):.2f}")
+        for k in ("final_loss_text", "final_loss_speech"):
+            if k in pre:
+                put(f"pre-training {k.replace('_', ' ')} (nats)", name, f"{pre[k]:.3f}")
+        ev = st.get("eval", {}).get("metrics", {})
+        for k in ("text", "speech", "asr", "tts"):
+            if f"heldout_loss_{k}" in ev:
+                lo, hi = ev[f"heldout_loss_{k}_ci95"]
+                put(f"held-out loss {k} (nats)", name, f"{ev[f'heldout_loss_{k}']:.3f} [{lo:.3f}, {hi:.3f}]")
+        suite = ev.get("suite")
+        for r in suite.get("results", []) if isinstance(suite, dict) else []:
+            if "value" in r:
+                lo, hi = r.get("ci95", (float("nan"),) * 2)
+                put(f"{r['task']} {r['direction']} {r['metric']} (n={r['n']})", name,
+                    f"{r['value']:.1f} [{lo:.1f}, {hi:.1f}]")
+    names = list(reports)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(v.get(n, "-") for n in names) + " |" for label, v in rows.items()]
+    table = "\n".join(lines) + "\n"
+    _atomic(Path(run) / "ablation.md", table)
+    return table
+
+
 def _fmt_metrics(m: dict) -> str:
     out = []
     for k, v in m.items():

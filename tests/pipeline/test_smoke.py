@@ -142,6 +142,12 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     wv = json.loads((run / "report-no_interleaved.json").read_text())["stages"]["pretrain"]["metrics"]["weights"]
     assert math.isclose(sum(wv.values()), 1.0) and wv["asr_tts"] / wv["text"] == pytest.approx(w["asr_tts"] / w["text"])
     assert _marker(run, "pretrain") == m["pretrain"]  # the recipe's own run is untouched
+    # the ablation table: the recipe and the variant side by side, from their report*.json
+    table = _pipeline(run, "--compare").stdout
+    assert table == (run / "ablation.md").read_text() and "| metric | recipe | no_interleaved |" in table
+    assert f"| interleaved share of tokens | {w['interleaved']:.2f} | 0.00 |" in table
+    lo, hi = ev["heldout_loss_speech_ci95"]
+    assert f"| held-out loss speech (nats) | {ev['heldout_loss_speech']:.3f} [{lo:.3f}, {hi:.3f}] | - |" in table
     # a changed input redoes its stage (and only it, up to --until); upstream stays
     changed = _pipeline(run, "--until", "interleaved",
                         "interleaved.overrides=[interleave.eta=0.5, interleave.docs_per_batch=32, threads=1]")
