@@ -25,7 +25,7 @@ def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: in
            "--master_port", str(_free_port()), str(root / "launch" / script), "--config",
            str(config), *argv]
     print("$ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    env = {**os.environ, "OMP_NUM_THREADS": child_threads(section.nproc),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     metrics = run_dir / "metrics.jsonl"
     t0, seen = time.time(), 0
@@ -41,6 +41,13 @@ def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: in
     if code != 0:
         raise RuntimeError(f"{script} exited with {code}; see {run_dir / 'log.txt'}")
     return _rows(metrics)
+
+
+def child_threads(nproc: int) -> str:
+    """OMP_NUM_THREADS for each of nproc training processes: the caller's setting, else this machine's
+    cores shared among them (torch.distributed.run alone would give each process one thread, leaving
+    a 1-process run on one core)."""
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // nproc))
 
 
 def run_child(cmd: list[str], poll, env: dict | None = None, every: float = 2.0) -> int:

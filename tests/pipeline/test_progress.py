@@ -1,4 +1,5 @@
-"""A training stage's child process: a SIGTERM to the pipeline stops the child too (none left behind)."""
+"""A training stage's child process: a SIGTERM to the pipeline stops the child too (none left behind);
+its processes share the machine's cores unless OMP_NUM_THREADS says otherwise."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from megaspeech.pipeline.progress import ROOT
+from megaspeech.pipeline.progress import ROOT, child_threads
 
 
 def test_sigterm_reaches_the_training_child(tmp_path):
@@ -29,3 +30,11 @@ def test_sigterm_reaches_the_training_child(tmp_path):
     except ProcessLookupError:
         alive = False
     assert not alive
+
+
+def test_training_processes_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert (child_threads(1), child_threads(2), child_threads(16)) == ("8", "4", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert child_threads(1) == "3"
