@@ -74,6 +74,18 @@ def ablation_table(run: Path) -> str:
                 put(f"{r['task']} {r['direction']} {r['metric']} (n={r['n']})", name,
                     f"{r['value']:.1f} [{lo:.1f}, {hi:.1f}]")
     names = list(reports)
+    heldout = Path(run) / "speech_shards" / "heldout"
+    if (heldout / "manifest.json").is_file() and any("held-out loss speech (nats)" in label for label in rows):
+        from megaspeech.pipeline.heldout import speech_ngram_losses
+        limit = next(iter(reports.values())).get("eval", {}).get("metrics", {}).get("heldout_pairs", 200)
+        ref = speech_ngram_losses(Path(run) / "speech_shards" / "unsup", heldout, limit)
+        ordered = {}
+        for label, v in rows.items():
+            ordered[label] = v
+            if label == "held-out loss speech (nats)":  # the data's references, the same in every column
+                for k, x in ref.items():
+                    ordered[f"held-out loss speech of a count {k} of the training codes (nats)"] = {n: f"{x:.3f}" for n in names}
+        rows = ordered
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {label} | " + " | ".join(v.get(n, "-") for n in names) + " |" for label, v in rows.items()]
     table = "\n".join(lines) + "\n"
