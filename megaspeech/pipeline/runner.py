@@ -129,8 +129,10 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
             if missing:
                 raise PipelineError(f"{stage} needs {missing} done first")
             cfg_obj, extra = configure(ctx)
+            # a stage that does not read an upstream output this time (extra["unread"]: pre-training
+            # without interleaved data) is not redone when that upstream stage changes
             spec = {"config": _jsonable(cfg_obj), "extra": extra,
-                    "upstream": {u: ctx.done[u]["hash"] for u in needs}}
+                    "upstream": {u: ctx.done[u]["hash"] for u in needs if u not in extra.get("unread", ())}}
             h = _hash(spec)
             marker, started = _read(d / "stage.json"), _read(d / "started.json")
             if marker is not None and marker.get("hash") == h and not (start and i >= i0):

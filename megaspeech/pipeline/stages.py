@@ -304,7 +304,9 @@ def pretrain_configure(ctx: Ctx):
     data = [f"data.kind={frag.get('kind', 'shards')}", f"data.mix_unit={frag.get('mix_unit', 'tokens')}",
             f"data.root={ctx.run}", f"data.sources=[{', '.join(sources)}]"]
     cfg = tool_config(PretrainConfig, sec, [*links, *data])
-    return cfg, {"argv": [*sec.overrides, *links, *data], "weights": weights, "mixture": info}
+    unread = [n for n in ("interleaved",) if n not in weights]  # e.g. the ablation without it
+    return cfg, {"argv": [*sec.overrides, *links, *data], "weights": weights, "mixture": info,
+                 **({"unread": unread} if unread else {})}
 
 
 def pretrain_run(ctx: Ctx, cfg, extra: dict) -> dict:

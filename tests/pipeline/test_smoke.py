@@ -157,6 +157,10 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert changed.stdout.count("skip: done") == 5 and "[6/10 interleaved] redo: inputs changed" in changed.stdout
     assert json.loads((run / "interleaved/shards/manifest.json").read_text())["meta"]["eta"] == 0.5
     assert _marker(run, "pretrain") == m["pretrain"]  # not reached (--until)
+    # the variant without interleaved data does not read it: its pre-training stands
+    var2 = _pipeline(run, "run.variant=no_interleaved", "pretrain.interleaved_scale=0", "--until", "pretrain",
+                     "interleaved.overrides=[interleave.eta=0.5, interleave.docs_per_batch=32, threads=1]")
+    assert "[8/10 pretrain] skip: done, inputs unchanged" in var2.stdout, var2.stdout
     # --from redoes that stage; the earlier markers are taken as they are
     redo = _pipeline(run, "--from", "export", "--until", "export")
     assert "[9/10 export] redo: --from" in redo.stdout and "start" not in redo.stdout.split("[9/10")[0]
