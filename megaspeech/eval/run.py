@@ -84,19 +84,34 @@ def spoken(question: str) -> str:
     return question.replace("___", "blank")
 
 
+def qa_prompt(ctx: Context, it: dict, src: str) -> np.ndarray:
+    """suite.qa_prompt chat: <|user|> passage question <|assistant|> (the SALM-style QA data's format, for
+    a model trained on it); plain: <|bos|> passage "\nQuestion:" question "\nAnswer:" (what a base
+    model can be asked: pre-training has no chat turns). Passage and question are spoken for S->T."""
+    v = ctx.v
+    passage = ctx.span(it["passage"], src)
+    if ctx.suite.qa_prompt == "chat":
+        q = ctx.span(spoken(it["question"]), "S") if src == "S" else ctx.tok.encode(" " + it["question"])
+        return np.concatenate([[v.special("<|user|>")], passage, q, [v.special("<|assistant|>")]]).astype(np.int64)
+    if src == "S":
+        q = np.concatenate([ctx.tok.encode("\nQuestion:"), ctx.span(spoken(it["question"]), "S")])
+    else:
+        q = ctx.tok.encode("\nQuestion: " + it["question"])
+    return np.concatenate([[v.bos_id], passage, q, ctx.tok.encode("\nAnswer:")]).astype(np.int64)
+
+
 def qa(ctx: Context, items: list[dict], direction: str) -> tuple[list[dict], list[str]]:
     src = direction.split("->")[0]
     if src == "S":  # passage and question both spoken (a cloze blank is read as the word "blank")
         ctx.need_speech([it["passage"] for it in items] + [spoken(it["question"]) for it in items])
     t0 = time.perf_counter()
     v = ctx.v
-    user, asst = v.special("<|user|>"), v.special("<|assistant|>")
-    question = (lambda q: ctx.span(spoken(q), "S")) if src == "S" else (lambda q: ctx.tok.encode(" " + q))
-    prompts = [np.concatenate([[user], ctx.span(it["passage"], src), question(it["question"]), [asst]])
-               for it in items]
-    outs = greedy(ctx.lm, prompts, ctx.suite.max_answer_tokens, [v.eos_id, v.bos_id, user],
+    prompts = [qa_prompt(ctx, it, src) for it in items]
+    outs = greedy(ctx.lm, prompts, ctx.suite.max_answer_tokens, [v.eos_id, v.bos_id, v.special("<|user|>")],
                   allowed=torch.arange(v.text_size), batch_size=ctx.suite.batch_size)
     preds = [ctx.tok.decode(o).strip() for o in outs]
+    if ctx.suite.qa_prompt == "plain":  # a base model goes on after its answer: keep the first line
+        preds = [p.split("\n")[0].strip() for p in preds]
     em, f1 = np.array([em_f1(p, it["answer"]) for p, it in zip(preds, items)]).T
     ips = len(items) / (time.perf_counter() - t0)
     return [{**mean_ci(em, "exact match"), "items_per_s": ips}, {**mean_ci(f1, "token F1"), "items_per_s": ips}], preds

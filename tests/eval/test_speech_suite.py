@@ -55,3 +55,28 @@ def test_training_voice_refused(planted, docs_dir, speech_tok, tmp_path):
     cfg = suite_cfg(docs_dir, speech_tokenizer=str(speech_tok), voices=["espeak:en-us"])
     with pytest.raises(ConfigError, match="voices: espeak:en-us is a voice training speech uses"):
         evaluate(cfg, planted[1], tmp_path, log=lambda m: None)
+
+
+def test_qa_prompt_formats(planted, docs_dir, speech_tok, tmp_path):
+    """chat: <|user|> passage question <|assistant|>; plain (a base model): <|bos|> passage
+    "\nQuestion:" question "\nAnswer:", with passage and question spoken for S->T."""
+    import numpy as np
+
+    from megaspeech.eval.run import qa_prompt, spoken
+    it = {"passage": "The budget was balanced. Taxes were cut.", "question": "Which word fills the blank: \"Taxes were ___\"?"}
+    lm = load_lm(planted[0])
+    v = lm.vocab
+    for fmt in ("chat", "plain"):
+        ctx = Context(suite_cfg(docs_dir, speech_tokenizer=str(speech_tok), qa_prompt=fmt), lm, tmp_path)
+        ctx.need_speech([it["passage"], spoken(it["question"])])
+        tt, st = qa_prompt(ctx, it, "T"), qa_prompt(ctx, it, "S")
+        enc, sp = ctx.tok.encode, ctx.span
+        if fmt == "chat":
+            want_t = [[v.special("<|user|>")], enc(it["passage"]), enc(" " + it["question"]), [v.special("<|assistant|>")]]
+            want_s = [[v.special("<|user|>")], sp(it["passage"], "S"), sp(spoken(it["question"]), "S"), [v.special("<|assistant|>")]]
+        else:
+            want_t = [[v.bos_id], enc(it["passage"]), enc("\nQuestion: " + it["question"]), enc("\nAnswer:")]
+            want_s = [[v.bos_id], sp(it["passage"], "S"), enc("\nQuestion:"), sp(spoken(it["question"]), "S"), enc("\nAnswer:")]
+        np.testing.assert_array_equal(tt, np.concatenate(want_t))
+        np.testing.assert_array_equal(st, np.concatenate(want_s))
+        assert (v.special("<|user|>") in tt) == (fmt == "chat")
