@@ -39,7 +39,7 @@ class CheckpointLM:
         return self.model(ids, doc_ids).transpose(0, 1).float()
 
     def decoder(self, out_rows: torch.Tensor | None = None):
-        """KV-cached incremental decoding (prefill / step / keep) over the `out_rows` head rows."""
+        """KV-cached incremental decoding (prefill / extend / step / keep) over the `out_rows` head rows."""
         from megaspeech.synth.generate import KVCacheLM
         return KVCacheLM(self.model, out_rows)
 
@@ -137,22 +137,12 @@ def load_lm(path: str | Path):
     return CheckpointLM(p)
 
 
-def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(np.asarray(s, np.int64))
-        attn[i, :len(s)] = True
-    return ids, attn
-
-
 @torch.no_grad()
 def choice_loglikelihoods(lm, prompts: list[np.ndarray], choices: list[list[np.ndarray]], batch_size: int = 32
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """loglikelihoods() of several continuations of each prompt, the prompt run once: its KV cache
-    (`lm.decoder`) is copied to one row per choice, and the choices run as one right-padded block.
-    Returns float64 [N, K] and lengths int64 [N, K] (K choices per prompt). For a spoken story
+    """Summed log p(choice tokens | prompt, earlier choice tokens) of the K choices of each prompt, the
+    prompt run once: its KV cache (`lm.decoder`) is copied to one row per choice, and the choices run
+    as one right-padded block. Returns float64 [N, K] and the choice lengths int64 [N, K]. For a spoken story
     (~375 context codes, two ~125-code endings) that is 625 positions per item instead of 1,000."""
     k = len(choices[0])
     if any(len(c) != k for c in choices) or any(len(p) == 0 for p in prompts) \
