@@ -16,6 +16,7 @@ markers' metrics and times after every invocation.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -63,6 +64,24 @@ def _wipe(d: Path) -> None:
         raise PipelineError(f"{d} exists but was not written by the pipeline (no started.json/stage.json): "
                             f"move it away or choose another run.dir")
     shutil.rmtree(d)
+
+
+@contextlib.contextmanager
+def _stage_lock(run: Path, name: str, on_wait):
+    """Hold RUN/.locks/<name>.lock (flock, released when the process dies) while a stage is
+    checked and run, so two invocations on one run dir never wipe or write the same stage."""
+    path = run / ".locks" / f"{name}.lock"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -125,47 +144,51 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
                                         f"missing); run without --from first")
                 ctx.done[stage] = marker
                 continue
-            missing = [u for u in needs if u not in ctx.done]
-            if missing:
-                raise PipelineError(f"{stage} needs {missing} done first")
-            cfg_obj, extra = configure(ctx)
-            # a stage that does not read an upstream output this time (extra["unread"]: pre-training
-            # without interleaved data) is not redone when that upstream stage changes
-            spec = {"config": _jsonable(cfg_obj), "extra": extra,
-                    "upstream": {u: ctx.done[u]["hash"] for u in needs if u not in extra.get("unread", ())}}
-            h = _hash(spec)
-            marker, started = _read(d / "stage.json"), _read(d / "started.json")
-            if marker is not None and marker.get("hash") == h and not (start and i >= i0):
+            # another invocation on this run dir (a variant started beside the recipe) may be
+            # running this stage: wait for it, then its marker decides skip / redo as usual
+            with _stage_lock(run, d.name, lambda: say(f"{tag} waiting: another pipeline process "
+                                                       f"on {run} is running this stage")):
+                missing = [u for u in needs if u not in ctx.done]
+                if missing:
+                    raise PipelineError(f"{stage} needs {missing} done first")
+                cfg_obj, extra = configure(ctx)
+                # a stage that does not read an upstream output this time (extra["unread"]: pre-training
+                # without interleaved data) is not redone when that upstream stage changes
+                spec = {"config": _jsonable(cfg_obj), "extra": extra,
+                        "upstream": {u: ctx.done[u]["hash"] for u in needs if u not in extra.get("unread", ())}}
+                h = _hash(spec)
+                marker, started = _read(d / "stage.json"), _read(d / "started.json")
+                if marker is not None and marker.get("hash") == h and not (start and i >= i0):
+                    ctx.done[stage] = marker
+                    say(f"{tag} skip: done, inputs unchanged ({marker['seconds']:.0f}s when run)")
+                    continue
+                if marker is not None or start and i >= i0:
+                    say(f"{tag} redo: " + ("--from" if marker is None or marker.get("hash") == h else "inputs changed"))
+                    _wipe(d)
+                elif started is not None and started.get("hash") != h:
+                    say(f"{tag} restart: an interrupted run had other inputs")
+                    _wipe(d)
+                elif started is not None:
+                    say(f"{tag} resume: an interrupted run with the same inputs")
+                d.mkdir(parents=True, exist_ok=True)
+                if not (d / "started.json").exists():
+                    _write(d / "started.json", {"hash": h, "started_at": time.time()})
+                say(f"{tag} start (log: {d / 'log.txt'})")
+                t0 = time.time()
+                with _stage_log(d / "log.txt"):
+                    try:
+                        result = execute(ctx, cfg_obj, extra)
+                    except Exception:
+                        traceback.print_exc()
+                        raise
+                    print(f"stage {stage} finished: {json.dumps(result, default=str)}", flush=True)
+                secs = time.time() - t0
+                marker = {"stage": stage, "hash": h, "upstream": spec["upstream"], "config": spec["config"],
+                          "outputs": result["outputs"], "metrics": result["metrics"], "seconds": secs,
+                          "finished_at": time.time()}
+                _write(d / "stage.json", marker)
                 ctx.done[stage] = marker
-                say(f"{tag} skip: done, inputs unchanged ({marker['seconds']:.0f}s when run)")
-                continue
-            if marker is not None or start and i >= i0:
-                say(f"{tag} redo: " + ("--from" if marker is None or marker.get("hash") == h else "inputs changed"))
-                _wipe(d)
-            elif started is not None and started.get("hash") != h:
-                say(f"{tag} restart: an interrupted run had other inputs")
-                _wipe(d)
-            elif started is not None:
-                say(f"{tag} resume: an interrupted run with the same inputs")
-            d.mkdir(parents=True, exist_ok=True)
-            if not (d / "started.json").exists():
-                _write(d / "started.json", {"hash": h, "started_at": time.time()})
-            say(f"{tag} start (log: {d / 'log.txt'})")
-            t0 = time.time()
-            with _stage_log(d / "log.txt"):
-                try:
-                    result = execute(ctx, cfg_obj, extra)
-                except Exception:
-                    traceback.print_exc()
-                    raise
-                print(f"stage {stage} finished: {json.dumps(result, default=str)}", flush=True)
-            secs = time.time() - t0
-            marker = {"stage": stage, "hash": h, "upstream": spec["upstream"], "config": spec["config"],
-                      "outputs": result["outputs"], "metrics": result["metrics"], "seconds": secs,
-                      "finished_at": time.time()}
-            _write(d / "stage.json", marker)
-            ctx.done[stage] = marker
-            say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
+                say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
     except Exception as e:
         say(f"pipeline stopped: {type(e).__name__}: {e}")
         write_report(run, ctx.done, cfg, cfg.run.variant)  # what is done so far
