@@ -50,6 +50,17 @@ def ablation_table(run: Path) -> str:
         reports[r.get("variant") or "recipe"] = r["stages"]
     if not reports:
         raise FileNotFoundError(f"{run}: no report*.json; run launch/pipeline.py with run.dir={run} first")
+    # the data's own references for the speech loss (count n-grams of the training codes, scored on
+    # the same held-out pairs): the same in every column
+    evals = [st.get("eval", {}).get("metrics", {}) for st in reports.values()]
+    heldout, ref = Path(run) / "speech_shards" / "heldout", {}
+    if (heldout / "manifest.json").is_file() and any("heldout_loss_speech" in ev for ev in evals):
+        from megaspeech.pipeline.heldout import speech_ngram_losses
+        limits = {ev["heldout_pairs"] for ev in evals if "heldout_pairs" in ev}
+        if len(limits) != 1:
+            raise ValueError(f"{run}: the reports scored {sorted(limits)} held-out pairs; rerun their eval "
+                             f"stages with one eval.limit so the n-gram references fit every column")
+        ref = speech_ngram_losses(Path(run) / "speech_shards" / "unsup", heldout, limits.pop())
     rows: dict[str, dict[str, str]] = {}
 
     def put(label: str, name: str, text: str) -> None:
@@ -67,6 +78,8 @@ def ablation_table(run: Path) -> str:
             if f"heldout_loss_{k}" in ev:
                 lo, hi = ev[f"heldout_loss_{k}_ci95"]
                 put(f"held-out loss {k} (nats)", name, f"{ev[f'heldout_loss_{k}']:.3f} [{lo:.3f}, {hi:.3f}]")
+                for order, x in ref.items() if k == "speech" else ():
+                    put(f"held-out loss speech of a count {order} of the training codes (nats)", name, f"{x:.3f}")
         suite = ev.get("suite")
         for r in suite.get("results", []) if isinstance(suite, dict) else []:
             if "value" in r:
@@ -74,18 +87,6 @@ def ablation_table(run: Path) -> str:
                 put(f"{r['task']} {r['direction']} {r['metric']} (n={r['n']})", name,
                     f"{r['value']:.1f} [{lo:.1f}, {hi:.1f}]")
     names = list(reports)
-    heldout = Path(run) / "speech_shards" / "heldout"
-    if (heldout / "manifest.json").is_file() and any("held-out loss speech (nats)" in label for label in rows):
-        from megaspeech.pipeline.heldout import speech_ngram_losses
-        limit = next(iter(reports.values())).get("eval", {}).get("metrics", {}).get("heldout_pairs", 200)
-        ref = speech_ngram_losses(Path(run) / "speech_shards" / "unsup", heldout, limit)
-        ordered = {}
-        for label, v in rows.items():
-            ordered[label] = v
-            if label == "held-out loss speech (nats)":  # the data's references, the same in every column
-                for k, x in ref.items():
-                    ordered[f"held-out loss speech of a count {k} of the training codes (nats)"] = {n: f"{x:.3f}" for n in names}
-        rows = ordered
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {label} | " + " | ".join(v.get(n, "-") for n in names) + " |" for label, v in rows.items()]
     table = "\n".join(lines) + "\n"
