@@ -79,7 +79,8 @@ def ablation_table(run: Path) -> str:
                 lo, hi = ev[f"heldout_loss_{k}_ci95"]
                 put(f"held-out loss {k} (nats)", name, f"{ev[f'heldout_loss_{k}']:.3f} [{lo:.3f}, {hi:.3f}]")
                 for order, x in ref.items() if k == "speech" else ():
-                    put(f"held-out loss speech of a count {order} of the training codes (nats)", name, f"{x:.3f}")
+                    for n in reports:  # also in the columns of variants not evaluated yet
+                        put(f"held-out loss speech of a count {order} of the training codes (nats)", n, f"{x:.3f}")
         suite = ev.get("suite")
         for r in suite.get("results", []) if isinstance(suite, dict) else []:
             if "value" in r:

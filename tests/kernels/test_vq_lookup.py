@@ -221,5 +221,12 @@ def test_fp32_rerank_falls_back_when_the_bound_is_not_met(seed):
         assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
     ieee = vq_lookup(x, c, backend="triton", fp32_search="ieee")
     assert torch.equal(ieee[0], ref[0])
+    # bf16 x breaks the designed gaps: a row whose two best codes differ (in float64) by less than
+    # fp32 scores resolve (~1e-5 at these magnitudes) may take either; every other row must agree
     xb = x.bfloat16()
-    assert torch.equal(vq_lookup(xb, c, backend="triton")[0], vq_lookup_reference(xb, c)[0])
+    got, want = vq_lookup(xb, c, backend="triton")[0], vq_lookup_reference(xb, c)[0]
+    s = (c.double() ** 2).sum(1) - 2 * xb.double() @ c.double().T
+    top2 = s.topk(2, dim=1, largest=False).values
+    decided = top2[:, 1] - top2[:, 0] > 1e-4
+    assert decided.sum() >= len(got) // 2 and torch.equal(got[decided], want[decided])
+    assert (s.gather(1, got[:, None])[:, 0] - top2[:, 0]).max() <= 1e-4
