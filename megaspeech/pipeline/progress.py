@@ -28,16 +28,7 @@ def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: in
     env = {**os.environ, "OMP_NUM_THREADS": child_threads(section.nproc),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     metrics = run_dir / "metrics.jsonl"
-    t0, seen = time.time(), 0
-
-    def poll() -> None:
-        nonlocal seen
-        rows = _rows(metrics)
-        if rows and rows[-1]["step"] != seen:
-            seen = rows[-1]["step"]
-            ctx.progress(eta_line(stage, seen, steps, time.time() - t0, rows[0]["step"] - 1))
-
-    code = run_child(cmd, poll, env)
+    code = run_child(cmd, progress_poller(metrics, stage, steps, ctx.progress), env)
     if code != 0:
         raise RuntimeError(f"{script} exited with {code}; see {run_dir / 'log.txt'}")
     return _rows(metrics)
@@ -81,6 +72,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def progress_poller(metrics: Path, stage: str, steps: int, say):
+    """A poll() that says one eta_line per new step of `metrics`. The rate counts only rows written
+    after this call: a resumed run appends from its checkpoint's step, and the steps before it
+    took no time of this invocation."""
+    n0, t0, seen = len(_rows(metrics)), time.time(), None
+
+    def poll() -> None:
+        nonlocal seen
+        rows = _rows(metrics)[n0:]
+        if rows and rows[-1]["step"] != seen:
+            seen = rows[-1]["step"]
+            say(eta_line(stage, seen, steps, time.time() - t0, rows[0]["step"] - 1))
+    return poll
 
 
 def eta_line(stage: str, step: int, total: int, elapsed: float, start: int = 0, max_seconds: float = 0) -> str:

@@ -2,6 +2,7 @@
 its processes share the machine's cores unless OMP_NUM_THREADS says otherwise."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,3 +39,18 @@ def test_training_processes_share_the_cores(monkeypatch):
     assert (child_threads(1), child_threads(2), child_threads(16)) == ("8", "4", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert child_threads(1) == "3"
+
+
+def test_eta_after_a_resume_counts_only_this_invocations_steps(tmp_path, monkeypatch):
+    from megaspeech.pipeline import progress
+    metrics = tmp_path / "metrics.jsonl"
+    row = lambda step: json.dumps({"step": step, "loss": 1.0}) + "\n"
+    metrics.write_text("".join(row(i) for i in range(1, 28)))  # the first run logged 1..27
+    clock = iter([1000.0, 1060.0])
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    lines = []
+    poll = progress.progress_poller(metrics, "pretrain", 150, lines.append)
+    with metrics.open("a") as f:  # resumed from the step-25 checkpoint: 26..31 in 60 s
+        f.write("".join(row(i) for i in range(26, 32)))
+    poll()
+    assert lines == ["[pretrain] step 31/150 (21%) eta 19m50s"]  # 10 s/step x 119 steps left
