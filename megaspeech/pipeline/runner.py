@@ -115,6 +115,52 @@ def _stage_log(path: Path):
         f.close()
 
 
+def _run_stage(ctx: Ctx, stage: str, d: Path, tag: str, forced: bool, say) -> None:
+    """Skip, resume, redo or run one stage by its marker (the module docstring's rule); forced: --from."""
+    configure, execute, needs = STAGE_FUNCS[stage]
+    missing = [u for u in needs if u not in ctx.done]
+    if missing:
+        raise PipelineError(f"{stage} needs {missing} done first")
+    cfg_obj, extra = configure(ctx)
+    # a stage that does not read an upstream output this time (extra["unread"]: pre-training
+    # without interleaved data) is not redone when that upstream stage changes
+    spec = {"config": _jsonable(cfg_obj), "extra": extra,
+            "upstream": {u: ctx.done[u]["hash"] for u in needs if u not in extra.get("unread", ())}}
+    h = _hash(spec)
+    marker, started = _read(d / "stage.json"), _read(d / "started.json")
+    if marker is not None and marker.get("hash") == h and not forced:
+        ctx.done[stage] = marker
+        say(f"{tag} skip: done, inputs unchanged ({marker['seconds']:.0f}s when run)")
+        return
+    if marker is not None or forced:
+        say(f"{tag} redo: " + ("--from" if marker is None or marker.get("hash") == h else "inputs changed"))
+        _wipe(d)
+    elif started is not None and started.get("hash") != h:
+        say(f"{tag} restart: an interrupted run had other inputs")
+        _wipe(d)
+    elif started is not None:
+        say(f"{tag} resume: an interrupted run with the same inputs")
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "started.json").exists():
+        _write(d / "started.json", {"hash": h, "started_at": time.time()})
+    say(f"{tag} start (log: {d / 'log.txt'})")
+    t0 = time.time()
+    with _stage_log(d / "log.txt"):
+        try:
+            result = execute(ctx, cfg_obj, extra)
+        except Exception:
+            traceback.print_exc()
+            raise
+        print(f"stage {stage} finished: {json.dumps(result, default=str)}", flush=True)
+    secs = time.time() - t0
+    marker = {"stage": stage, "hash": h, "upstream": spec["upstream"], "config": spec["config"],
+              "outputs": result["outputs"], "metrics": result["metrics"], "seconds": secs,
+              "finished_at": time.time()}
+    _write(d / "stage.json", marker)
+    ctx.done[stage] = marker
+    say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
+
+
 def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | None = None,
                  console=None) -> dict:
     """Run (or skip / resume / redo) the stages between `start` and `until`; returns the report."""
@@ -135,7 +181,6 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
     try:
         for i, stage in enumerate(RUN_STAGES[:i1 + 1]):
             d = ctx.dir(stage)
-            configure, execute, needs = STAGE_FUNCS[stage]
             tag = f"[{i + 1}/{n} {stage}]"
             if i < i0:
                 marker = _read(d / "stage.json")
@@ -148,47 +193,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
             # running this stage: wait for it, then its marker decides skip / redo as usual
             with _stage_lock(run, d.name, lambda: say(f"{tag} waiting: another pipeline process "
                                                        f"on {run} is running this stage")):
-                missing = [u for u in needs if u not in ctx.done]
-                if missing:
-                    raise PipelineError(f"{stage} needs {missing} done first")
-                cfg_obj, extra = configure(ctx)
-                # a stage that does not read an upstream output this time (extra["unread"]: pre-training
-                # without interleaved data) is not redone when that upstream stage changes
-                spec = {"config": _jsonable(cfg_obj), "extra": extra,
-                        "upstream": {u: ctx.done[u]["hash"] for u in needs if u not in extra.get("unread", ())}}
-                h = _hash(spec)
-                marker, started = _read(d / "stage.json"), _read(d / "started.json")
-                if marker is not None and marker.get("hash") == h and not (start and i >= i0):
-                    ctx.done[stage] = marker
-                    say(f"{tag} skip: done, inputs unchanged ({marker['seconds']:.0f}s when run)")
-                    continue
-                if marker is not None or start and i >= i0:
-                    say(f"{tag} redo: " + ("--from" if marker is None or marker.get("hash") == h else "inputs changed"))
-                    _wipe(d)
-                elif started is not None and started.get("hash") != h:
-                    say(f"{tag} restart: an interrupted run had other inputs")
-                    _wipe(d)
-                elif started is not None:
-                    say(f"{tag} resume: an interrupted run with the same inputs")
-                d.mkdir(parents=True, exist_ok=True)
-                if not (d / "started.json").exists():
-                    _write(d / "started.json", {"hash": h, "started_at": time.time()})
-                say(f"{tag} start (log: {d / 'log.txt'})")
-                t0 = time.time()
-                with _stage_log(d / "log.txt"):
-                    try:
-                        result = execute(ctx, cfg_obj, extra)
-                    except Exception:
-                        traceback.print_exc()
-                        raise
-                    print(f"stage {stage} finished: {json.dumps(result, default=str)}", flush=True)
-                secs = time.time() - t0
-                marker = {"stage": stage, "hash": h, "upstream": spec["upstream"], "config": spec["config"],
-                          "outputs": result["outputs"], "metrics": result["metrics"], "seconds": secs,
-                          "finished_at": time.time()}
-                _write(d / "stage.json", marker)
-                ctx.done[stage] = marker
-                say(f"{tag} done in {fmt(secs)}: " + _short(result["metrics"]))
+                _run_stage(ctx, stage, d, tag, bool(start), say)  # past --from's stage
     except Exception as e:
         say(f"pipeline stopped: {type(e).__name__}: {e}")
         write_report(run, ctx.done, cfg, cfg.run.variant)  # what is done so far
