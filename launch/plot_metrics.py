@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megaspeech.fs import atomic_path  # noqa: E402
 
 
 VAL_COLORS = {"val_loss": "tab:brown", "val_loss_text": "tab:cyan", "val_loss_speech": "tab:olive"}
@@ -95,10 +96,9 @@ def plot(records: list[dict], out: Path, title: str = "") -> Path:
     ax_tps.legend(loc="lower left")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from megaspeech.config.load import ConfigError, apply_overrides, load_yaml_tree  # noqa: E402
+from megaspeech.fs import write_atomic  # noqa: E402
 from megaspeech.ops.slurm import SlurmJob, render_sbatch  # noqa: E402
 
 
@@ -127,9 +128,7 @@ def submit(job: SlurmJob) -> tuple[str, Path]:
     log_dir = Path(job.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     script = log_dir / f"{job.job_name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    tmp = script.with_suffix(".tmp")
-    tmp.write_text(render_sbatch(job))
-    os.replace(tmp, script)
+    write_atomic(script, render_sbatch(job))
     res = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"sbatch {script} failed ({res.returncode}): {res.stderr.strip()}")

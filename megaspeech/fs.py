@@ -1,9 +1,34 @@
-"""Filesystem steps shared by every writer of a directory artifact (exports, tokenizers, converted models)."""
+"""Filesystem steps shared by every writer: a file or a directory artifact is written beside its
+destination and renamed over it, so a reader (or a crash) sees the old version or the new one,
+never half of one."""
 from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ""):
+    """Yield a temporary path beside `path` (`.NAME.tmpPID` + suffix, e.g. ".npz" for writers that
+    append one); on a clean exit it is fsynced and renamed over `path`, on an error removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
 
 
 def swap_dir(tmp: Path, out: Path) -> Path:

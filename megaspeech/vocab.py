@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megaspeech.fs import write_atomic
+
 DEFAULT_SPECIALS = (
     "<|pad|>", "<|bos|>", "<|eos|>", "<|begin_of_speech|>", "<|end_of_speech|>",
     "<|user|>", "<|assistant|>", "<|system|>",
@@ -107,10 +109,7 @@ class Vocab:
         return cls(**{k: d[k] for k in ("text_size", "speech_size", "specials", "sp_model", "hf_tokenizer") if k in d})
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":

@@ -16,6 +16,7 @@ from megaspeech.data.corpora import interleave_corpora
 from megaspeech.data.prep_config import DataPrepConfig
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker
 from megaspeech.data.text import TextTokenizer
+from megaspeech.fs import write_atomic
 from megaspeech.vocab import Vocab
 
 
@@ -93,7 +94,6 @@ def train_sentencepiece(cfg: DataPrepConfig, log=print) -> Vocab:
     cfg.tokenizer.out_dir (atomic renames). The model has no bos/eos of its own (those are unified
     specials), so its piece ids are exactly the unified text ids [0, vocab_size)."""
     import io
-    import os
     from pathlib import Path
 
     import sentencepiece as spm
@@ -107,9 +107,7 @@ def train_sentencepiece(cfg: DataPrepConfig, log=print) -> Vocab:
         input_sentence_size=t.input_sentence_size, shuffle_input_sentence=True,
         bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, byte_fallback=True,
         num_threads=t.num_threads, minloglevel=2)
-    tmp = out / f".tokenizer.model.tmp{os.getpid()}"
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out / "tokenizer.model")
+    write_atomic(out / "tokenizer.model", model.getvalue())
     vocab = Vocab(text_size=t.vocab_size, speech_size=t.speech_size, sp_model="tokenizer.model")
     vocab.save(out / "vocab.json")
     log(f"wrote {out}/tokenizer.model ({len(model.getvalue())} bytes) and vocab.json "

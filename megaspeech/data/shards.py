@@ -45,16 +45,11 @@ from typing import Iterator
 from megaspeech.data.shard_format import (FORMAT, KINDS, PICKLE_EXTS, REQUIRED, TOKEN_FIELDS, _KEY_RE,  # noqa: F401
                                           ShardError, _encode_field, _token_dtype, check_sample, count_tokens,
                                           decode_npy, decode_sample, index_tar, load_shard_bytes, read_manifest)
+from megaspeech.fs import write_atomic
 from megaspeech.vocab import Vocab
 
 
 # ---------------------------------------------------------------------------------- writing
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _final_size(n: int) -> int:
     # tarfile closes with two zero blocks and pads the archive to a 10 KiB record
     return -(-(n + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
@@ -162,7 +157,7 @@ class ShardWriter:
             "token_dtype": self.tok_dtype.name, "meta": self.meta, "shards": self.shards,
             "samples": sum(s["samples"] for s in self.shards), "tokens": sum(s["tokens"] for s in self.shards),
         }
-        _atomic_write_text(self.out / self.manifest_name, json.dumps(manifest, indent=1))
+        write_atomic(self.out / self.manifest_name, json.dumps(manifest, indent=1))
         return manifest
 
     def abort(self) -> None:
@@ -280,5 +275,5 @@ def merge_parts(out_dir: str | Path, n_parts: int, meta: dict | None = None) -> 
     shards = [s for p in parts for s in p["shards"]]
     manifest = dict(parts[0], shards=shards, meta={**parts[0]["meta"], **(meta or {})},
                     samples=sum(s["samples"] for s in shards), tokens=sum(s["tokens"] for s in shards))
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from megaspeech.eval.config import SuiteConfig
 from megaspeech.eval.heldout import check_not_in_training, heldout_documents
 from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm, token_nll_rows
 from megaspeech.eval.report import accuracy, em_f1, markdown, mean_ci, wer_result
+from megaspeech.fs import write_atomic
 
 
 class Context:
@@ -190,12 +190,6 @@ def heldout_loss(lm) -> dict | None:
     return out
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: str | Path | None = None,
              log=print) -> dict:
     """Build the suite's tasks from held-out text, score the model, write OUT/eval.json (every metric,
@@ -263,8 +257,8 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
             result["heldout_loss"] = hl
             rows.append({"task": "held-out loss (eval.sources)", "direction": "-", "metric": "nats/token",
                          "value": hl["val_loss"], "n": hl["val_tokens"], "ci95": hl["ci95"]})
-    _write(out / "eval.json", json.dumps(result, indent=1, default=float))
+    write_atomic(out / "eval.json", json.dumps(result, indent=1, default=float))
     table = markdown(rows)
-    _write(out / "table.md", table + "\n")
+    write_atomic(out / "table.md", table + "\n")
     result["table"] = table
     return result

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from megaspeech.config.load import ConfigError
+from megaspeech.fs import atomic_path, write_atomic
 
 
 def check_unseen_voices(voices: list[str]) -> None:
@@ -71,10 +71,7 @@ class SpeechCodes:
         keys = sorted(self.cache)
         offs = np.cumsum([0] + [len(self.cache[k]) for k in keys])
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp{os.getpid()}.npz")
-        np.savez(tmp, codes=np.concatenate([self.cache[k] for k in keys]) if keys else np.zeros(0, np.int64),
-                 offsets=offs)
-        os.replace(tmp, self.cache_path)
-        kt = self.cache_path.with_suffix(f".json.tmp{os.getpid()}")
-        kt.write_text(json.dumps(keys))
-        os.replace(kt, self.cache_path.with_suffix(".json"))
+        with atomic_path(self.cache_path, suffix=".npz") as tmp:  # np.savez appends .npz to other names
+            np.savez(tmp, codes=np.concatenate([self.cache[k] for k in keys]) if keys else np.zeros(0, np.int64),
+                     offsets=offs)
+        write_atomic(self.cache_path.with_suffix(".json"), json.dumps(keys))

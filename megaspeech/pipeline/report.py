@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
+from megaspeech.fs import write_atomic
 from megaspeech.pipeline.layout import STAGES
 
 
@@ -18,7 +18,7 @@ def write_report(run: Path, done: dict[str, dict], cfg, variant: str = "") -> di
               "stages_done": [s for s in STAGES if s in done],
               "stages_missing": [s for s in STAGES if s not in done and s != "report"],
               "total_seconds": round(sum(m["seconds"] for m in done.values()), 1), "stages": stages}
-    _atomic(run / f"{name}.json", json.dumps(report, indent=1, default=str))
+    write_atomic(run / f"{name}.json", json.dumps(report, indent=1, default=str))
     lines = [f"# Pipeline report: {run}" + (f" (variant {variant})" if variant else ""), "",
              f"Stages done: {', '.join(report['stages_done']) or 'none'}; missing: "
              f"{', '.join(report['stages_missing']) or 'none'}; stage time {report['total_seconds']:.0f} s.", "",
@@ -36,7 +36,7 @@ def write_report(run: Path, done: dict[str, dict], cfg, variant: str = "") -> di
         suite = ev.get("suite")
         lines += ["", "## Evaluation suite (megaspeech.eval)", "",
                   suite["table"] if isinstance(suite, dict) else str(suite)]
-    _atomic(run / f"{name}.md", "\n".join(lines) + "\n")
+    write_atomic(run / f"{name}.md", "\n".join(lines) + "\n")
     return report
 
 
@@ -91,7 +91,7 @@ def ablation_table(run: Path) -> str:
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {label} | " + " | ".join(v.get(n, "-") for n in names) + " |" for label, v in rows.items()]
     table = "\n".join(lines) + "\n"
-    _atomic(Path(run) / "ablation.md", table)
+    write_atomic(Path(run) / "ablation.md", table)
     return table
 
 
@@ -109,7 +109,3 @@ def _fmt_metrics(m: dict) -> str:
     return "; ".join(out).replace("|", "/")
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -27,6 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
+from megaspeech.fs import write_atomic
 from megaspeech.pipeline.config import PipelineConfig
 from megaspeech.pipeline.layout import STAGES
 from megaspeech.pipeline.report import write_report
@@ -48,9 +49,7 @@ def _read(path: Path) -> dict | None:
 
 
 def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def _hash(obj) -> str:

@@ -17,7 +17,6 @@ uniform).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megaspeech.config.load import check
+from megaspeech.fs import atomic_path
 from megaspeech.model.speech_lm import CTC_CHARS
 
 
@@ -182,9 +182,8 @@ def save_synthesizer(model: LatentSynthesizer, path: str | Path, meta: dict | No
     """Config + tensors only (loaded with weights_only=True), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"config": asdict(model.cfg), "state": model.state_dict(), "meta": meta or {}}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"config": asdict(model.cfg), "state": model.state_dict(), "meta": meta or {}}, tmp)
 
 
 def load_synthesizer(path: str | Path) -> LatentSynthesizer:

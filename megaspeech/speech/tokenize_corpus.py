@@ -24,6 +24,7 @@ import numpy as np
 
 from megaspeech.config.load import check
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker, read_shard
+from megaspeech.fs import write_atomic
 from megaspeech.speech import audio_shards
 from megaspeech.speech.audio import SAMPLE_RATE, AudioError, decode_audio, max_token_samples
 
@@ -155,9 +156,7 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
         if batch:
             flush()
     report = Path(cfg.out_dir) / f"bad_audio.part-{index:05d}.jsonl"
-    tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text("".join(json.dumps(b) + "\n" for b in bad))
-    os.replace(tmp, report)
+    write_atomic(report, "".join(json.dumps(b) + "\n" for b in bad))
     return n, bad
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 
 from megaspeech.config.load import check
 from megaspeech.data.shards import open_dataset
+from megaspeech.fs import atomic_path
 from megaspeech.speech.audio import SAMPLE_RATE, decode_audio, log_mel
 from megaspeech.speech.audio_shards import audio_bytes
 from megaspeech.speech.augment import AugmentConfig, augment
@@ -260,12 +260,6 @@ def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, keep
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(cfg: Config, log=print) -> dict:
     """Train (or resume) into cfg.run.dir. Returns the last logged metrics."""
     run = Path(cfg.run.dir)
@@ -337,8 +331,9 @@ def train(cfg: Config, log=print) -> dict:
                     model.vq(chunk)
 
     def save():
-        _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "data": data.state_dict(),
-                      "step": step}, ckpt)
+        with atomic_path(ckpt) as tmp:
+            torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "data": data.state_dict(),
+                        "step": step}, tmp)
         seen = step * cfg.train.batch_size
         save_tokenizer(run / "tokenizer", model, cfg.tokenizer, whisper, trained_on={
             "steps": step, "batch_size": cfg.train.batch_size, "items_seen": seen, "epochs": seen / len(data),

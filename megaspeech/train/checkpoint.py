@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from megaspeech.fs import write_atomic
 from megaspeech.train.ckpt_integrity import (META, CheckpointError, digests, dir_bytes, guard_engine, list_files,
                                              no_unpickling, read_json, save_file, space_message, verify)
 
@@ -92,15 +93,6 @@ def resolve(path: str | Path) -> Path:
             return root / tag
     raise FileNotFoundError(f"{p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
                             f"pass a step directory written by launch/pretrain.py")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -233,12 +225,12 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
             if errors:
                 raise OSError(errors[0])
             files = {k: v for s in shares for k, v in s.items()}
-            _write_atomic(root / tmp / META, json.dumps({**(meta or {}), "files": files}, indent=1))
+            write_atomic(root / tmp / META, json.dumps({**(meta or {}), "files": files}, indent=1))
             if (root / tag).exists():  # the same step saved again (e.g. after a fallback resume)
                 log.warning("replacing the earlier checkpoint %s of the same step", root / tag)
                 shutil.rmtree(root / tag)
             os.replace(root / tmp, root / tag)
-            _write_atomic(root / "latest", tag)
+            write_atomic(root / "latest", tag)
         except OSError as e:
             final = [str(e)] if not errors else errors
             shutil.rmtree(root / tmp, ignore_errors=True)

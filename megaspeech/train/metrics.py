@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from megaspeech.fs import write_atomic
+
 H100_BF16_TFLOPS = 989.0
 
 
@@ -33,9 +35,7 @@ def measure_cpu_peak_tflops() -> float:
             best = max(best, 2 * n**3 * 3 / (time.perf_counter() - t0) / 1e12)
         table[key] = best
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps(table))
     return table[key]
 
 
