@@ -277,9 +277,9 @@ def train(cfg: Config, log=print) -> dict:
     distill = cfg.train.distill_weight > 0
     check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
           "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
-    check(not cfg.augment.enabled or not (distill or cfg.train.freeze.startswith("pre_vq")), "augment.enabled",
-          "augmentation draws new audio each epoch, so the layers below the VQ must run per step: use "
-          "train.freeze=none|decoder and train.distill_weight=0 (their caches hold clean audio)")
+    check(not cfg.augment.enabled or not distill, "augment.enabled",
+          "augmentation draws new audio each epoch, but the distillation teacher's states are cached once "
+          "per item from clean audio: set train.distill_weight=0 or augment.enabled=false")
     tcache = _teacher_cache(model, data) if distill else None
     step = 0
     ckpt = run / "checkpoint.pt"
@@ -300,10 +300,12 @@ def train(cfg: Config, log=print) -> dict:
         log(f"initialised from {src} (fresh optimizer, step 0)")
     init_codebook = not resume and not cfg.run.init_from
     pre_vq_frozen = cfg.train.freeze.startswith("pre_vq")
-    # pre-VQ frozen: their 12.5 Hz output once per item, from the weights as loaded (the CPU-saving
-    # path: gradients reach only the layers above the bottleneck); with distillation the whole data
-    # set also initialises the codebook
-    cache = _pooled_cache(model, data) if pre_vq_frozen or (init_codebook and distill) else None
+    # pre-VQ frozen on clean audio: their 12.5 Hz output once per item, from the weights as loaded (the
+    # CPU-saving path: gradients reach only the layers above the bottleneck); augmented audio is new
+    # every epoch, so they then run per step without gradients. With distillation the whole data set
+    # also initialises the codebook
+    cached = pre_vq_frozen and not cfg.augment.enabled
+    cache = _pooled_cache(model, data) if cached or (init_codebook and distill) else None
     if tcache is not None:
         log(f"cached teacher states of {len(tcache)} training items")
     if cache is not None:
@@ -356,7 +358,7 @@ def train(cfg: Config, log=print) -> dict:
             text_in, text_out = text_targets(whisper, texts) if cfg.train.asr_weight > 0 else (None, None)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train)
-            if pre_vq_frozen:
+            if cached:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
                 # decoding, augmentation and log-mels of a batch are a pure function of (indices,
@@ -365,7 +367,8 @@ def train(cfg: Config, log=print) -> dict:
                 mels = ahead.result() if ahead is not None and ahead_key == key else load_mels(idx, data.epoch)
                 nidx, nep = data.upcoming()
                 ahead_key, ahead = (nep, tuple(nidx.tolist())), pool.submit(load_mels, nidx, nep)
-                pooled, keep = model.pooled(*mels)
+                with torch.set_grad_enabled(not pre_vq_frozen):
+                    pooled, keep = model.pooled(*mels)
             teacher = torch.stack([tcache[i] for i in idx]) if distill else None
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)

@@ -40,7 +40,11 @@ RECIPES = {"cached_pre_vq": ({}, {"freeze": "pre_vq_and_decoder_embeddings"}),
                               {"freeze": "decoder", "distill_weight": 1.0, "pack_seconds": 8.0}),
            # every augmentation effect on every item, utterances packed: new audio each epoch, still exact
            "augmented": ({"unpool": "repeat", "code_dim": 8, "position_free": True},
-                         {"freeze": "decoder", "pack_seconds": 8.0})}
+                         {"freeze": "decoder", "pack_seconds": 8.0}),
+           # the same with Whisper's layers below the VQ kept: they run per step (augmented audio), no grad
+           "augmented_pre_vq_frozen": ({"unpool": "repeat", "code_dim": 8, "position_free": True},
+                                       {"freeze": "pre_vq_and_decoder"})}
+PRE_VQ_FROZEN = ("cached_pre_vq", "augmented_pre_vq_frozen")
 ALL_EFFECTS = AugmentConfig(enabled=True, p_speed=1, p_pitch=1, p_reverb=1, p_noise=1, p_telephone=1, p_codec=1)
 
 
@@ -52,7 +56,7 @@ def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
                   train=TrainConfig(data=str(tmp_path / "audio"), steps=steps, batch_size=2, lr=1e-4,
                                     warmup_steps=0, min_lr_ratio=1.0, checkpoint_every=2, log_every=1,
                                     **train_kw),
-                  augment=ALL_EFFECTS if recipe == "augmented" else AugmentConfig())
+                  augment=ALL_EFFECTS if recipe.startswith("augmented") else AugmentConfig())
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -83,13 +87,13 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     assert any(k.startswith("post_layers.") for k in changed)
     assert any(k.startswith("vq_in.") for k in changed) == (recipe != "cached_pre_vq")
     assert ("vq_pos" in changed) == (recipe != "cached_pre_vq")
-    assert any(k.startswith("pre_layers.") for k in changed) == (recipe != "cached_pre_vq")
+    assert any(k.startswith("pre_layers.") for k in changed) == (recipe not in PRE_VQ_FROZEN)
     assert any(k.startswith("decoder.layers.") for k in changed) == (recipe == "cached_pre_vq")
     assert (tmp_path / "run" / "tokenizer" / "model.pt").is_file()
     trained_on = json.loads((tmp_path / "run" / "tokenizer" / "trained_on.json").read_text())
     assert trained_on["steps"] == 4 and trained_on["data"][0]["samples"] == 4
     assert trained_on["hours"] == pytest.approx(sum(s["duration"] for _, s in open_dataset(tmp_path / "audio")) / 3600)
-    assert trained_on["augment"]["enabled"] == (recipe == "augmented")
+    assert trained_on["augment"]["enabled"] == recipe.startswith("augmented")
 
 
 def test_augmented_batches(tmp_path):
@@ -110,7 +114,7 @@ def test_augmented_batches(tmp_path):
         assert np.array_equal(idx, a.next_indices()) and ep == a.epoch
     assert a.epoch == 1  # (4 items, batch 2: the third call crossed into the next epoch)
     with pytest.raises(Exception, match="augment.enabled"):
-        cfg = _cfg(tmp_path, 1, tmp_path / "nowhere", "cached_pre_vq")
+        cfg = _cfg(tmp_path, 1, tmp_path / "nowhere", "frozen_decoder")  # distillation: clean cached teacher
         cfg.augment = ALL_EFFECTS
         train(cfg, log=lambda *_: None)
 
