@@ -31,7 +31,11 @@ def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: in
     code = run_child(cmd, progress_poller(metrics, stage, steps, ctx.progress), env)
     if code != 0:
         raise RuntimeError(f"{script} exited with {code}; see {run_dir / 'log.txt'}")
-    return _rows(metrics)
+    rows = _rows(metrics)
+    if not rows or rows[-1]["step"] < steps:  # a trainer stopped by a signal saves and exits 0, for requeue
+        raise RuntimeError(f"{script} stopped at step {rows[-1]['step'] if rows else 0} of {steps} (a signal "
+                           f"reached it: see {run_dir / 'log.txt'}); rerun the pipeline command to resume it")
+    return rows
 
 
 def child_threads(nproc: int) -> str:

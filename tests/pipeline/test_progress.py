@@ -54,3 +54,25 @@ def test_eta_after_a_resume_counts_only_this_invocations_steps(tmp_path, monkeyp
         f.write("".join(row(i) for i in range(26, 32)))
     poll()
     assert lines == ["[pretrain] step 31/150 (21%) eta 19m50s"]  # 10 s/step x 119 steps left
+
+
+def test_a_trainer_stopped_by_a_signal_does_not_finish_the_stage(tmp_path, monkeypatch):
+    """The trainer saves and exits 0 on SIGTERM/SIGUSR1 (for a requeue); the stage must not count that
+    as done, or export and eval run on a half-trained model."""
+    import types
+
+    import pytest
+
+    from megaspeech.pipeline import progress
+    last = {"step": 62}
+
+    def fake_child(cmd, poll, env=None):
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, last["step"] + 1)))
+        return 0
+    monkeypatch.setattr(progress, "run_child", fake_child)
+    ctx = types.SimpleNamespace(dir=lambda stage: tmp_path, progress=lambda line: None)
+    section = types.SimpleNamespace(config="configs/tiny.yaml", nproc=1)
+    with pytest.raises(RuntimeError, match="stopped at step 62 of 150.*rerun the pipeline command"):
+        progress.train_tool(ctx, "pretrain", "pretrain.py", section, [], 150)
+    last["step"] = 150
+    assert progress.train_tool(ctx, "pretrain", "pretrain.py", section, [], 150)[-1] == {"step": 150}
