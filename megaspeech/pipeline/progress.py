@@ -32,9 +32,11 @@ def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: in
     if code != 0:
         raise RuntimeError(f"{script} exited with {code}; see {run_dir / 'log.txt'}")
     rows = _rows(metrics)
-    if not rows or rows[-1]["step"] < steps:  # a trainer stopped by a signal saves and exits 0, for requeue
+    # a trainer stopped by SIGTERM/SIGUSR1 (or out of data) saves a checkpoint and exits 0, for a requeue
+    if not rows or rows[-1]["step"] < steps:
         raise RuntimeError(f"{script} stopped at step {rows[-1]['step'] if rows else 0} of {steps} (a signal "
-                           f"reached it: see {run_dir / 'log.txt'}); rerun the pipeline command to resume it")
+                           f"reached it or its data ran out: see {run_dir / 'log.txt'}); rerun the pipeline "
+                           f"command to resume it")
     return rows
 
 
