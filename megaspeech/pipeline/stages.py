@@ -167,13 +167,16 @@ def tokenizer_configure(ctx: Ctx):
 
 def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
     from megaspeech.speech.train_tokenizer import train
-    total, t0 = cfg.train.steps, time.time()
+    total, t0, start = cfg.train.steps, time.time(), 0
 
     def log(line: str):
+        nonlocal start
         print(line, flush=True)
+        if line.startswith("resumed from "):  # the rate counts only this invocation's steps
+            start = int(line.rsplit(" ", 1)[1])
         if line.startswith("step="):
             step = int(line.split()[0].split("=")[1])
-            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0, max_seconds=cfg.train.max_seconds))
+            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0, start, cfg.train.max_seconds))
     last = train(cfg, log=log)
     return {"outputs": {"tokenizer": str(Path(cfg.run.dir) / "tokenizer")},
             "metrics": {"codebook_size": cfg.tokenizer.codebook_size,

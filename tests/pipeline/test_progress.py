@@ -76,3 +76,24 @@ def test_a_trainer_stopped_by_a_signal_does_not_finish_the_stage(tmp_path, monke
         progress.train_tool(ctx, "pretrain", "pretrain.py", section, [], 150)
     last["step"] = 150
     assert progress.train_tool(ctx, "pretrain", "pretrain.py", section, [], 150)[-1] == {"step": 150}
+
+
+def test_tokenizer_eta_after_a_resume(monkeypatch):
+    """The tokenizer stage's console line: after a resume from step 500 the rate counts steps 501.. only."""
+    import types
+
+    from megaspeech.pipeline import stages
+    from megaspeech.speech import train_tokenizer
+
+    def fake_train(cfg, log):
+        log("resumed from RUN/checkpoint.pt at step 500")
+        log("step=510 ce=0.7")
+        return {"step": 510}
+    monkeypatch.setattr(train_tokenizer, "train", fake_train)
+    clock = iter([1000.0, 1050.0])  # 10 steps in 50 s
+    monkeypatch.setattr(stages.time, "time", lambda: next(clock))
+    lines = []
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=2300, max_seconds=0.0),
+                                run=types.SimpleNamespace(dir="RUN"), tokenizer=types.SimpleNamespace(codebook_size=1024))
+    stages.tokenizer_run(types.SimpleNamespace(progress=lines.append), cfg, {})
+    assert lines == ["[tokenizer] step 510/2300 (22%) eta 2h29m"]  # 5 s/step x 1,790 steps
