@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 BUDGETS = {  # train utterances, held-out utterances, steps, micro-batch
     "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4),
-    "small": dict(train_utts=400, heldout_utts=30, steps=150, micro=4),
+    "small": dict(train_utts=1200, heldout_utts=60, steps=300, micro=4),
     "full": dict(train_utts=2000, heldout_utts=100, steps=2000, micro=8),
 }
 VARIANTS = {
@@ -54,13 +54,14 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_bridge_asr")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every variant")
     a = p.parse_args(argv)
     b = dict(BUDGETS[a.budget])
     b.update({k: v for k, v in (("steps", a.steps), ("train_utts", a.train_utts), ("heldout_utts", a.heldout_utts)) if v})
 
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
     from megaspeech.speech.bridge_data import text_codec

@@ -27,7 +27,7 @@ from benchmarks.bridge_asr import ensure_corpus  # noqa: E402
 
 BUDGETS = {  # train utterances, held-out, bridge steps, micro-batch, synthesizer steps
     "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4, synth_steps=100),
-    "small": dict(train_utts=400, heldout_utts=30, steps=150, micro=4, synth_steps=600),
+    "small": dict(train_utts=1200, heldout_utts=60, steps=300, micro=4, synth_steps=600),
     "full": dict(train_utts=2000, heldout_utts=100, steps=2000, micro=8, synth_steps=3000),
 }
 BASELINE = "no_lasyn"
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="no_lasyn,projection,diffusion")
     p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_lasyn")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every bridge run")
     a = p.parse_args(argv)
     b = dict(BUDGETS[a.budget])
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
                                 ("heldout_utts", a.heldout_utts)) if v})
 
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
     from megaspeech.speech.bridge_data import text_codec
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
             synth_path = out / f"synth_{name}.pt"
             s = train_lasyn(LaSynTrainConfig(data=str(train), out=str(synth_path), encoder=base.bridge.encoder,
                                              encoder_dim=base.bridge.encoder_dim, seed=base.run.seed,
-                                             steps=b["synth_steps"], batch=16, synth=SynthConfig(kind=name, hidden=a.synth_hidden)))
+                                             steps=b["synth_steps"], batch=16, threads=a.threads, synth=SynthConfig(kind=name, hidden=a.synth_hidden)))
             print(f"{name}.synth_first_loss={s['first_loss']:.4g}\n{name}.synth_final_loss={s['final_loss']:.4g}", flush=True)
             extra = [f"bridge.lasyn={synth_path}", f"bridge.lasyn_ratio={a.ratio}", f"bridge.lasyn_text={a.text}"]
         overrides = [f"bridge.train={train}", f"run.dir={out / name}", "run.resume=none", f"train.steps={b['steps']}",

@@ -7,6 +7,9 @@ loader of megaspeech/train/bridge_task.py instead of the token LM's.
                  conv: a small randomly initialised conv encoder (tests, smoke runs)
   kind           ctc: CTC head + ctc_compress (blank removal, runs merged: `reduce`); conv: strided Conv1d
   ctc_weight     joint loss = LM loss + ctc_weight * CTC loss (kind ctc)
+  lr_mult        learning rate of the encoder side (CTC head / conv, projector; the encoder when trained)
+                 as a multiple of optim.lr: new modules beside a pre-trained LM learn faster (cf. the
+                 projector learning rate of LLaVA-style models); 1: one rate for all
   lm_mode        full: every LM weight trains; frozen: LM fixed (encoder side only); lora: peft LoRA
                  adapters on the LM's `lora_targets` linears, base weights fixed
   train          `audio` dataset (audio.flac + transcript) for ASR; `qa_fraction` of its samples become
@@ -32,6 +35,7 @@ class BridgeConfig:
     stride: int = 4  # kind conv
     projector_hidden: int | None = None  # default: the LM hidden size
     ctc_weight: float = 0.3
+    lr_mult: float = 1.0
     lm_mode: Literal["full", "frozen", "lora"] = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -52,6 +56,7 @@ class BridgeConfig:
         check(self.lm_mode in ("full", "frozen", "lora"), "bridge.lm_mode", f"{self.lm_mode!r}: use full, frozen or lora")
         check(self.reduce in ("mean", "weighted"), "bridge.reduce", f"{self.reduce!r}: use mean or weighted")
         check(self.ctc_weight >= 0, "bridge.ctc_weight", "must be >= 0")
+        check(self.lr_mult > 0, "bridge.lr_mult", "must be > 0 (a multiple of optim.lr)")
         check(self.stride >= 1, "bridge.stride", "must be >= 1")
         check(self.lora_rank >= 1, "bridge.lora_rank", "must be >= 1")
         check(bool(self.lora_targets), "bridge.lora_targets", "list LM linear names, e.g. [qkv, proj, gate, up, down]")

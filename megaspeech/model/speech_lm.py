@@ -115,6 +115,7 @@ class BridgeLM(nn.Module):
     def frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder frames of the real-speech rows; rows with `latent_lengths` > 0 take the given latents."""
         feats, f_len = batch["feats"], batch["feat_lengths"]
+        feats = feats.to(self.bridge.proj[0].weight.dtype)  # the model's dtype (bf16 under train.precision=bf16)
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             h, h_len = self.encoder(feats, f_len)
         if "latents" in batch:

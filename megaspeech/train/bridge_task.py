@@ -71,6 +71,11 @@ class BridgeTask:
         self.ctc_scale = grad_accum * layout.dp / cfg.train.global_batch  # per-row sum -> global mean
         self.sums = torch.zeros(5, dtype=torch.float64)  # ctc sum, rows; frames, speech positions, positions
 
+    def lr_mult(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter-name prefix (build_optimizer): the encoder side."""
+        m = self.cfg.bridge.lr_mult
+        return {} if m == 1.0 else {"bridge.": m, "encoder.": m}
+
     def build_loader(self):
         from megaspeech.speech.bridge_data import BridgeLoader, text_codec
         cfg, lay = self.cfg, self.layout

@@ -25,14 +25,21 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return fn
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int, fused: bool = False):
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int, fused: bool = False,
+                    lr_mult: dict[str, float] | None = None):
     """AdamW without weight decay on norms and biases; returns (optimizer, LambdaLR). `fused`: torch's
     single-kernel AdamW (the trainer asks for it on CUDA; the parameters may still be on the host
-    here, DeepSpeed moves them and the same Parameter objects, before the first step)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+    here, DeepSpeed moves them and the same Parameter objects, before the first step); elsewhere the
+    multi-tensor (foreach) form. `lr_mult`: parameter-name prefix -> learning-rate multiplier (the
+    schedule scales every group alike, so a group keeps its multiple of optim.lr throughout)."""
+    lr_mult = lr_mult or {}
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+            mult = next((m for prefix, m in lr_mult.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault((mult, p.ndim >= 2), []).append(p)
+    params = [{"params": ps, "lr": cfg.lr * mult, "weight_decay": cfg.weight_decay if decay else 0.0}
+              for (mult, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0] != 1.0, kv[0][0], not kv[0][1]))]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None,
+                            foreach=None if fused else True)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))

@@ -53,7 +53,8 @@ class Trainer:
             from megaspeech.model.hf import init_from_hf
             init_from_hf(model, cfg, layout)
         # fused AdamW on CUDA: one kernel per step instead of ~a dozen elementwise passes per tensor
-        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps, fused=self.device.type == "cuda")
+        optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps, fused=self.device.type == "cuda",
+                                               lr_mult=self.task.lr_mult() if self.task else None)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, layout.world), mpu=MegatronMPU() if layout.pp == 1 else None)

@@ -46,3 +46,20 @@ def test_fused_adamw_matches_default():
     for a, b in zip(fused, default):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert (fused[0] - init[0]).abs().max() > 1e-2  # the steps did move the weights
+
+
+def test_lr_mult_scales_the_named_modules_throughout_the_schedule():
+    model = torch.nn.ModuleDict({"bridge": torch.nn.Linear(4, 4), "lm": torch.nn.Linear(4, 4)})
+    opt, sched = build_optimizer(model, OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2), total_steps=10,
+                                 lr_mult={"bridge.": 10.0})
+    owner = {id(p): n.split(".")[0] for n, p in model.named_parameters()}
+    seen = []
+    for _ in range(6):
+        by = {owner[id(g["params"][0])]: g["lr"] for g in opt.param_groups}
+        assert opt.param_groups[0]["params"][0] is model["lm"].weight  # the logged lr is optim.lr's
+        assert by["bridge"] == pytest.approx(10 * by["lm"])
+        seen.append(by["lm"])
+        opt.step()
+        sched.step()
+    assert seen[0] < seen[1] and seen[-1] < seen[2]  # warmup, then decay, moved both groups
+    assert {g["weight_decay"] for g in opt.param_groups if g["params"][0].ndim == 1} == {0.0}
