@@ -91,10 +91,20 @@ def start_single_process() -> object:
     return init_distributed(1, 1)
 
 
+def ensure_smollm2(cfg) -> None:
+    """Convert SmolLM2-135M once (launch/convert_smollm2.py's function) when the config's LM or text
+    tokenizer is its default directory and that is not there yet (a fresh machine)."""
+    from megaspeech.model.smollm2 import default_dir, smollm2_dir
+    wanted = {str(Path(p).expanduser()) for p in (cfg.model.init_from_hf, cfg.bridge.text_tokenizer) if p}
+    if str(default_dir()) in wanted:
+        smollm2_dir()
+
+
 def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
     """Train `cfg` (task: bridge) with the project's Trainer in this process -> (model, summary): wall
     time, trained parameters, LM positions per second, last losses."""
     from megaspeech.train.trainer import Trainer
+    ensure_smollm2(cfg)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, layout)
     trainer.fit()

@@ -72,6 +72,46 @@ def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus):
     torch.testing.assert_close(float(loss - loss0), 0.7 * float(ctc_mean), rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_model_reads_fp32_batches_and_matches_fp32(asr_corpus):
+    """train.precision=bf16 casts the module, not the loader's fp32 features: the model casts them,
+    and its joint loss stays within bf16 rounding of the fp32 model's."""
+    import copy
+    task = BridgeTask(_cfg(asr_corpus, "train.micro_batch=4"), SINGLE)
+    batch = task.build_loader().next_batch()
+    assert batch["feats"].dtype == torch.float32
+    ref = float(task.micro_loss(task.model, batch, "cpu", _lm_loss(batch)))
+    half = copy.deepcopy(task.model).to(torch.bfloat16)
+    loss = task.micro_loss(half, batch, "cpu", _lm_loss(batch))
+    assert loss.dtype == torch.float32 and abs(float(loss) - ref) < 0.02 * ref
+
+
+def test_lr_mult_names_the_encoder_side(asr_corpus):
+    task = BridgeTask(_cfg(asr_corpus, "bridge.lr_mult=10"), SINGLE)
+    from megaspeech.train.schedule import build_optimizer
+    opt, _ = build_optimizer(task.model, task.cfg.optim, 4, lr_mult=task.lr_mult())
+    side = {id(p) for n, p in task.model.named_parameters() if n.startswith(("bridge.", "encoder."))}
+    for g in opt.param_groups:
+        mine = {id(p) in side for p in g["params"]}
+        assert len(mine) == 1 and g["lr"] == task.cfg.optim.lr * (10 if mine.pop() else 1)
+    assert BridgeTask(_cfg(asr_corpus), SINGLE).lr_mult() == {}
+
+
+def test_benchmarks_convert_smollm2_only_for_its_default_dir(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import megaspeech.model.smollm2 as sm
+    from megaspeech.speech.bridge_eval import ensure_smollm2
+    monkeypatch.setenv("MEGASPEECH_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(sm, "smollm2_dir", lambda: calls.append(1))
+    cfg = lambda lm, tok: SimpleNamespace(model=SimpleNamespace(init_from_hf=lm), bridge=SimpleNamespace(text_tokenizer=tok))  # noqa: E731
+    ensure_smollm2(cfg("", ""))
+    ensure_smollm2(cfg(str(tmp_path / "other"), ""))
+    assert calls == []
+    ensure_smollm2(cfg("", str(tmp_path / "smollm2")))
+    assert calls == [1]
+
+
 def test_lora_trains_only_adapters_and_merged_export_equals_adapted(asr_corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
