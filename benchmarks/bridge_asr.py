@@ -10,18 +10,20 @@ speech (pocketsphinx-testdata; evaluation only, never training) greedily through
 variant: WER (LM), WER of the CTC head's own greedy output, the sequence-length reduction (encoder
 frames / LM speech positions), trained parameters, LM positions per second; then ratios against the
 baseline `conv_full` (the paper's convolution bridge, fully fine-tuned) measured in the same run.
-The corpora are written once under --data and reused.
+The corpora are written once under --data and reused; each variant's figures are kept in
+OUT/<variant>/result.json and a rerun with the same resolved config reuses them (--fresh retrains).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from megaspeech.fs import write_atomic  # noqa: E402
 
 BUDGETS = {  # train utterances, held-out utterances, steps, micro-batch
     "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4),
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_bridge_asr")
+    p.add_argument("--fresh", action="store_true", help="retrain variants whose result.json is already there")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every variant")
     a = p.parse_args(argv)
@@ -64,45 +67,31 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.speech.bridge_data import text_codec
-    from megaspeech.speech.bridge_eval import dataset_items, librivox_items, start_single_process, train_config, transcribe
+    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, librivox_items, run_variant,
+                                               start_single_process)
     data = Path(a.data)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
-    tts_items, real_items = dataset_items(str(heldout)), librivox_items()
+    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox_items()}
     layout = start_single_process()
     results = {}
     for name in a.variants.split(","):
-        run_dir = Path(a.out) / name
-        overrides = [f"bridge.train={train}", f"run.dir={run_dir}", "run.resume=none", f"train.steps={b['steps']}",
-                     f"train.micro_batch={b['micro']}", f"train.global_batch={b['micro']}", "checkpoint.interval=0",
-                     "checkpoint.save_at_end=false", "train.progress_bar=false", *VARIANTS[name], *a.extra]
+        overrides = [*bench_overrides(train, Path(a.out) / name, b["steps"], b["micro"]), *VARIANTS[name], *a.extra]
         cfg = load_config(PretrainConfig, ROOT / a.config if not Path(a.config).is_absolute() else a.config, overrides)
-        model, summ = train_config(cfg, layout)
-        codec = text_codec(cfg.bridge, cfg.vocab)
-        t0 = time.perf_counter()
-        tts = transcribe(model, codec, tts_items, cfg.bridge.asr_prompt)
-        real = transcribe(model, codec, real_items, cfg.bridge.asr_prompt)
-        summ |= {"eval_s": time.perf_counter() - t0, "wer_tts": tts["wer"], "ctc_wer_tts": tts["ctc_wer"],
-                 "wer_librivox": real["wer"], "ctc_wer_librivox": real["ctc_wer"],
-                 "length_reduction": tts["length_reduction"], "example_tts": tts["hyps"][0][:80],
-                 "example_librivox": real["hyps"][0][:80]}
-        results[name] = summ
-        for k, v in summ.items():
+        results[name] = run_variant(name, cfg, Path(a.out), layout, evals, fresh=a.fresh)
+        for k, v in results[name].items():
             print(f"{name}.{k}={v:.4g}" if isinstance(v, float) else f"{name}.{k}={v}", flush=True)
-        del model
     if BASELINE in results:
         base = results[BASELINE]
         for name, r in results.items():
             if name == BASELINE:
                 continue
-            for k in ("wer_tts", "wer_librivox", "length_reduction", "trained_params", "lm_tokens_per_s"):
+            for k in ("wer_tts", "wer_librivox", "length_reduction_tts", "trained_params", "lm_tokens_per_s"):
                 if base[k]:
                     print(f"{name}.{k}_vs_{BASELINE}={r[k] / base[k]:.3f}")
-    print(f"budget={a.budget} steps={b['steps']} train_utts={b['train_utts']} heldout_utts={len(tts_items)} "
-          f"librivox_utts={len(real_items)} config={a.config}")
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "results.json").write_text(json.dumps({"budget": b, "results": results}, indent=1))
+    print(f"budget={a.budget} steps={b['steps']} train_utts={b['train_utts']} heldout_utts={len(evals['tts'])} "
+          f"librivox_utts={len(evals['librivox'])} config={a.config}")
+    write_atomic(Path(a.out) / "results.json", json.dumps({"budget": b, "results": results}, indent=1))
     return 0
 
 

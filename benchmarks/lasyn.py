@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bridge_asr import ensure_corpus  # noqa: E402
+from megaspeech.fs import write_atomic  # noqa: E402
 
 BUDGETS = {  # train utterances, held-out, bridge steps, micro-batch, synthesizer steps
     "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4, synth_steps=100),
@@ -44,9 +45,12 @@ def main(argv=None) -> int:
     p.add_argument("--ratio", type=float, default=0.5, help="bridge.lasyn_ratio of the LaSyn runs")
     p.add_argument("--synth-hidden", type=int, default=192, help="synthesizer width (synth.hidden)")
     p.add_argument("--text", default="sotu", help="text-only corpus spec for synthesized rows")
-    p.add_argument("--variants", default="no_lasyn,projection,diffusion")
+    p.add_argument("--variants", default="no_lasyn,projection,diffusion",
+                   help="no_lasyn, projection, diffusion; a _uniform suffix trains that synthesizer on evenly "
+                        "split durations instead of the CTC alignment")
     p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_lasyn")
+    p.add_argument("--fresh", action="store_true", help="retrain variants whose result.json is already there")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every bridge run")
     a = p.parse_args(argv)
@@ -58,14 +62,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.speech.bridge_data import text_codec
-    from megaspeech.speech.bridge_eval import dataset_items, librivox_items, start_single_process, train_config, transcribe
+    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, librivox_items, run_variant,
+                                               start_single_process)
     from megaspeech.speech.lasyn import SynthConfig
-    from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn
+    from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn, trained_summary
     data, out = Path(a.data), Path(a.out)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
-    tts_items, real_items = dataset_items(str(heldout)), librivox_items()
+    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox_items()}
     cfg_path = ROOT / a.config if not Path(a.config).is_absolute() else Path(a.config)
     base = load_config(PretrainConfig, cfg_path, [f"bridge.train={train}", *a.extra])
     layout = start_single_process()
@@ -73,35 +77,29 @@ def main(argv=None) -> int:
     for name in a.variants.split(","):
         extra = []
         if name != BASELINE:
+            kind, _, align = name.partition("_")  # projection | diffusion [_uniform]
             synth_path = out / f"synth_{name}.pt"
-            s = train_lasyn(LaSynTrainConfig(data=str(train), out=str(synth_path), encoder=base.bridge.encoder,
-                                             encoder_dim=base.bridge.encoder_dim, seed=base.run.seed,
-                                             steps=b["synth_steps"], batch=16, threads=a.threads, synth=SynthConfig(kind=name, hidden=a.synth_hidden)))
+            sc = LaSynTrainConfig(data=str(train), out=str(synth_path), encoder=base.bridge.encoder,
+                                  encoder_dim=base.bridge.encoder_dim, seed=base.run.seed, steps=b["synth_steps"],
+                                  batch=16, threads=a.threads, align=align or "ctc",
+                                  synth=SynthConfig(kind=kind, hidden=a.synth_hidden))
+            s = (None if a.fresh else trained_summary(sc)) or train_lasyn(sc)
             print(f"{name}.synth_first_loss={s['first_loss']:.4g}\n{name}.synth_final_loss={s['final_loss']:.4g}", flush=True)
             extra = [f"bridge.lasyn={synth_path}", f"bridge.lasyn_ratio={a.ratio}", f"bridge.lasyn_text={a.text}"]
-        overrides = [f"bridge.train={train}", f"run.dir={out / name}", "run.resume=none", f"train.steps={b['steps']}",
-                     f"train.micro_batch={b['micro']}", f"train.global_batch={b['micro']}", "checkpoint.interval=0",
-                     "checkpoint.save_at_end=false", "train.progress_bar=false", *extra, *a.extra]
-        cfg = load_config(PretrainConfig, cfg_path, overrides)
-        model, summ = train_config(cfg, layout)
-        codec = text_codec(cfg.bridge, cfg.vocab)
-        tts = transcribe(model, codec, tts_items, cfg.bridge.asr_prompt)
-        real = transcribe(model, codec, real_items, cfg.bridge.asr_prompt)
-        summ |= {"wer_tts": tts["wer"], "ctc_wer_tts": tts["ctc_wer"], "wer_librivox": real["wer"],
-                 "ctc_wer_librivox": real["ctc_wer"], "example_librivox": real["hyps"][0][:80]}
-        results[name] = summ
-        for k, v in summ.items():
+        cfg = load_config(PretrainConfig, cfg_path, [*bench_overrides(train, out / name, b["steps"], b["micro"]),
+                                                     *extra, *a.extra])
+        results[name] = run_variant(name, cfg, out, layout, evals, fresh=a.fresh)
+        for k, v in results[name].items():
             print(f"{name}.{k}={v:.4g}" if isinstance(v, float) else f"{name}.{k}={v}", flush=True)
-        del model
     if BASELINE in results:
         for name, r in results.items():
             for k in ("wer_tts", "wer_librivox", "ctc_wer_tts", "ctc_wer_librivox"):
                 if name != BASELINE and results[BASELINE].get(k):
                     print(f"{name}.{k}_vs_{BASELINE}={r[k] / results[BASELINE][k]:.3f}")
     print(f"budget={a.budget} steps={b['steps']} micro_batch={b['micro']} synth_steps={b['synth_steps']} "
-          f"ratio={a.ratio} train_utts={b['train_utts']} heldout_utts={len(tts_items)} librivox_utts={len(real_items)}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"budget": b, "results": results}, indent=1))
+          f"ratio={a.ratio} train_utts={b['train_utts']} heldout_utts={len(evals['tts'])} "
+          f"librivox_utts={len(evals['librivox'])}")
+    write_atomic(out / "results.json", json.dumps({"budget": b, "results": results}, indent=1))
     return 0
 
 

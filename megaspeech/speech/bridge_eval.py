@@ -121,3 +121,44 @@ def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
         "final_loss": float(np.mean([r["loss"] for r in recs[-5:]])),
         "final_loss_ctc": (float(np.mean([r["loss_ctc"] for r in recs[-5:]])) if recs[-1]["loss_ctc"] is not None else None),
     }
+
+
+def bench_overrides(train: Path, run_dir: Path, steps: int, micro: int) -> list[str]:
+    """The benchmarks' training overrides: data, a fresh run of `steps` x `micro` rows, no checkpoints."""
+    return [f"bridge.train={train}", f"run.dir={run_dir}", "run.resume=none", f"train.steps={steps}",
+            f"train.micro_batch={micro}", f"train.global_batch={micro}", "checkpoint.interval=0",
+            "checkpoint.save_at_end=false", "train.progress_bar=false"]
+
+
+def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[np.ndarray, str]]],
+                fresh: bool = False) -> dict:
+    """Train `cfg` (task: bridge) and transcribe each held-out set of `evals` -> the summary of
+    train_config plus, per set S: wer_S (LM greedy), ctc_wer_S (CTC head greedy), length_reduction_S,
+    example_S. Kept in out/name/result.json under a hash of the resolved config, the LaSyn synthesizer's
+    bytes and the sets' transcripts: a rerun with the same ones reuses it (fresh=True retrains)."""
+    import hashlib
+
+    from megaspeech.config.load import to_dict
+    from megaspeech.fs import write_atomic
+    from megaspeech.speech.bridge_data import text_codec
+    synth = hashlib.sha256(Path(cfg.bridge.lasyn).expanduser().read_bytes()).hexdigest() if cfg.bridge.lasyn else ""
+    key = hashlib.sha256(json.dumps([to_dict(cfg), synth, {k: [t for _, t in v] for k, v in evals.items()}],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    path = out / name / "result.json"
+    if not fresh and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("key") == key:
+            print(f"{name}: reusing {path} (same config and held-out sets; --fresh retrains)", flush=True)
+            return old["summary"]
+    model, summ = train_config(cfg, layout)
+    codec = text_codec(cfg.bridge, cfg.vocab)
+    t0 = time.perf_counter()
+    for set_name, items in evals.items():
+        r = transcribe(model, codec, items, cfg.bridge.asr_prompt)
+        summ |= {f"wer_{set_name}": r["wer"], f"ctc_wer_{set_name}": r["ctc_wer"],
+                 f"length_reduction_{set_name}": r["length_reduction"], f"example_{set_name}": r["hyps"][0][:80]}
+    summ["eval_s"] = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"key": key, "summary": summ}, indent=1))
+    return summ
+

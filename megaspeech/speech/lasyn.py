@@ -10,9 +10,10 @@ embeddings + convolutions) and a duration predictor (log frames per unit):
 Latents are standardised per dimension with statistics of the training latents (buffers), so both
 forms work in a unit-scale space; `synthesize` returns latents in the encoder's own scale.
 
-Alignment: the training pairs carry no unit timing, so the duration targets split each utterance's
-frames evenly over its units (the predicted total length is right, the within-utterance timing is
-uniform).
+Alignment: the duration targets are frames per unit from a CTC forced alignment of the real latents
+(megaspeech/speech/align.py, what launch/train_lasyn.py uses by default), or, given none, each
+utterance's frames split evenly over its units (`uniform_durations`: the total length is right, the
+timing within the utterance is not).
 """
 from __future__ import annotations
 
@@ -128,10 +129,12 @@ class LatentSynthesizer(nn.Module):
         return self.out(self.denoiser(x, keep))
 
     def loss(self, units: torch.Tensor, unit_lengths: torch.Tensor, latents: torch.Tensor,
-             frame_lengths: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss on (text units [B, U], real latents [B, T, D]) pairs: latent term + duration term."""
+             frame_lengths: torch.Tensor, generator: torch.Generator | None = None,
+             durations: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss on (text units [B, U], real latents [B, T, D]) pairs: latent term + duration
+        term. durations int [B, U]: frames per unit (summing to frame_lengths); None: uniform."""
         h, logd, ukeep = self.encode_text(units, unit_lengths)
-        dur = uniform_durations(unit_lengths, frame_lengths, units.shape[1])
+        dur = uniform_durations(unit_lengths, frame_lengths, units.shape[1]) if durations is None else durations
         cond, lengths = expand(h, dur)
         T = cond.shape[1]
         keep = (torch.arange(T)[None, :] < lengths[:, None]).float()

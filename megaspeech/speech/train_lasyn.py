@@ -1,17 +1,20 @@
 """Train a LaSyn latent synthesizer (megaspeech/speech/lasyn.py) on (text, real encoder latent) pairs:
 the utterances of an `audio` dataset (TTS speech of real text) run once through the frozen frame encoder
-the bridge uses (bridge.encoder, same seed for the conv encoder), then AdamW on the synthesizer's loss."""
+the bridge uses (bridge.encoder, same seed for the conv encoder), aligned to their transcripts (`align`:
+ctc, a CTC probe's forced alignment, megaspeech/speech/align.py; uniform, frames split evenly), then
+AdamW on the synthesizer's loss."""
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 
 from megaspeech.config.load import check
-from megaspeech.speech.lasyn import LatentSynthesizer, SynthConfig, pad_units, save_synthesizer
+from megaspeech.speech.lasyn import LatentSynthesizer, SynthConfig, pad_units, save_synthesizer, uniform_durations
 
 
 @dataclass
@@ -26,10 +29,13 @@ class LaSynTrainConfig:
     lr: float = 1e-3
     max_seconds: float = 20.0
     threads: int = 2
+    align: Literal["ctc", "uniform"] = "ctc"  # duration targets: CTC forced alignment, or an even split
+    align_steps: int = 300  # training steps of the CTC probe that aligns
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self):
         check(bool(self.data), "data", "set data=<audio dataset dir>")
+        check(self.align in ("ctc", "uniform"), "align", f"{self.align!r}: use ctc or uniform")
         check(self.steps >= 1 and self.batch >= 1, "steps", "steps and batch must be >= 1")
 
 
@@ -55,6 +61,37 @@ def encoder_pairs(encoder, audios: list[bytes], texts: list[str], keys: list[str
     return out
 
 
+def align_durations(pairs, cfg: LaSynTrainConfig, log=print) -> list[list[int]] | None:
+    """Frames per unit of every pair (cfg.align=ctc), or None (uniform). Pairs the probe cannot align
+    (fewer frames than their transcript needs) keep an even split."""
+    if cfg.align == "uniform":
+        return None
+    from megaspeech.model.speech_lm import CTC_CHARS
+    from megaspeech.speech.align import align_pairs, train_ctc_probe
+    t0 = time.perf_counter()
+    head = train_ctc_probe(pairs, len(CTC_CHARS) + 1, steps=cfg.align_steps, seed=cfg.seed)
+    durs, failed = align_pairs(head, pairs)
+    for i, d in enumerate(durs):
+        if d is None:
+            u, T = len(pairs[i][0]), pairs[i][1].shape[0]
+            durs[i] = uniform_durations(torch.tensor([u]), torch.tensor([T]), u)[0].tolist()
+    log(f"lasyn: CTC alignment of {len(pairs)} pairs ({failed} too short, split evenly) in "
+        f"{time.perf_counter() - t0:.0f} s")
+    return durs
+
+
+def trained_summary(cfg: LaSynTrainConfig) -> dict | None:
+    """The summary train_lasyn returned for `cfg`, read from cfg.out's metadata, when cfg.out holds a
+    synthesizer trained with exactly this config; else None."""
+    from pathlib import Path
+    path = Path(cfg.out).expanduser()
+    if not path.is_file():
+        return None
+    meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    same = meta.get("train") == json.dumps(asdict(cfg), sort_keys=True)
+    return {k: meta[k] for k in ("out", "first_loss", "final_loss", "pairs")} if same else None
+
+
 def train_lasyn(cfg: LaSynTrainConfig, log=print) -> dict:
     from megaspeech.speech.bridge_data import load_utterances
     from megaspeech.train.bridge_task import make_encoder
@@ -64,6 +101,7 @@ def train_lasyn(cfg: LaSynTrainConfig, log=print) -> dict:
     t0 = time.perf_counter()
     pairs = encoder_pairs(encoder, audios, texts, keys)
     log(f"lasyn: {len(pairs)} (text, latent) pairs from {cfg.data} ({skipped} skipped) in {time.perf_counter() - t0:.0f} s")
+    durs = align_durations(pairs, cfg, log)
     synth_cfg = SynthConfig(**{**cfg.synth.__dict__, "latent_dim": pairs[0][1].shape[1]})
     torch.manual_seed(cfg.seed)
     model = LatentSynthesizer(synth_cfg)
@@ -81,7 +119,8 @@ def train_lasyn(cfg: LaSynTrainConfig, log=print) -> dict:
         for j, i in enumerate(idx):
             lat[j, :pairs[i][1].shape[0]] = pairs[i][1]
         fl = torch.tensor([pairs[i][1].shape[0] for i in idx])
-        loss = model.loss(units, ul, lat, fl, generator=gen)
+        dur = None if durs is None else pad_units([durs[i] for i in idx])[0]
+        loss = model.loss(units, ul, lat, fl, generator=gen, durations=dur)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -89,5 +128,6 @@ def train_lasyn(cfg: LaSynTrainConfig, log=print) -> dict:
         losses.append(float(loss))
         if step % 50 == 0 or step == cfg.steps:
             log(f"lasyn {synth_cfg.kind} step {step}: loss {np.mean(losses[-50:]):.4f}")
-    save_synthesizer(model, cfg.out, {"data": cfg.data, "encoder": cfg.encoder, "steps": cfg.steps})
-    return {"out": cfg.out, "first_loss": losses[0], "final_loss": float(np.mean(losses[-10:])), "pairs": len(pairs)}
+    summary = {"out": cfg.out, "first_loss": losses[0], "final_loss": float(np.mean(losses[-10:])), "pairs": len(pairs)}
+    save_synthesizer(model, cfg.out, {"train": json.dumps(asdict(cfg), sort_keys=True), **summary})
+    return summary
