@@ -30,11 +30,12 @@ BUDGETS = {  # train utterances, held-out utterances, steps, micro-batch
     "small": dict(train_utts=1200, heldout_utts=60, steps=300, micro=4),
     "full": dict(train_utts=2000, heldout_utts=100, steps=2000, micro=8),
 }
-VARIANTS = {
-    "conv_full": ["bridge.kind=conv", "bridge.lm_mode=full"],
-    "ctc_full": ["bridge.kind=ctc", "bridge.lm_mode=full"],
-    "ctc_frozen": ["bridge.kind=ctc", "bridge.lm_mode=frozen"],
-    "ctc_lora": ["bridge.kind=ctc", "bridge.lm_mode=lora"],
+VARIANTS = {  # the CTC bridge reads the LM's embeddings of its units too (bridge.ctc_embed; _features: without)
+    "ctc_full": ["bridge.kind=ctc", "bridge.ctc_embed=true", "bridge.lm_mode=full"],
+    "ctc_lora": ["bridge.kind=ctc", "bridge.ctc_embed=true", "bridge.lm_mode=lora"],
+    "ctc_frozen": ["bridge.kind=ctc", "bridge.ctc_embed=true", "bridge.lm_mode=frozen"],
+    "conv_full": ["bridge.kind=conv", "bridge.ctc_embed=false", "bridge.lm_mode=full"],
+    "ctc_full_features": ["bridge.kind=ctc", "bridge.ctc_embed=false", "bridge.lm_mode=full"],
 }
 BASELINE = "conv_full"
 
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     for name in a.variants.split(","):
         overrides = [*bench_overrides(train, Path(a.out) / name, b["steps"], b["micro"]), *VARIANTS[name], *a.extra]
         cfg = load_config(PretrainConfig, ROOT / a.config if not Path(a.config).is_absolute() else a.config, overrides)
-        results[name] = run_variant(name, cfg, Path(a.out), layout, evals, fresh=a.fresh)
+        results[name] = run_variant(name, cfg, Path(a.out), layout, evals, fresh=a.fresh,
+                                    cache=Path(a.data) / "results")
         for k, v in results[name].items():
             print(f"{name}.{k}={v:.4g}" if isinstance(v, float) else f"{name}.{k}={v}", flush=True)
     if BASELINE in results:

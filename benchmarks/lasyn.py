@@ -88,7 +88,7 @@ def main(argv=None) -> int:
             extra = [f"bridge.lasyn={synth_path}", f"bridge.lasyn_ratio={a.ratio}", f"bridge.lasyn_text={a.text}"]
         cfg = load_config(PretrainConfig, cfg_path, [*bench_overrides(train, out / name, b["steps"], b["micro"]),
                                                      *extra, *a.extra])
-        results[name] = run_variant(name, cfg, out, layout, evals, fresh=a.fresh)
+        results[name] = run_variant(name, cfg, out, layout, evals, fresh=a.fresh, cache=data / "results")
         for k, v in results[name].items():
             print(f"{name}.{k}={v:.4g}" if isinstance(v, float) else f"{name}.{k}={v}", flush=True)
     if BASELINE in results:

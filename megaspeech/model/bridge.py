@@ -29,6 +29,7 @@ class BridgeOutput:
     embeds: torch.Tensor  # [B, T', H_lm], zero past lengths
     lengths: torch.Tensor  # int64 [B]
     ctc_logits: torch.Tensor | None  # [B, T, V_ctc] (kind "ctc")
+    posteriors: torch.Tensor | None = None  # [B, T', V_ctc]: each run's mean CTC posterior (unit_embeds given)
 
 
 class SpeechBridge(nn.Module):
@@ -49,21 +50,30 @@ class SpeechBridge(nn.Module):
         hidden = hidden or lm_dim
         self.proj = nn.Sequential(nn.Linear(speech_dim, hidden), nn.GELU(), nn.Linear(hidden, lm_dim))
 
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> BridgeOutput:
-        """h [B, T, D_speech], lengths int [B] (valid frames) -> BridgeOutput."""
-        logits = None
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor, unit_embeds: torch.Tensor | None = None) -> BridgeOutput:
+        """h [B, T, D_speech], lengths int [B] (valid frames) -> BridgeOutput. unit_embeds [V_ctc, H_lm]
+        (kind ctc; bridge.ctc_embed): each run's mean CTC posterior times these rows (the LM's own
+        embeddings of the units, zero for the blank) is added to the projected features."""
+        logits, post = None, None
         if self.kind == "ctc":
             logits = self.ctc_head(h)
+            soft = logits.float().softmax(-1)
             # labels from the argmax; weights = the argmax label's probability (differentiable,
             # so the LM loss also reaches the CTC head)
-            probs = logits.float().softmax(-1).amax(-1) if self.reduce == "weighted" else None
-            x, lengths = ctc_compress(h, logits.detach().argmax(-1), lengths, self.blank,
+            probs = soft.amax(-1) if self.reduce == "weighted" else None
+            x = h if unit_embeds is None else torch.cat([h, soft.to(h.dtype)], -1)  # posteriors pooled alike
+            x, lengths = ctc_compress(x, logits.detach().argmax(-1), lengths, self.blank,
                                       mode="remove_blank", reduce=self.reduce, probs=probs)
+            if unit_embeds is not None:
+                x, post = x[..., :h.shape[-1]], x[..., h.shape[-1]:]
         else:
             x = self.down(h.transpose(1, 2)).transpose(1, 2)
             lengths = torch.div(lengths, self.stride, rounding_mode="floor").clamp(max=x.shape[1])
         keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-        return BridgeOutput(self.proj(x) * keep[..., None], lengths, logits)
+        y = self.proj(x)
+        if post is not None:
+            y = y + post @ unit_embeds.to(y.dtype)
+        return BridgeOutput(y * keep[..., None], lengths, logits, post)
 
     def ctc_loss(self, out: BridgeOutput, frame_lengths: torch.Tensor, targets: torch.Tensor,
                  target_lengths: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,16 @@ from megaspeech.speech.asr import additive_mask
 CTC_CHARS = " abcdefghijklmnopqrstuvwxyz'"  # CTC units: index + 1 (0 is the blank)
 
 
+def unit_token_ids(encode) -> list[int]:
+    """The LM token of each CTC unit (blank first: -1) for bridge.ctc_embed: `encode(str) -> ids` of the
+    LM's tokenizer; a unit it spells with several tokens takes the last (SentencePiece's word marker first)."""
+    out = [-1]
+    for ch in CTC_CHARS:
+        ids = list(encode(ch))
+        out.append(int(ids[-1]) if ids else -1)
+    return out
+
+
 def ctc_units(text: str) -> list[int]:
     """Transcript -> character units for the CTC head (lowercase letters, space, apostrophe; others dropped)."""
     out, prev_space = [], True
@@ -99,10 +109,13 @@ class BridgeLM(nn.Module):
     (logits [S, B, V/tp], (labels, loss_mask, modality) [B, S], ctc loss per row [B] or None,
     counts float64 [3]: encoder frames, bridge outputs (speech positions), all positions of the rows)."""
 
-    def __init__(self, encoder: nn.Module, bridge: SpeechBridge, lm: nn.Module, train_encoder: bool = False):
+    def __init__(self, encoder: nn.Module, bridge: SpeechBridge, lm: nn.Module, train_encoder: bool = False,
+                 unit_ids: list[int] | None = None):
         super().__init__()
         self.encoder, self.bridge, self.lm = encoder, bridge, lm
         self.train_encoder = train_encoder
+        # bridge.ctc_embed: the LM token of each CTC unit (-1: none, the blank); rebuilt, not saved
+        self.register_buffer("unit_ids", None if unit_ids is None else torch.tensor(unit_ids), persistent=False)
         if not train_encoder:
             for p in encoder.parameters():
                 p.requires_grad_(False)
@@ -122,9 +135,16 @@ class BridgeLM(nn.Module):
             h, h_len = merge_rows(h, h_len, batch["latents"], batch["latent_lengths"], batch["latent_lengths"] > 0)
         return h, h_len
 
+    def unit_embeds(self) -> torch.Tensor | None:
+        """[V_ctc, H]: the LM's input embeddings of the CTC units' tokens (zero rows where none), or None."""
+        if self.unit_ids is None:
+            return None
+        e = self.embed_text(self.unit_ids.clamp(min=0)[None])[0]
+        return e * (self.unit_ids >= 0)[:, None].to(e.dtype)
+
     def speech(self, batch: dict) -> tuple[BridgeOutput, torch.Tensor, torch.Tensor]:
         h, h_len = self.frames(batch)
-        return self.bridge(h, h_len), h, h_len
+        return self.bridge(h, h_len, self.unit_embeds()), h, h_len
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, U] -> [B, U, H] through the LM's (possibly vocab-parallel) embedding."""

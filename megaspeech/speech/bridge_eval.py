@@ -108,6 +108,9 @@ def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
     t0 = time.perf_counter()
     trainer = Trainer(cfg, layout)
     trainer.fit()
+    if trainer.step < cfg.train.steps:  # SIGTERM/SIGUSR1 save and return (the Slurm requeue path)
+        raise SystemExit(f"{cfg.run.dir}: training stopped at step {trainer.step} of {cfg.train.steps} "
+                         f"(a signal); nothing of this variant is reported; rerun the benchmark")
     wall = time.perf_counter() - t0
     model = trainer.engine.module
     recs = [json.loads(x) for x in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
@@ -131,25 +134,29 @@ def bench_overrides(train: Path, run_dir: Path, steps: int, micro: int) -> list[
 
 
 def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[np.ndarray, str]]],
-                fresh: bool = False) -> dict:
+                fresh: bool = False, cache: Path | None = None) -> dict:
     """Train `cfg` (task: bridge) and transcribe each held-out set of `evals` -> the summary of
     train_config plus, per set S: wer_S (LM greedy), ctc_wer_S (CTC head greedy), length_reduction_S,
-    example_S. Kept in out/name/result.json under a hash of the resolved config, the LaSyn synthesizer's
-    bytes and the sets' transcripts: a rerun with the same ones reuses it (fresh=True retrains)."""
+    example_S. Kept in out/name/result.json (and cache/<hash>.json) under a hash of the resolved config
+    but its run.dir, the LaSyn synthesizer's bytes and the sets' transcripts: a rerun with the same ones,
+    or another benchmark's variant that is the same run (cache), reuses it; fresh=True retrains."""
     import hashlib
 
     from megaspeech.config.load import to_dict
     from megaspeech.fs import write_atomic
     from megaspeech.speech.bridge_data import text_codec
     synth = hashlib.sha256(Path(cfg.bridge.lasyn).expanduser().read_bytes()).hexdigest() if cfg.bridge.lasyn else ""
-    key = hashlib.sha256(json.dumps([to_dict(cfg), synth, {k: [t for _, t in v] for k, v in evals.items()}],
+    resolved = to_dict(cfg)
+    resolved["run"].pop("dir")  # where it ran is not what it is
+    key = hashlib.sha256(json.dumps([resolved, synth, {k: [t for _, t in v] for k, v in evals.items()}],
                                     sort_keys=True, default=str).encode()).hexdigest()
-    path = out / name / "result.json"
-    if not fresh and path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("key") == key:
-            print(f"{name}: reusing {path} (same config and held-out sets; --fresh retrains)", flush=True)
-            return old["summary"]
+    path, shared = out / name / "result.json", (cache / f"{key}.json" if cache else None)
+    for p in (path, shared):
+        if not fresh and p is not None and p.is_file():
+            old = json.loads(p.read_text())
+            if old.get("key") == key:
+                print(f"{name}: reusing {p} (same config and held-out sets; --fresh retrains)", flush=True)
+                return old["summary"]
     model, summ = train_config(cfg, layout)
     codec = text_codec(cfg.bridge, cfg.vocab)
     t0 = time.perf_counter()
@@ -158,7 +165,9 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
         summ |= {f"wer_{set_name}": r["wer"], f"ctc_wer_{set_name}": r["ctc_wer"],
                  f"length_reduction_{set_name}": r["length_reduction"], f"example_{set_name}": r["hyps"][0][:80]}
     summ["eval_s"] = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"key": key, "summary": summ}, indent=1))
+    for p in (path, shared):
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(p, json.dumps({"key": key, "variant": name, "summary": summ}, indent=1))
     return summ
 

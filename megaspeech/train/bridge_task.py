@@ -16,7 +16,7 @@ import torch
 
 from megaspeech.config.schema import PretrainConfig
 from megaspeech.model.bridge import SpeechBridge
-from megaspeech.model.speech_lm import CTC_CHARS, BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode
+from megaspeech.model.speech_lm import CTC_CHARS, BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode, unit_token_ids
 from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout
 
@@ -55,7 +55,11 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
         bridge = SpeechBridge(encoder.dim, cfg.model.hidden_size, kind=b.kind, ctc_vocab=len(CTC_CHARS) + 1,
                               blank=0, reduce=b.reduce, stride=b.stride, hidden=b.projector_hidden)
         lm = apply_lm_mode(lm, b.lm_mode, b.lora_rank, b.lora_alpha, tuple(b.lora_targets))  # LoRA A from the seed
-    return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder)
+    units = None
+    if b.ctc_embed:
+        from megaspeech.speech.bridge_data import text_codec
+        units = unit_token_ids(text_codec(b, cfg.vocab).encode)
+    return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder, unit_ids=units)
 
 
 def load_synthesizer(path: str):

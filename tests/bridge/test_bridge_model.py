@@ -85,6 +85,44 @@ def test_bf16_model_reads_fp32_batches_and_matches_fp32(asr_corpus):
     assert loss.dtype == torch.float32 and abs(float(loss) - ref) < 0.02 * ref
 
 
+def test_ctc_embed_adds_the_lms_unit_embeddings_by_run_posterior(asr_corpus):
+    """bridge.ctc_embed: each compressed vector = projected features + (the run's mean CTC posterior) x
+    (the LM's input embeddings of the units' tokens, blank row zero), computed here by hand for one row;
+    the speech path's gradient reaches exactly the LM's embedding rows of those tokens."""
+    from megaspeech.model.speech_lm import CTC_CHARS
+    from megaspeech.speech.bridge_data import text_codec
+    task = BridgeTask(_cfg(asr_corpus, "bridge.ctc_embed=true", "bridge.reduce=mean", "train.micro_batch=2"), SINGLE)
+    model, batch = task.model, task.build_loader().next_batch()
+    codec = text_codec(task.cfg.bridge, task.cfg.vocab)
+    ids = model.unit_ids.tolist()
+    assert ids[0] == -1 and ids[1 + CTC_CHARS.index("e")] == codec.encode("e")[-1]
+    E = model.unit_embeds()
+    assert torch.equal(E[0], torch.zeros_like(E[0]))
+    assert torch.equal(E[2], model.decoder().embedding(torch.tensor([[ids[2]]]))[0, 0])
+    with torch.no_grad():  # a CTC head that emits: label = argmax of a few feature dims
+        model.bridge.ctc_head.weight.normal_(0, 1.0)
+    out, h, h_len = model.speech(batch)
+    assert int(out.lengths[0]) > 1
+    logits = model.bridge.ctc_head(h[0, :int(h_len[0])])
+    lab, soft = logits.argmax(-1).tolist(), logits.softmax(-1)
+    runs, t = [], 0
+    while t < len(lab):
+        e = t
+        while e < len(lab) and lab[e] == lab[t]:
+            e += 1
+        if lab[t] != 0:
+            runs.append((t, e))
+        t = e
+    want = torch.stack([model.bridge.proj(h[0, a:b].mean(0)) + soft[a:b].mean(0) @ E for a, b in runs])
+    torch.testing.assert_close(out.embeds[0, :len(runs)], want, rtol=1e-4, atol=1e-5)
+    emb = model.decoder().embedding.embed.weight
+    (g,) = torch.autograd.grad(model.speech(batch)[0].embeds.sum(), [emb])  # the speech path alone
+    rows = {i for i in ids if i >= 0}
+    assert all(bool(g[i].abs().sum() > 0) == (i in rows) for i in range(emb.shape[0]))
+    loss = task.micro_loss(model, batch, "cpu", _lm_loss(batch))
+    assert torch.isfinite(loss)
+
+
 def test_lr_mult_names_the_encoder_side(asr_corpus):
     task = BridgeTask(_cfg(asr_corpus, "bridge.lr_mult=10"), SINGLE)
     from megaspeech.train.schedule import build_optimizer
@@ -215,7 +253,8 @@ def test_bad_bridge_configs_fail_naming_the_field(asr_corpus, tmp_path):
     from megaspeech.speech.lasyn import load_synthesizer
     cases = {("bridge.lasyn_ratio=0.5",): "bridge.lasyn", ("parallel.pipeline=2",): "parallel.pipeline",
              ("parallel.tensor=2", "parallel.sequence_parallel=true"): "parallel.sequence_parallel",
-             ("bridge.lm_mode=adapters",): "bridge.lm_mode", ("bridge.train=",): "bridge.train"}
+             ("bridge.lm_mode=adapters",): "bridge.lm_mode", ("bridge.train=",): "bridge.train",
+             ("bridge.kind=conv", "bridge.ctc_embed=true"): "bridge.ctc_embed", ("bridge.lr_mult=0",): "bridge.lr_mult"}
     for overrides, field in cases.items():
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             _cfg(asr_corpus, *overrides)

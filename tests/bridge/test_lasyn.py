@@ -74,6 +74,10 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
     cfg = load_config(LaSynTrainConfig, root / "configs/lasyn_tiny.yaml", [f"data={asr_corpus}", f"out={path}", "steps=40"])
     res = train_lasyn(cfg, log=lambda *_: None)
     assert res["pairs"] == 16 and res["final_loss"] < res["first_loss"]
+    from dataclasses import replace
+
+    from megaspeech.speech.train_lasyn import trained_summary
+    assert trained_summary(cfg) == res and trained_summary(replace(cfg, steps=41)) is None  # the benchmark's reuse
     synth = load_synthesizer(path)
     save_synthesizer(synth, tmp_path / "copy.pt")
     copy = load_synthesizer(tmp_path / "copy.pt")
@@ -102,3 +106,36 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
     loss = task.micro_loss(task.model, batch, "cpu", fn)
     loss.backward()
     assert torch.isfinite(loss) and task.model.bridge.ctc_head.weight.grad.abs().sum() > 0
+
+
+def test_benchmark_variant_reused_only_for_the_same_config_and_synthesizer(asr_corpus, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import megaspeech.speech.bridge_eval as be
+    from megaspeech.config.load import load_config
+    from megaspeech.config.schema import PretrainConfig
+    trained = []
+
+    def train_config(cfg, layout):
+        trained.append(cfg.train.steps)
+        return None, {"steps": cfg.train.steps}
+    monkeypatch.setattr(be, "train_config", train_config)
+    monkeypatch.setattr(be, "transcribe", lambda model, codec, items, prompt: {"wer": 50.0, "ctc_wer": 60.0, "length_reduction": 4.0, "hyps": ["a b"]})
+    synth = tmp_path / "synth.pt"
+    synth.write_bytes(b"one")
+    root = Path(__file__).resolve().parents[2]
+    cfg = lambda *o: load_config(PretrainConfig, root / "configs/bridge_tiny.yaml", [f"bridge.train={asr_corpus}", *o])  # noqa: E731
+    evals = {"tts": [(None, "a b c")]}
+    first = be.run_variant("v", cfg(), tmp_path, None, evals)
+    assert first["wer_tts"] == 50.0 and first["ctc_wer_tts"] == 60.0 and trained == [4]
+    assert be.run_variant("v", cfg(), tmp_path, None, evals) == first and trained == [4]  # reused
+    be.run_variant("v", cfg("train.steps=5"), tmp_path, None, evals)  # another config
+    be.run_variant("v", cfg("train.steps=5"), tmp_path, None, evals, fresh=True)
+    be.run_variant("v", cfg("train.steps=5"), tmp_path, None, {"tts": [(None, "other text")]})  # other held-out set
+    lasyn = (f"bridge.lasyn={synth}", "bridge.lasyn_ratio=0.5")
+    be.run_variant("v", cfg(*lasyn), tmp_path, None, evals)
+    be.run_variant("v", cfg(*lasyn), tmp_path, None, evals)
+    synth.write_bytes(b"two")  # retrained synthesizer, same path
+    be.run_variant("v", cfg(*lasyn), tmp_path, None, evals)
+    assert trained == [4, 5, 5, 5, 4, 4]
+
