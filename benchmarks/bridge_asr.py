@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     layout = start_single_process()
     results = {}
     for name in a.variants.split(","):
-        overrides = [*bench_overrides(train, Path(a.out) / name, b["steps"], b["micro"]), *VARIANTS[name], *a.extra]
+        overrides = [*bench_overrides(train, b["steps"], b["micro"]), *VARIANTS[name], *a.extra]
         cfg = load_config(PretrainConfig, ROOT / a.config if not Path(a.config).is_absolute() else a.config, overrides)
         results[name] = run_variant(name, cfg, Path(a.out), layout, evals, fresh=a.fresh,
                                     cache=Path(a.data) / "results")

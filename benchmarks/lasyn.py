@@ -86,8 +86,7 @@ def main(argv=None) -> int:
             s = (None if a.fresh else trained_summary(sc)) or train_lasyn(sc)
             print(f"{name}.synth_first_loss={s['first_loss']:.4g}\n{name}.synth_final_loss={s['final_loss']:.4g}", flush=True)
             extra = [f"bridge.lasyn={synth_path}", f"bridge.lasyn_ratio={a.ratio}", f"bridge.lasyn_text={a.text}"]
-        cfg = load_config(PretrainConfig, cfg_path, [*bench_overrides(train, out / name, b["steps"], b["micro"]),
-                                                     *extra, *a.extra])
+        cfg = load_config(PretrainConfig, cfg_path, [*bench_overrides(train, b["steps"], b["micro"]), *extra, *a.extra])
         results[name] = run_variant(name, cfg, out, layout, evals, fresh=a.fresh, cache=data / "results")
         for k, v in results[name].items():
             print(f"{name}.{k}={v:.4g}" if isinstance(v, float) else f"{name}.{k}={v}", flush=True)

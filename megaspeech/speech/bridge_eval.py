@@ -101,8 +101,9 @@ def ensure_smollm2(cfg) -> None:
 
 
 def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
-    """Train `cfg` (task: bridge) with the project's Trainer in this process -> (model, summary): wall
-    time, trained parameters, LM positions per second, last losses."""
+    """Train `cfg` (task: bridge) with the project's Trainer in this process (resuming its run.dir's
+    checkpoint, if any) -> (model, summary): time in steps and this call's wall time, trained
+    parameters, LM positions per second, last losses."""
     from megaspeech.train.trainer import Trainer
     ensure_smollm2(cfg)
     t0 = time.perf_counter()
@@ -113,11 +114,14 @@ def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
                          f"(a signal); nothing of this variant is reported; rerun the benchmark")
     wall = time.perf_counter() - t0
     model = trainer.engine.module
-    recs = [json.loads(x) for x in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
-    recs = recs[-cfg.train.steps:]
+    by_step = {}  # a resumed run logs the steps after its checkpoint again: the last of each counts
+    for x in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(x)
+        by_step[r["step"]] = r
+    recs = [by_step[k] for k in sorted(by_step)]
     steady = recs[1:] or recs  # the first step includes loader warm-up
     return model, {
-        "train_s": wall, "steps": len(recs),
+        "train_s": sum(r["step_time_s"] for r in recs), "wall_s": wall, "steps": len(recs),
         "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "lm_tokens_per_s": sum(r["lm_positions"] for r in steady) / sum(r["step_time_s"] for r in steady),
         "train_length_reduction": float(np.mean([r["length_reduction"] for r in recs])),
@@ -126,10 +130,11 @@ def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
     }
 
 
-def bench_overrides(train: Path, run_dir: Path, steps: int, micro: int) -> list[str]:
-    """The benchmarks' training overrides: data, a fresh run of `steps` x `micro` rows, no checkpoints."""
-    return [f"bridge.train={train}", f"run.dir={run_dir}", "run.resume=none", f"train.steps={steps}",
-            f"train.micro_batch={micro}", f"train.global_batch={micro}", "checkpoint.interval=0",
+def bench_overrides(train: Path, steps: int, micro: int, interval: int = 50) -> list[str]:
+    """The benchmarks' training overrides: data, `steps` x `micro` rows, a checkpoint every `interval`
+    steps (the last one kept) that a stopped benchmark resumes (run_variant gives each config its dir)."""
+    return [f"bridge.train={train}", "run.resume=auto", f"train.steps={steps}", f"train.micro_batch={micro}",
+            f"train.global_batch={micro}", f"checkpoint.interval={interval}", "checkpoint.keep=1",
             "checkpoint.save_at_end=false", "train.progress_bar=false"]
 
 
@@ -157,6 +162,7 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
             if old.get("key") == key:
                 print(f"{name}: reusing {p} (same config and held-out sets; --fresh retrains)", flush=True)
                 return old["summary"]
+    cfg.run.dir = str(out / name / f"run-{key[:12]}")  # this config's own dir: run.resume=auto resumes only it
     model, summ = train_config(cfg, layout)
     codec = text_codec(cfg.bridge, cfg.vocab)
     t0 = time.perf_counter()
