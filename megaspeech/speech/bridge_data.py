@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.bridge import BridgeConfig
-from megaspeech.model.speech_lm import ctc_units
+from megaspeech.model.speech_lm import CTC_CHARS, ctc_units, unit_token_ids
 from megaspeech.speech.audio import HOP, decode_audio, log_mel
 
 
@@ -29,6 +29,43 @@ class TextCodec:
 
     def __init__(self, encode, decode, bos: int, eos: int):
         self.encode, self.decode, self.bos, self.eos = encode, decode, bos, eos
+
+
+class CTCUnits:
+    """The CTC head's label set (bridge.ctc_units; 0 is the blank):
+      chars  the characters of speech_lm.CTC_CHARS (lowercase letters, space, apostrophe)
+      lm     the LM's own text tokens (token id + 1): each compressed run then stands for an LM token, and
+             bridge.ctc_embed gives the LM its own embedding of it
+    encode(transcript) -> labels, decode(greedy frame labels) -> text (runs merged, blanks dropped),
+    token_ids: the LM token of each label for bridge.ctc_embed (-1: none)."""
+
+    def __init__(self, kind: str, codec: TextCodec, text_size: int):
+        self.kind, self.codec = kind, codec
+        if kind == "chars":
+            self.size, self.token_ids = len(CTC_CHARS) + 1, unit_token_ids(codec.encode)
+        elif kind == "lm":
+            self.size, self.token_ids = text_size + 1, [-1, *range(text_size)]
+        else:
+            raise ValueError(f"bridge.ctc_units={kind!r}: use chars or lm")
+
+    def encode(self, text: str) -> list[int]:
+        if self.kind == "chars":
+            return ctc_units(text)
+        return [i + 1 for i in self.codec.encode(" " + text.strip())]
+
+    def decode(self, frame_labels: list[int]) -> str:
+        out, prev = [], 0
+        for t in frame_labels:
+            if t != prev and t != 0:
+                out.append(t - 1)
+            prev = t
+        if self.kind == "chars":
+            return "".join(CTC_CHARS[i] for i in out).strip()
+        return self.codec.decode(out).strip()
+
+
+def ctc_units_for(bridge: BridgeConfig, vocab) -> CTCUnits:
+    return CTCUnits(bridge.ctc_units, text_codec(bridge, vocab), vocab.text_size)
 
 
 def text_codec(bridge: BridgeConfig, vocab) -> TextCodec:
@@ -92,8 +129,9 @@ class BridgeLoader:
     [B, C], ctc_lengths [B]; sample_ids int64 [B, 1] (utterance index, -1 - sentence index for syn rows)."""
 
     def __init__(self, cfg: BridgeConfig, codec: TextCodec, *, micro_batch: int, dp_rank: int, dp_size: int,
-                 seed: int, n_mels: int = 80, synthesizer=None, utterances=None):
+                 seed: int, n_mels: int = 80, synthesizer=None, utterances=None, units: CTCUnits | None = None):
         self.cfg, self.codec, self.B, self.seed, self.n_mels = cfg, codec, micro_batch, seed, n_mels
+        self.units = units  # the CTC labels of each row (None: characters)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.audio, self.texts, self.keys, self.skipped = utterances or load_utterances(cfg.train, cfg.max_seconds)
         self.n_syn = int(round(cfg.lasyn_ratio * micro_batch)) if synthesizer is not None else 0
@@ -156,15 +194,17 @@ class BridgeLoader:
                 (prefix, target), kind = pairs[int(rng.integers(len(pairs)))], "qa"
                 prefix = prefix + " Answer:"
         ids, mask = self._text_row(prefix, target)
-        return {"mel": self.mel(i), "ids": ids, "mask": mask, "ctc": ctc_units(text), "id": i, "kind": kind}
+        return {"mel": self.mel(i), "ids": ids, "mask": mask, "ctc": self._ctc(text), "id": i, "kind": kind}
+
+    def _ctc(self, text: str) -> list[int]:
+        return self.units.encode(text) if self.units is not None else ctc_units(text)
 
     def _syn_row(self, k: int) -> dict:
         j = self._item("txt", len(self.sentences), k)
         text = self.sentences[j]
         ids, mask = self._text_row(self.cfg.asr_prompt, text)
-        units = ctc_units(text)
-        lat = self.synth.synthesize([units], seed=self.seed * 1_000_003 + k)[0]
-        return {"latent": lat, "ids": ids, "mask": mask, "ctc": units, "id": -1 - j, "kind": "syn"}
+        lat = self.synth.synthesize([ctc_units(text)], seed=self.seed * 1_000_003 + k)[0]  # it reads characters
+        return {"latent": lat, "ids": ids, "mask": mask, "ctc": self._ctc(text), "id": -1 - j, "kind": "syn"}
 
     def next_batch(self) -> dict:
         rows = []

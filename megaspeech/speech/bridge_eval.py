@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megaspeech.model.speech_lm import CTC_CHARS, BridgeLM, greedy_generate
+from megaspeech.model.speech_lm import BridgeLM, greedy_generate
 from megaspeech.speech.asr import wer
 from megaspeech.speech.audio import HOP, log_mel
 
@@ -41,19 +41,14 @@ def dataset_items(path: str, limit: int | None = None) -> list[tuple[np.ndarray,
     return [(decode_audio(audio[i], keys[i]), texts[i]) for i in range(n)]
 
 
-def ctc_text(ids: list[int]) -> str:
-    out, prev = [], 0
-    for t in ids:
-        if t != prev and t != 0:
-            out.append(CTC_CHARS[t - 1])
-        prev = t
-    return "".join(out).strip()
-
-
 @torch.no_grad()
 def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prompt: str, batch: int = 4,
-               max_new_tokens: int = 48) -> dict:
-    """-> {wer, ctc_wer (None for a conv bridge), length_reduction, hyps}: greedy decoding, in percent."""
+               max_new_tokens: int = 48, units=None) -> dict:
+    """-> {wer, ctc_wer (None for a conv bridge), length_reduction, hyps}: greedy decoding, in percent;
+    `units` (bridge_data.CTCUnits) reads the CTC head's labels, by default characters."""
+    if units is None:
+        from megaspeech.speech.bridge_data import CTCUnits
+        units = CTCUnits("chars", codec, 0)
     from megaspeech.speech.bridge_data import collate
     model.eval()
     hyps, ctc_hyps, frames, positions = [], [], 0, 0
@@ -71,7 +66,7 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
         frames, positions = frames + int(h_len.sum()), positions + int(sp.lengths.sum())
         if sp.ctc_logits is not None:
             arg = sp.ctc_logits.argmax(-1)
-            ctc_hyps += [ctc_text(arg[i, :int(h_len[i])].tolist()) for i in range(arg.shape[0])]
+            ctc_hyps += [units.decode(arg[i, :int(h_len[i])].tolist()) for i in range(arg.shape[0])]
     refs = [t for _, t in items]
     return {"wer": wer(refs, hyps), "ctc_wer": wer(refs, ctc_hyps) if ctc_hyps else None,
             "length_reduction": frames / max(positions, 1), "hyps": hyps}
@@ -149,7 +144,7 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
 
     from megaspeech.config.load import to_dict
     from megaspeech.fs import write_atomic
-    from megaspeech.speech.bridge_data import text_codec
+    from megaspeech.speech.bridge_data import ctc_units_for
     synth = hashlib.sha256(Path(cfg.bridge.lasyn).expanduser().read_bytes()).hexdigest() if cfg.bridge.lasyn else ""
     resolved = to_dict(cfg)
     resolved["run"].pop("dir")  # where it ran is not what it is
@@ -164,10 +159,10 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
                 return old["summary"]
     cfg.run.dir = str(out / name / f"run-{key[:12]}")  # this config's own dir: run.resume=auto resumes only it
     model, summ = train_config(cfg, layout)
-    codec = text_codec(cfg.bridge, cfg.vocab)
+    units = ctc_units_for(cfg.bridge, cfg.vocab)
     t0 = time.perf_counter()
     for set_name, items in evals.items():
-        r = transcribe(model, codec, items, cfg.bridge.asr_prompt)
+        r = transcribe(model, units.codec, items, cfg.bridge.asr_prompt, units=units)
         summ |= {f"wer_{set_name}": r["wer"], f"ctc_wer_{set_name}": r["ctc_wer"],
                  f"length_reduction_{set_name}": r["length_reduction"], f"example_{set_name}": r["hyps"][0][:80]}
     summ["eval_s"] = time.perf_counter() - t0

@@ -16,7 +16,7 @@ import torch
 
 from megaspeech.config.schema import PretrainConfig
 from megaspeech.model.bridge import SpeechBridge
-from megaspeech.model.speech_lm import CTC_CHARS, BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode, unit_token_ids
+from megaspeech.model.speech_lm import BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode
 from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout
 
@@ -50,16 +50,15 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
         from megaspeech.model.hf import init_from_hf
         init_from_hf(lm, cfg, layout)
     encoder = build_encoder(cfg)
+    from megaspeech.speech.bridge_data import ctc_units_for
+    units = ctc_units_for(b, cfg.vocab)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed + 7_919)
-        bridge = SpeechBridge(encoder.dim, cfg.model.hidden_size, kind=b.kind, ctc_vocab=len(CTC_CHARS) + 1,
+        bridge = SpeechBridge(encoder.dim, cfg.model.hidden_size, kind=b.kind, ctc_vocab=units.size,
                               blank=0, reduce=b.reduce, stride=b.stride, hidden=b.projector_hidden)
         lm = apply_lm_mode(lm, b.lm_mode, b.lora_rank, b.lora_alpha, tuple(b.lora_targets))  # LoRA A from the seed
-    units = None
-    if b.ctc_embed:
-        from megaspeech.speech.bridge_data import text_codec
-        units = unit_token_ids(text_codec(b, cfg.vocab).encode)
-    return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder, unit_ids=units)
+    return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder,
+                    unit_ids=units.token_ids if b.ctc_embed else None)
 
 
 def load_synthesizer(path: str):
@@ -81,12 +80,12 @@ class BridgeTask:
         return {} if m == 1.0 else {"bridge.": m, "encoder.": m}
 
     def build_loader(self):
-        from megaspeech.speech.bridge_data import BridgeLoader, text_codec
+        from megaspeech.speech.bridge_data import BridgeLoader, ctc_units_for
         cfg, lay = self.cfg, self.layout
         synth = load_synthesizer(cfg.bridge.lasyn) if cfg.bridge.lasyn_ratio > 0 else None
-        return BridgeLoader(cfg.bridge, text_codec(cfg.bridge, cfg.vocab), micro_batch=cfg.train.micro_batch,
-                            dp_rank=lay.dp_rank, dp_size=lay.dp, seed=cfg.run.seed, n_mels=N_MELS,
-                            synthesizer=synth)
+        units = ctc_units_for(cfg.bridge, cfg.vocab)
+        return BridgeLoader(cfg.bridge, units.codec, micro_batch=cfg.train.micro_batch, dp_rank=lay.dp_rank,
+                            dp_size=lay.dp, seed=cfg.run.seed, n_mels=N_MELS, synthesizer=synth, units=units)
 
     def begin_step(self) -> None:
         self.sums.zero_()

@@ -2,6 +2,7 @@
 LoRA trains only its adapters and its merged export computes the adapted model, the loader resumes."""
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -45,10 +46,13 @@ def _reference_loss(model, batch, ctc_weight):
     return ce_sum / n_tok + ctc_weight * torch.stack(ctc).mean()
 
 
-def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus):
+@pytest.mark.parametrize("units", ["chars", "lm"])
+def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus, units):
     """Batched + padded + spliced + label layout on the spliced sequence == each row computed alone,
-    in value and in the gradients of the bridge, the CTC head and the LM (QA and ASR rows mixed)."""
-    cfg = _cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.7", "train.micro_batch=4")
+    in value and in the gradients of the bridge, the CTC head and the LM (QA and ASR rows mixed), with
+    the CTC head on characters or on the LM's own tokens."""
+    cfg = _cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.7", "train.micro_batch=4",
+               f"bridge.ctc_units={units}")
     task = BridgeTask(cfg, SINGLE)
     loader = task.build_loader()
     batch = loader.next_batch()
@@ -66,7 +70,8 @@ def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=name)
     # the CTC term is really in the loss: weight 0 changes it by exactly 0.7 x the CTC mean
     ctc_mean = task.sums[0] / task.sums[1]
-    task0 = BridgeTask(_cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.0", "train.micro_batch=4"), SINGLE)
+    task0 = BridgeTask(_cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.0", "train.micro_batch=4",
+                            f"bridge.ctc_units={units}"), SINGLE)
     task0.model.load_state_dict(model.state_dict())
     loss0 = task0.micro_loss(task0.model, batch, "cpu", _lm_loss(batch))
     torch.testing.assert_close(float(loss - loss0), 0.7 * float(ctc_mean), rtol=1e-5, atol=1e-6)
@@ -121,6 +126,27 @@ def test_ctc_embed_adds_the_lms_unit_embeddings_by_run_posterior(asr_corpus):
     assert all(bool(g[i].abs().sum() > 0) == (i in rows) for i in range(emb.shape[0]))
     loss = task.micro_loss(model, batch, "cpu", _lm_loss(batch))
     assert torch.isfinite(loss)
+
+
+def test_ctc_units_on_lm_tokens_read_back_the_transcript(asr_corpus):
+    """bridge.ctc_units=lm: labels are the LM's tokens + 1 (blank 0); greedy frame labels with repeats
+    and blanks decode to the transcript; ctc_embed's table is the identity; the head has text_size + 1
+    outputs and the loader's CTC targets are the transcript's tokens."""
+    from megaspeech.speech.bridge_data import ctc_units_for
+    cfg = _cfg(asr_corpus, "bridge.ctc_units=lm", "bridge.ctc_embed=true")
+    units = ctc_units_for(cfg.bridge, cfg.vocab)
+    text = "we must keep the peace"
+    lab = units.encode(text)
+    assert lab == [i + 1 for i in units.codec.encode(" " + text)] and 0 not in lab
+    frames = [0, 0] + [x for t in lab for x in (t, t, 0)]
+    assert units.decode(frames) == text
+    assert units.token_ids[:3] == [-1, 0, 1] and len(units.token_ids) == units.size == cfg.vocab.text_size + 1
+    task = BridgeTask(cfg, SINGLE)
+    assert task.model.bridge.ctc_head.out_features == cfg.vocab.text_size + 1
+    batch = task.build_loader().next_batch()
+    i = int(batch["sample_ids"][0, 0])
+    want = units.encode(task.build_loader().texts[i])
+    assert batch["ctc_targets"][0, :int(batch["ctc_lengths"][0])].tolist() == want
 
 
 def test_lr_mult_names_the_encoder_side(asr_corpus):
