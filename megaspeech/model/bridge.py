@@ -29,7 +29,6 @@ class BridgeOutput:
     embeds: torch.Tensor  # [B, T', H_lm], zero past lengths
     lengths: torch.Tensor  # int64 [B]
     ctc_logits: torch.Tensor | None  # [B, T, V_ctc] (kind "ctc")
-    posteriors: torch.Tensor | None = None  # [B, T', V_ctc]: each run's mean CTC posterior (unit_embeds given)
 
 
 class SpeechBridge(nn.Module):
@@ -54,14 +53,16 @@ class SpeechBridge(nn.Module):
         """h [B, T, D_speech], lengths int [B] (valid frames) -> BridgeOutput. unit_embeds [V_ctc, H_lm]
         (kind ctc; bridge.ctc_embed): each run's mean CTC posterior times these rows (the LM's own
         embeddings of the units, zero for the blank) is added to the projected features."""
-        logits, post = None, None
+        logits, post = None, None  # post: each run's mean expected unit embedding
         if self.kind == "ctc":
             logits = self.ctc_head(h)
             soft = logits.float().softmax(-1)
             # labels from the argmax; weights = the argmax label's probability (differentiable,
             # so the LM loss also reaches the CTC head)
             probs = soft.amax(-1) if self.reduce == "weighted" else None
-            x = h if unit_embeds is None else torch.cat([h, soft.to(h.dtype)], -1)  # posteriors pooled alike
+            # pooling is linear in the frames: the run's mean posterior x rows == the mean of each frame's
+            # expected embedding, which is H wide instead of V (V is the LM's vocabulary for ctc_units=lm)
+            x = h if unit_embeds is None else torch.cat([h, soft.to(h.dtype) @ unit_embeds.to(h.dtype)], -1)
             x, lengths = ctc_compress(x, logits.detach().argmax(-1), lengths, self.blank,
                                       mode="remove_blank", reduce=self.reduce, probs=probs)
             if unit_embeds is not None:
@@ -72,8 +73,8 @@ class SpeechBridge(nn.Module):
         keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         y = self.proj(x)
         if post is not None:
-            y = y + post @ unit_embeds.to(y.dtype)
-        return BridgeOutput(y * keep[..., None], lengths, logits, post)
+            y = y + post.to(y.dtype)
+        return BridgeOutput(y * keep[..., None], lengths, logits)
 
     def ctc_loss(self, out: BridgeOutput, frame_lengths: torch.Tensor, targets: torch.Tensor,
                  target_lengths: torch.Tensor) -> torch.Tensor:
