@@ -44,7 +44,7 @@ def dataset_items(path: str, limit: int | None = None) -> list[tuple[np.ndarray,
 @torch.no_grad()
 def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prompt: str, batch: int = 4,
                max_new_tokens: int = 48, units=None) -> dict:
-    """-> {wer, ctc_wer (None for a conv bridge), length_reduction, hyps}: greedy decoding, in percent;
+    """-> {wer, ctc_wer (None for a conv bridge), length_reduction, hyps, ctc_hyps}: greedy decoding, in percent;
     `units` (bridge_data.CTCUnits) reads the CTC head's labels, by default characters."""
     if units is None:
         from megaspeech.speech.bridge_data import CTCUnits
@@ -69,7 +69,7 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
             ctc_hyps += [units.decode(arg[i, :int(h_len[i])].tolist()) for i in range(arg.shape[0])]
     refs = [t for _, t in items]
     return {"wer": wer(refs, hyps), "ctc_wer": wer(refs, ctc_hyps) if ctc_hyps else None,
-            "length_reduction": frames / max(positions, 1), "hyps": hyps}
+            "length_reduction": frames / max(positions, 1), "hyps": hyps, "ctc_hyps": ctc_hyps}
 
 
 def start_single_process() -> object:
@@ -161,14 +161,16 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
     model, summ = train_config(cfg, layout)
     units = ctc_units_for(cfg.bridge, cfg.vocab)
     t0 = time.perf_counter()
+    hyps = {}
     for set_name, items in evals.items():
         r = transcribe(model, units.codec, items, cfg.bridge.asr_prompt, units=units)
         summ |= {f"wer_{set_name}": r["wer"], f"ctc_wer_{set_name}": r["ctc_wer"],
                  f"length_reduction_{set_name}": r["length_reduction"], f"example_{set_name}": r["hyps"][0][:80]}
+        hyps[set_name] = {"lm": r["hyps"], "ctc": r["ctc_hyps"]}
     summ["eval_s"] = time.perf_counter() - t0
     for p in (path, shared):
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(p, json.dumps({"key": key, "variant": name, "summary": summ}, indent=1))
+            write_atomic(p, json.dumps({"key": key, "variant": name, "summary": summ, "hyps": hyps}, indent=1))
     return summ
 

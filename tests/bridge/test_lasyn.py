@@ -120,7 +120,7 @@ def test_benchmark_variant_reused_only_for_the_same_config_and_synthesizer(asr_c
         trained.append(cfg.train.steps)
         return None, {"steps": cfg.train.steps}
     monkeypatch.setattr(be, "train_config", train_config)
-    monkeypatch.setattr(be, "transcribe", lambda model, codec, items, prompt, units: {"wer": 50.0, "ctc_wer": 60.0, "length_reduction": 4.0, "hyps": ["a b"]})
+    monkeypatch.setattr(be, "transcribe", lambda model, codec, items, prompt, units: {"wer": 50.0, "ctc_wer": 60.0, "length_reduction": 4.0, "hyps": ["a b"], "ctc_hyps": ["a"]})
     synth = tmp_path / "synth.pt"
     synth.write_bytes(b"one")
     root = Path(__file__).resolve().parents[2]
