@@ -138,7 +138,7 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
     """Train `cfg` (task: bridge) and transcribe each held-out set of `evals` -> the summary of
     train_config plus, per set S: wer_S (LM greedy), ctc_wer_S (CTC head greedy), length_reduction_S,
     example_S. Kept in out/name/result.json (and cache/<hash>.json) under a hash of the resolved config
-    but its run.dir, the LaSyn synthesizer's bytes and the sets' transcripts: a rerun with the same ones,
+    (less run.dir / run.resume / checkpoint / train.progress_bar), the LaSyn synthesizer's bytes and the sets' transcripts: a rerun with the same ones,
     or another benchmark's variant that is the same run (cache), reuses it; fresh=True retrains."""
     import hashlib
 
@@ -146,8 +146,9 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
     from megaspeech.fs import write_atomic
     from megaspeech.speech.bridge_data import ctc_units_for
     synth = hashlib.sha256(Path(cfg.bridge.lasyn).expanduser().read_bytes()).hexdigest() if cfg.bridge.lasyn else ""
-    resolved = to_dict(cfg)
-    resolved["run"].pop("dir")  # where it ran is not what it is
+    resolved = to_dict(cfg)  # what is trained and measured; not where it runs, saves or resumes from
+    resolved["run"].pop("dir"), resolved["run"].pop("resume"), resolved.pop("checkpoint")
+    resolved["train"].pop("progress_bar")
     key = hashlib.sha256(json.dumps([resolved, synth, {k: [t for _, t in v] for k, v in evals.items()}],
                                     sort_keys=True, default=str).encode()).hexdigest()
     path, shared = out / name / "result.json", (cache / f"{key}.json" if cache else None)

@@ -129,6 +129,7 @@ def test_benchmark_variant_reused_only_for_the_same_config_and_synthesizer(asr_c
     first = be.run_variant("v", cfg(), tmp_path, None, evals)
     assert first["wer_tts"] == 50.0 and first["ctc_wer_tts"] == 60.0 and trained == [4]
     assert be.run_variant("v", cfg(), tmp_path, None, evals) == first and trained == [4]  # reused
+    assert be.run_variant("v", cfg("checkpoint.interval=7", "run.resume=none"), tmp_path, None, evals) == first
     be.run_variant("v", cfg("train.steps=5"), tmp_path, None, evals)  # another config
     be.run_variant("v", cfg("train.steps=5"), tmp_path, None, evals, fresh=True)
     be.run_variant("v", cfg("train.steps=5"), tmp_path, None, {"tts": [(None, "other text")]})  # other held-out set
