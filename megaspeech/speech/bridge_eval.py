@@ -137,9 +137,10 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
                 fresh: bool = False, cache: Path | None = None) -> dict:
     """Train `cfg` (task: bridge) and transcribe each held-out set of `evals` -> the summary of
     train_config plus, per set S: wer_S (LM greedy), ctc_wer_S (CTC head greedy), length_reduction_S,
-    example_S. Kept in out/name/result.json (and cache/<hash>.json) under a hash of the resolved config
-    (less run.dir / run.resume / checkpoint / train.progress_bar), the LaSyn synthesizer's bytes and the sets' transcripts: a rerun with the same ones,
-    or another benchmark's variant that is the same run (cache), reuses it; fresh=True retrains."""
+    example_S; every hypothesis too. Kept in out/name/result.json (and cache/<hash>.json) under a hash
+    of the resolved config (less run.dir, run.resume, checkpoint, train.progress_bar), the LaSyn
+    synthesizer's bytes and the sets' transcripts: a rerun with the same ones, or another benchmark's
+    variant that is the same run (cache), reuses it; fresh=True retrains."""
     import hashlib
 
     from megaspeech.config.load import to_dict
