@@ -40,7 +40,7 @@ class SpeechBridge(nn.Module):
             raise ValueError(f"bridge.kind={kind!r}: use 'ctc' or 'conv'")
         if kind == "ctc" and not 0 <= blank < ctc_vocab:
             raise ValueError(f"bridge: blank={blank} must be a label of the CTC vocabulary "
-                             f"(ctc_vocab={ctc_vocab}); set bridge.ctc_vocab to the transcript units + blank")
+                             f"(ctc_vocab={ctc_vocab}: the transcript units + the blank, from bridge.ctc_units)")
         self.kind, self.blank, self.reduce, self.stride = kind, blank, reduce, stride
         if kind == "ctc":
             self.ctc_head = nn.Linear(speech_dim, ctc_vocab)
