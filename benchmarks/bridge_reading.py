@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     from megaspeech.model.bridge import BridgeOutput, splice
     from megaspeech.model.bridge_export import SINGLE
     from megaspeech.model.hf import init_from_hf
-    from megaspeech.model.speech_lm import ctc_units, spliced_targets, unit_token_ids
+    from megaspeech.model.speech_lm import spliced_targets
     from megaspeech.parallel.parallelize import build_model
-    from megaspeech.speech.bridge_data import load_utterances, text_codec
+    from megaspeech.speech.bridge_data import CTCUnits, load_utterances, text_codec
     from megaspeech.speech.bridge_eval import ensure_smollm2
     heldout = ensure_corpus(Path(a.data) / f"heldout{a.heldout_utts}", "heldout", a.heldout_utts)
     cfg = load_config(PretrainConfig, ROOT / a.config if not Path(a.config).is_absolute() else a.config,
@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     codec = text_codec(cfg.bridge, cfg.vocab)
     _, texts, _, _ = load_utterances(str(heldout), 30.0)
     prompt = [codec.bos] + list(codec.encode(cfg.bridge.asr_prompt))
-    unit_tok = unit_token_ids(codec.encode)  # bridge.ctc_embed's table: CTC unit -> LM token
+    chars = CTCUnits("chars", codec, cfg.vocab.text_size)  # what bridge.ctc_embed hands the LM per unit
     slots = {"none": lambda t: [], "bpe": lambda t: list(codec.encode(" " + t)),
-             "chars": lambda t: [unit_tok[u] for u in ctc_units(t) if unit_tok[u] >= 0]}
+             "chars": lambda t: [chars.token_ids[u] for u in chars.encode(t) if chars.token_ids[u] >= 0]}
     losses = {}
     with torch.no_grad():
         for name, slot in slots.items():
