@@ -108,6 +108,8 @@ def test_bridge_embeddings_feed_the_lm_and_gradients_reach_kept_frames_only():
     tlen = torch.tensor([5, 3])
     sp = bridge(h, lens)
     embeds, total = splice(sp, lm.embedding.embed(text), tlen)
+    # contiguous [S, B, H]: on a transposed view torch.matmul copies every frozen weight per position
+    assert embeds.shape == (int(total.max()), 2, 32) and embeds.is_contiguous()
     logits = lm(None, embeds=embeds)  # [S, B, V]
     assert logits.shape[:2] == (int(total.max()), 2)
     # sequence 1 alone (no padding in front of its text): same logits at its positions
