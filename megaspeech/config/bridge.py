@@ -8,6 +8,9 @@ loader of megaspeech/train/bridge_task.py instead of the token LM's.
   kind           ctc: CTC head + ctc_compress (blank removal, runs merged: `reduce`); conv: strided Conv1d
   ctc_units      kind ctc: the CTC head's labels: chars (letters, space, apostrophe) or lm (the LM's own
                  text tokens, so each compressed run stands for a token the LM already reads)
+  ctc_blank_init kind ctc: the blank's probability at initialisation (its bias set so); null: the head's
+                 plain init (blank ~ 1 / V). A 49k-way head (ctc_units=lm) otherwise starts predicting
+                 almost no blank, so its runs barely compress until the CTC loss has taught it blanks
   ctc_embed      kind ctc: add to each compressed vector the LM's own input embeddings of the CTC units
                  (characters) weighted by the run's mean CTC posterior (cf. LegoNN's CTC-posterior module
                  interface), so the LM reads its own embedding space from the first step; off: the paper's
@@ -40,6 +43,7 @@ class BridgeConfig:
     reduce: Literal["mean", "weighted"] = "weighted"
     ctc_units: Literal["chars", "lm"] = "chars"
     ctc_embed: bool = False
+    ctc_blank_init: float | None = None
     stride: int = 4  # kind conv
     projector_hidden: int | None = None  # default: the LM hidden size
     ctc_weight: float = 0.3
@@ -66,6 +70,8 @@ class BridgeConfig:
         check(self.ctc_weight >= 0, "bridge.ctc_weight", "must be >= 0")
         check(not (self.ctc_embed and self.kind != "ctc"), "bridge.ctc_embed", "needs bridge.kind=ctc (a CTC head)")
         check(self.ctc_units in ("chars", "lm"), "bridge.ctc_units", f"{self.ctc_units!r}: use chars or lm")
+        check(self.ctc_blank_init is None or 0.0 < self.ctc_blank_init < 1.0, "bridge.ctc_blank_init",
+              "a probability in (0, 1) (e.g. 0.5), or null for the head's plain init")
         check(self.lr_mult > 0, "bridge.lr_mult", "must be > 0 (a multiple of optim.lr)")
         check(self.stride >= 1, "bridge.stride", "must be >= 1")
         check(self.lora_rank >= 1, "bridge.lora_rank", "must be >= 1")

@@ -14,6 +14,7 @@ latent synthesizer feeds the same bridge from text) builds on this module.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +35,7 @@ class BridgeOutput:
 class SpeechBridge(nn.Module):
     def __init__(self, speech_dim: int, lm_dim: int, kind: Literal["ctc", "conv"] = "ctc",
                  ctc_vocab: int = 0, blank: int = 0, reduce: Literal["mean", "weighted"] = "weighted",
-                 stride: int = 4, hidden: int | None = None):
+                 stride: int = 4, hidden: int | None = None, blank_init: float | None = None):
         super().__init__()
         if kind not in ("ctc", "conv"):
             raise ValueError(f"bridge.kind={kind!r}: use 'ctc' or 'conv'")
@@ -44,6 +45,11 @@ class SpeechBridge(nn.Module):
         self.kind, self.blank, self.reduce, self.stride = kind, blank, reduce, stride
         if kind == "ctc":
             self.ctc_head = nn.Linear(speech_dim, ctc_vocab)
+            if blank_init is not None:  # the blank's initial probability (the other logits start near 0)
+                if not 0.0 < blank_init < 1.0:
+                    raise ValueError(f"bridge.ctc_blank_init={blank_init}: a probability in (0, 1), or null")
+                with torch.no_grad():
+                    self.ctc_head.bias[blank] = math.log(blank_init / (1 - blank_init) * (ctc_vocab - 1))
         else:
             self.down = nn.Conv1d(speech_dim, speech_dim, stride, stride)
         hidden = hidden or lm_dim

@@ -55,7 +55,8 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed + 7_919)
         bridge = SpeechBridge(encoder.dim, cfg.model.hidden_size, kind=b.kind, ctc_vocab=units.size,
-                              blank=0, reduce=b.reduce, stride=b.stride, hidden=b.projector_hidden)
+                              blank=0, reduce=b.reduce, stride=b.stride, hidden=b.projector_hidden,
+                              blank_init=b.ctc_blank_init)
         lm = apply_lm_mode(lm, b.lm_mode, b.lora_rank, b.lora_alpha, tuple(b.lora_targets))  # LoRA A from the seed
     return BridgeLM(encoder, bridge, lm, train_encoder=b.train_encoder,
                     unit_ids=units.token_ids if b.ctc_embed else None)

@@ -1,4 +1,5 @@
 """The CTC-compression bridge: equals its definition, learns unit runs from frames, feeds the LM."""
+import pytest
 import torch
 
 from kernels.ctc_compress import ctc_compress_reference
@@ -129,3 +130,18 @@ def test_conv_bridge_downsamples_by_its_stride():
     out = bridge(torch.randn(2, 50, 16), torch.tensor([50, 21]))
     assert out.embeds.shape == (2, 12, 32) and out.lengths.tolist() == [12, 5]
     assert out.embeds[1, 5:].abs().sum() == 0
+
+
+def test_ctc_blank_init_sets_the_blank_probability_at_the_start():
+    """bridge.ctc_blank_init: a 1,000-way head starts with the blank at the given probability (the
+    frames' own contribution zero here), instead of ~1/V; out of range names the field."""
+    torch.manual_seed(0)
+    zero = torch.zeros(1, 5, 16)
+    for p in (0.5, 0.9):
+        bridge = SpeechBridge(16, 32, ctc_vocab=1000, blank=0, blank_init=p)
+        blank = bridge.ctc_head(zero).softmax(-1)[..., 0]
+        torch.testing.assert_close(blank, torch.full_like(blank, p), atol=0.02, rtol=0)
+    plain = SpeechBridge(16, 32, ctc_vocab=1000, blank=0).ctc_head(zero).softmax(-1)[..., 0]
+    assert float(plain.max()) < 0.01
+    with pytest.raises(ValueError, match="ctc_blank_init"):
+        SpeechBridge(16, 32, ctc_vocab=1000, blank=0, blank_init=1.0)
