@@ -38,7 +38,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int, 
         if p.requires_grad:
             mult = next((m for prefix, m in lr_mult.items() if name.startswith(prefix)), 1.0)
             groups.setdefault((mult, p.ndim >= 2), []).append(p)
-    params = [{"params": ps, "lr": cfg.lr * mult, "weight_decay": cfg.weight_decay if decay else 0.0}
+    params = [{"params": ps, "lr": cfg.lr * mult, "lr_mult": mult, "weight_decay": cfg.weight_decay if decay else 0.0}
               for (mult, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0] != 1.0, kv[0][0], not kv[0][1]))]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None,
                             foreach=None if fused else True)

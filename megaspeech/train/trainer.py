@@ -160,7 +160,8 @@ class Trainer:
         self.loss_fn.scale = (self.grad_accum * lay.dp) / global_tokens.clamp(min=1.0)
         if self.task:
             self.task.begin_step()
-        lr = self.engine.optimizer.param_groups[0]["lr"]
+        group = self.engine.optimizer.param_groups[0]  # optim.lr's group, or (LM frozen) a multiple of it
+        lr = group["lr"] / group.get("lr_mult", 1.0)
         if lay.pp > 1:
             self.engine.train_batch(data_iter=iter([self._pipe_item(b, non_blocking=True) for b in micro_batches]))
         else:

@@ -58,6 +58,8 @@ def test_lr_mult_scales_the_named_modules_throughout_the_schedule():
         by = {owner[id(g["params"][0])]: g["lr"] for g in opt.param_groups}
         assert opt.param_groups[0]["params"][0] is model["lm"].weight  # the logged lr is optim.lr's
         assert by["bridge"] == pytest.approx(10 * by["lm"])
+        # each group knows its multiple: with the LM frozen (no group at 1x) the trainer logs lr / lr_mult
+        assert all(g["lr"] / g["lr_mult"] == pytest.approx(by["lm"]) for g in opt.param_groups)
         seen.append(by["lm"])
         opt.step()
         sched.step()
