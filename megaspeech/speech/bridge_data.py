@@ -122,6 +122,14 @@ def text_sentences(spec: str, min_words: int = 6, max_words: int = 24) -> list[s
     return out
 
 
+def text_row(codec: TextCodec, prefix: str, target: str, max_tokens: int) -> tuple[list[int], list[float]]:
+    """-> (ids, loss mask) of one row's text: bos + prefix (no loss), then the target's first `max_tokens`
+    tokens + eos (loss)."""
+    pre = [codec.bos] + list(codec.encode(prefix))
+    tgt = list(codec.encode(" " + target.strip()))[:max_tokens] + [codec.eos]
+    return pre + tgt, [0.0] * len(pre) + [1.0] * len(tgt)
+
+
 class BridgeLoader:
     """Iterable of micro-batch dicts (see megaspeech/model/speech_lm.py BridgeLM.forward):
     feats float32 [B, n_mels, F], feat_lengths int64 [B]; latents [B, T, D], latent_lengths [B] (LaSyn
@@ -176,10 +184,7 @@ class BridgeLoader:
         return self._mel[i]
 
     def _text_row(self, prefix: str, target: str) -> tuple[list[int], list[float]]:
-        c = self.codec
-        pre = [c.bos] + list(c.encode(prefix))
-        tgt = list(c.encode(" " + target.strip()))[: self.cfg.max_text_tokens] + [c.eos]
-        return pre + tgt, [0.0] * len(pre) + [1.0] * len(tgt)
+        return text_row(self.codec, prefix, target, self.cfg.max_text_tokens)
 
     def _real_row(self, k: int) -> dict:
         i = self._item("utt", len(self.audio), k)

@@ -55,10 +55,8 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
     for s in range(0, len(items), batch):
         rows = []
         for audio, _ in items[s:s + batch]:
-            f = int(np.ceil(audio.shape[0] / HOP))
             ids = [codec.bos] + list(codec.encode(prompt))
-            rows.append({"mel": log_mel(audio, 80, frames=f + f % 2), "ids": ids, "mask": [0.0] * len(ids),
-                         "ctc": [0], "id": 0, "kind": "asr"})
+            rows.append(_speech_row(audio, ids, [0.0] * len(ids)))
         b = collate(rows, 80, 0)
         out = greedy_generate(model, b, codec.eos, max_new_tokens)
         hyps += [codec.decode(o) for o in out]
@@ -70,6 +68,34 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
     refs = [t for _, t in items]
     return {"wer": wer(refs, hyps), "ctc_wer": wer(refs, ctc_hyps) if ctc_hyps else None,
             "length_reduction": frames / max(positions, 1), "hyps": hyps, "ctc_hyps": ctc_hyps}
+
+
+def _speech_row(audio: np.ndarray, ids: list[int], mask: list[float]) -> dict:
+    f = int(np.ceil(audio.shape[0] / HOP))
+    return {"mel": log_mel(audio, 80, frames=f + f % 2), "ids": ids, "mask": mask, "ctc": [0], "id": 0, "kind": "asr"}
+
+
+@torch.no_grad()
+def speech_gain(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prompt: str, max_text_tokens: int,
+                batch: int = 4) -> dict:
+    """Does the LM use the speech? Teacher-forced transcript loss (nats per token, the training rows'
+    layout) with each utterance's own speech (`loss_matched`) and with the next utterance's speech
+    (`loss_mismatched`, the same transcripts): `speech_gain` = mismatched - matched is > 0 only when
+    the speech tells the LM something about its own words (a prior-only LM scores both alike)."""
+    from megaspeech.speech.bridge_data import collate, text_row
+    model.eval()
+    n, out = len(items), {}
+    for name, shift in (("matched", 0), ("mismatched", 1)):
+        total = count = 0.0
+        for s in range(0, n, batch):
+            rows = [_speech_row(items[(i + shift) % n][0], *text_row(codec, prompt, items[i][1], max_text_tokens))
+                    for i in range(s, min(s + batch, n))]
+            logits, (labels, mask, _), _, _ = model(collate(rows, 80, 0))
+            ce = torch.nn.functional.cross_entropy(logits.float().permute(1, 2, 0), labels, reduction="none")
+            total, count = total + float((ce * mask).sum()), count + float(mask.sum())
+        out[f"loss_{name}"] = total / max(count, 1.0)
+    out["speech_gain"] = out["loss_mismatched"] - out["loss_matched"]
+    return out
 
 
 def start_single_process() -> object:
@@ -137,7 +163,8 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
                 fresh: bool = False, cache: Path | None = None) -> dict:
     """Train `cfg` (task: bridge) and transcribe each held-out set of `evals` -> the summary of
     train_config plus, per set S: wer_S (LM greedy), ctc_wer_S (CTC head greedy), length_reduction_S,
-    example_S; every hypothesis too. Kept in out/name/result.json (and cache/<hash>.json) under a hash
+    example_S, loss_matched_S / loss_mismatched_S / speech_gain_S (`speech_gain`); every hypothesis
+    too. Kept in out/name/result.json (and cache/<hash>.json) under a hash
     of the resolved config (less run.dir, run.resume, checkpoint, train.progress_bar), the LaSyn
     synthesizer's bytes and the sets' transcripts: a rerun with the same ones, or another benchmark's
     variant that is the same run (cache), reuses it; fresh=True retrains."""
@@ -153,12 +180,15 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
     key = hashlib.sha256(json.dumps([resolved, synth, {k: [t for _, t in v] for k, v in evals.items()}],
                                     sort_keys=True, default=str).encode()).hexdigest()
     path, shared = out / name / "result.json", (cache / f"{key}.json" if cache else None)
+    wanted = [f"{m}_{s}" for s in evals for m in ("wer", "speech_gain")]
     for p in (path, shared):
         if not fresh and p is not None and p.is_file():
             old = json.loads(p.read_text())
-            if old.get("key") == key:
+            if old.get("key") == key and all(k in old["summary"] for k in wanted):
                 print(f"{name}: reusing {p} (same config and held-out sets; --fresh retrains)", flush=True)
                 return old["summary"]
+    # a result without every figure of this evaluation is measured again: from the run's last checkpoint
+    # when it is still there (a finished run resumes at its last step), else by training again
     cfg.run.dir = str(out / name / f"run-{key[:12]}")  # this config's own dir: run.resume=auto resumes only it
     model, summ = train_config(cfg, layout)
     units = ctc_units_for(cfg.bridge, cfg.vocab)
@@ -169,6 +199,8 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
         summ |= {f"wer_{set_name}": r["wer"], f"ctc_wer_{set_name}": r["ctc_wer"],
                  f"length_reduction_{set_name}": r["length_reduction"], f"example_{set_name}": r["hyps"][0][:80]}
         hyps[set_name] = {"lm": r["hyps"], "ctc": r["ctc_hyps"]}
+        g = speech_gain(model, units.codec, items, cfg.bridge.asr_prompt, cfg.bridge.max_text_tokens)
+        summ |= {f"{k}_{set_name}": v for k, v in g.items()}
     summ["eval_s"] = time.perf_counter() - t0
     for p in (path, shared):
         if p is not None:

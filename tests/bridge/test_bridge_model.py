@@ -293,3 +293,25 @@ def test_bad_bridge_configs_fail_naming_the_field(asr_corpus, tmp_path):
     loader = BridgeTask(_cfg(asr_corpus), SINGLE).build_loader()
     with pytest.raises(ValueError, match="data-parallel size"):
         loader.load_state_dict({"pos": 0, "syn_pos": 0, "dp_size": 2, "counts": {}})
+
+
+def test_speech_gain_scores_own_vs_next_utterances_speech(asr_corpus):
+    """bridge_eval.speech_gain: batching (padding) does not change the losses; `mismatched` is exactly
+    the matched loss of the same transcripts with the audio rolled by one; with one audio for every
+    transcript the gain is exactly 0."""
+    from megaspeech.speech.bridge_data import ctc_units_for
+    from megaspeech.speech.bridge_eval import dataset_items, speech_gain
+    cfg = _cfg(asr_corpus)
+    model = BridgeTask(cfg, SINGLE).model
+    codec = ctc_units_for(cfg.bridge, cfg.vocab).codec
+    items = dataset_items(str(asr_corpus), limit=5)
+    text = (cfg.bridge.asr_prompt, cfg.bridge.max_text_tokens)
+    one = speech_gain(model, codec, items, *text, batch=1)
+    two = speech_gain(model, codec, items, *text, batch=2)
+    for k in one:
+        assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), k
+    rolled = [(items[(i + 1) % 5][0], items[i][1]) for i in range(5)]
+    assert speech_gain(model, codec, rolled, *text)["loss_matched"] == pytest.approx(one["loss_mismatched"], rel=1e-6)
+    assert abs(one["speech_gain"]) > 1e-4  # the untrained model's losses do depend on the audio
+    same = [(items[0][0], t) for _, t in items]
+    assert speech_gain(model, codec, same, *text)["speech_gain"] == 0.0
