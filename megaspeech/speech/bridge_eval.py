@@ -145,10 +145,16 @@ def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
         "train_s": sum(r["step_time_s"] for r in recs), "wall_s": wall, "steps": len(recs),
         "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "lm_tokens_per_s": sum(r["lm_positions"] for r in steady) / sum(r["step_time_s"] for r in steady),
-        "train_length_reduction": float(np.mean([r["length_reduction"] for r in recs])),
+        # over the steps with speech positions (none: an untrained CTC head that predicts only blanks)
+        "train_length_reduction": _mean([r["length_reduction"] for r in recs]),
         "final_loss": float(np.mean([r["loss"] for r in recs[-5:]])),
-        "final_loss_ctc": (float(np.mean([r["loss_ctc"] for r in recs[-5:]])) if recs[-1]["loss_ctc"] is not None else None),
+        "final_loss_ctc": _mean([r["loss_ctc"] for r in recs[-5:]]),
     }
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
 
 
 def bench_overrides(train: Path, steps: int, micro: int, interval: int = 50) -> list[str]:
