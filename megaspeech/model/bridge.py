@@ -103,7 +103,7 @@ def splice(speech: BridgeOutput, text_embeds: torch.Tensor, text_lengths: torch.
     s = int(total.max()) if b else 0
     # built [S, B, H] contiguous: a transposed view would make torch.matmul expand every frozen
     # (requires_grad=False) weight of the LM once per position instead of folding to one GEMM (a frozen
-    # SmolLM2 bridge step went from ~3 s to ~45 s that way)
+    # SmolLM2 bridge micro-batch took ~20x as long as a fully trained one that way: benchmarks/bridge_step.py)
     out = text_embeds.new_zeros(s, b, hdim)
     for i in range(b):  # B small copies; the gradient reaches both sources
         n, m = int(speech.lengths[i]), int(text_lengths[i])

@@ -206,7 +206,7 @@ class DecoderLM(nn.Module):
         """embeds [S, B, H] (e.g. megaspeech.model.bridge.splice) replaces the token embedding."""
         mask = attention_mask(doc_ids, self.blocks[0].attn.impl)  # once per forward, shared by the blocks
         # contiguous: on a transposed [S, B, H] view torch.matmul runs each linear whose weight is frozen
-        # as a bmm over a per-position copy of the weight (~15x slower, see bridge.splice)
+        # as a bmm over a per-position copy of the weight (~20x slower, see bridge.splice)
         x = self.embedding(input_ids) if embeds is None else embeds.contiguous()
         for block in self.blocks:
             x = block(x, mask)
