@@ -165,26 +165,32 @@ def bench_overrides(train: Path, steps: int, micro: int, interval: int = 50) -> 
             "checkpoint.save_at_end=false", "train.progress_bar=false"]
 
 
+def variant_key(cfg, evals: dict[str, list[tuple[np.ndarray, str]]]) -> str:
+    """sha256 of what a variant trains and is measured on: the resolved config less where it runs, saves
+    and resumes from (run.dir, run.resume, checkpoint, train.progress_bar), the LaSyn synthesizer's bytes
+    and the held-out sets' transcripts."""
+    import hashlib
+
+    from megaspeech.config.load import to_dict
+    synth = hashlib.sha256(Path(cfg.bridge.lasyn).expanduser().read_bytes()).hexdigest() if cfg.bridge.lasyn else ""
+    resolved = to_dict(cfg)
+    resolved["run"].pop("dir"), resolved["run"].pop("resume"), resolved.pop("checkpoint")
+    resolved["train"].pop("progress_bar")
+    return hashlib.sha256(json.dumps([resolved, synth, {k: [t for _, t in v] for k, v in evals.items()}],
+                                     sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[np.ndarray, str]]],
                 fresh: bool = False, cache: Path | None = None) -> dict:
     """Train `cfg` (task: bridge) and transcribe each held-out set of `evals` -> the summary of
     train_config plus, per set S: wer_S (LM greedy), ctc_wer_S (CTC head greedy), length_reduction_S,
     example_S, loss_matched_S / loss_mismatched_S / speech_gain_S (`speech_gain`); every hypothesis
-    too. Kept in out/name/result.json (and cache/<hash>.json) under a hash
-    of the resolved config (less run.dir, run.resume, checkpoint, train.progress_bar), the LaSyn
-    synthesizer's bytes and the sets' transcripts: a rerun with the same ones, or another benchmark's
-    variant that is the same run (cache), reuses it; fresh=True retrains."""
-    import hashlib
-
-    from megaspeech.config.load import to_dict
+    too. Kept in out/name/result.json (and cache/<hash>.json) under `variant_key`: a rerun with the same
+    config and sets, or another benchmark's variant that is the same run (cache), reuses it; fresh=True
+    retrains."""
     from megaspeech.fs import write_atomic
     from megaspeech.speech.bridge_data import ctc_units_for
-    synth = hashlib.sha256(Path(cfg.bridge.lasyn).expanduser().read_bytes()).hexdigest() if cfg.bridge.lasyn else ""
-    resolved = to_dict(cfg)  # what is trained and measured; not where it runs, saves or resumes from
-    resolved["run"].pop("dir"), resolved["run"].pop("resume"), resolved.pop("checkpoint")
-    resolved["train"].pop("progress_bar")
-    key = hashlib.sha256(json.dumps([resolved, synth, {k: [t for _, t in v] for k, v in evals.items()}],
-                                    sort_keys=True, default=str).encode()).hexdigest()
+    key = variant_key(cfg, evals)
     path, shared = out / name / "result.json", (cache / f"{key}.json" if cache else None)
     wanted = [f"{m}_{s}" for s in evals for m in ("wer", "speech_gain")]
     for p in (path, shared):
