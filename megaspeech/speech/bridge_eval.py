@@ -81,20 +81,26 @@ def speech_gain(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], pro
     """Does the LM use the speech? Teacher-forced transcript loss (nats per token, the training rows'
     layout) with each utterance's own speech (`loss_matched`) and with the next utterance's speech
     (`loss_mismatched`, the same transcripts): `speech_gain` = mismatched - matched is > 0 only when
-    the speech tells the LM something about its own words (a prior-only LM scores both alike)."""
+    the speech tells the LM something about its own words (a prior-only LM scores both alike);
+    `speech_gain_se` is its standard error over utterances (paired: the same transcript in both)."""
     from megaspeech.speech.bridge_data import collate, text_row
     model.eval()
-    n, out = len(items), {}
+    n, sums, tokens = len(items), {}, np.zeros(len(items))
     for name, shift in (("matched", 0), ("mismatched", 1)):
-        total = count = 0.0
+        per_utt = []  # summed loss of each utterance's transcript
         for s in range(0, n, batch):
             rows = [_speech_row(items[(i + shift) % n][0], *text_row(codec, prompt, items[i][1], max_text_tokens))
                     for i in range(s, min(s + batch, n))]
             logits, (labels, mask, _), _, _ = model(collate(rows, 80, 0))
             ce = torch.nn.functional.cross_entropy(logits.float().permute(1, 2, 0), labels, reduction="none")
-            total, count = total + float((ce * mask).sum()), count + float(mask.sum())
-        out[f"loss_{name}"] = total / max(count, 1.0)
-    out["speech_gain"] = out["loss_mismatched"] - out["loss_matched"]
+            per_utt += (ce * mask).sum(1).tolist()
+            tokens[s:s + len(rows)] = mask.sum(1).numpy()
+        sums[name] = np.array(per_utt)
+    total = max(float(tokens.sum()), 1.0)
+    out = {f"loss_{k}": float(v.sum()) / total for k, v in sums.items()}
+    out["speech_gain"] = gain = out["loss_mismatched"] - out["loss_matched"]
+    d = sums["mismatched"] - sums["matched"] - gain * tokens  # the ratio estimate's residuals
+    out["speech_gain_se"] = float(np.sqrt((d ** 2).sum() * n / max(n - 1, 1))) / total
     return out
 
 
@@ -192,7 +198,7 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
     from megaspeech.speech.bridge_data import ctc_units_for
     key = variant_key(cfg, evals)
     path, shared = out / name / "result.json", (cache / f"{key}.json" if cache else None)
-    wanted = [f"{m}_{s}" for s in evals for m in ("wer", "speech_gain")]
+    wanted = [f"{m}_{s}" for s in evals for m in ("wer", "speech_gain", "speech_gain_se")]
     for p in (path, shared):
         if not fresh and p is not None and p.is_file():
             old = json.loads(p.read_text())

@@ -2,6 +2,7 @@
 LoRA trains only its adapters and its merged export computes the adapted model, the loader resumes."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -313,5 +314,14 @@ def test_speech_gain_scores_own_vs_next_utterances_speech(asr_corpus):
     rolled = [(items[(i + 1) % 5][0], items[i][1]) for i in range(5)]
     assert speech_gain(model, codec, rolled, *text)["loss_matched"] == pytest.approx(one["loss_mismatched"], rel=1e-6)
     assert abs(one["speech_gain"]) > 1e-4  # the untrained model's losses do depend on the audio
-    same = [(items[0][0], t) for _, t in items]
-    assert speech_gain(model, codec, same, *text)["speech_gain"] == 0.0
+    same = speech_gain(model, codec, [(items[0][0], t) for _, t in items], *text)
+    assert same["speech_gain"] == 0.0 and same["speech_gain_se"] == 0.0
+    # the standard error of the ratio estimate over the 5 utterances, from each utterance scored alone
+    from megaspeech.speech.bridge_data import text_row
+    n_tok = np.array([sum(text_row(codec, text[0], t, text[1])[1]) for _, t in items])
+    own = np.array([speech_gain(model, codec, [it], *text)["loss_matched"] for it in items]) * n_tok
+    other = np.array([speech_gain(model, codec, [it], *text)["loss_matched"] for it in rolled]) * n_tok
+    gain = (other - own).sum() / n_tok.sum()
+    assert gain == pytest.approx(one["speech_gain"], rel=1e-4)
+    se = np.sqrt(((other - own - gain * n_tok) ** 2).sum() * 5 / 4) / n_tok.sum()
+    assert one["speech_gain_se"] == pytest.approx(se, rel=1e-3) and se > 0
