@@ -121,6 +121,8 @@ def test_benchmark_variant_reused_only_for_the_same_config_and_synthesizer(asr_c
         return None, {"steps": cfg.train.steps}
     monkeypatch.setattr(be, "train_config", train_config)
     monkeypatch.setattr(be, "transcribe", lambda model, codec, items, prompt, units: {"wer": 50.0, "ctc_wer": 60.0, "length_reduction": 4.0, "hyps": ["a b"], "ctc_hyps": ["a"]})
+    monkeypatch.setattr(be, "speech_gain", lambda *a, **k: {"loss_matched": 1.0, "loss_mismatched": 1.5,
+                                                             "speech_gain": 0.5, "speech_gain_se": 0.1})
     synth = tmp_path / "synth.pt"
     synth.write_bytes(b"one")
     root = Path(__file__).resolve().parents[2]
@@ -130,6 +132,16 @@ def test_benchmark_variant_reused_only_for_the_same_config_and_synthesizer(asr_c
     assert first["wer_tts"] == 50.0 and first["ctc_wer_tts"] == 60.0 and trained == [4]
     assert be.run_variant("v", cfg(), tmp_path, None, evals) == first and trained == [4]  # reused
     assert be.run_variant("v", cfg("checkpoint.interval=7", "run.resume=none"), tmp_path, None, evals) == first
+    assert first["speech_gain_tts"] == 0.5
+    # a stored result that lacks a figure of the current evaluation is measured again (its run resumed)
+    import json
+    stored = tmp_path / "v" / "result.json"
+    old = json.loads(stored.read_text())
+    del old["summary"]["speech_gain_se_tts"]
+    stored.write_text(json.dumps(old))
+    again = be.run_variant("v", cfg(), tmp_path, None, evals)
+    assert again["speech_gain_se_tts"] == 0.1 and trained == [4, 4]
+    trained.pop()
     be.run_variant("v", cfg("train.steps=5"), tmp_path, None, evals)  # another config
     be.run_variant("v", cfg("train.steps=5"), tmp_path, None, evals, fresh=True)
     be.run_variant("v", cfg("train.steps=5"), tmp_path, None, {"tts": [(None, "other text")]})  # other held-out set
