@@ -56,7 +56,7 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
         rows = []
         for audio, _ in items[s:s + batch]:
             ids = [codec.bos] + list(codec.encode(prompt))
-            rows.append(_speech_row(audio, ids, [0.0] * len(ids)))
+            rows.append(_speech_row(_mel(audio), ids, [0.0] * len(ids)))
         b = collate(rows, 80, 0)
         out = greedy_generate(model, b, codec.eos, max_new_tokens)
         hyps += [codec.decode(o) for o in out]
@@ -70,9 +70,13 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
             "length_reduction": frames / max(positions, 1), "hyps": hyps, "ctc_hyps": ctc_hyps}
 
 
-def _speech_row(audio: np.ndarray, ids: list[int], mask: list[float]) -> dict:
+def _mel(audio: np.ndarray) -> np.ndarray:
     f = int(np.ceil(audio.shape[0] / HOP))
-    return {"mel": log_mel(audio, 80, frames=f + f % 2), "ids": ids, "mask": mask, "ctc": [0], "id": 0, "kind": "asr"}
+    return log_mel(audio, 80, frames=f + f % 2)
+
+
+def _speech_row(mel: np.ndarray, ids: list[int], mask: list[float]) -> dict:
+    return {"mel": mel, "ids": ids, "mask": mask, "ctc": [0], "id": 0, "kind": "asr"}
 
 
 @torch.no_grad()
@@ -86,10 +90,11 @@ def speech_gain(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], pro
     from megaspeech.speech.bridge_data import collate, text_row
     model.eval()
     n, sums, tokens = len(items), {}, np.zeros(len(items))
+    mels = [_mel(audio) for audio, _ in items]  # once per utterance: both passes read them
     for name, shift in (("matched", 0), ("mismatched", 1)):
         per_utt = []  # summed loss of each utterance's transcript
         for s in range(0, n, batch):
-            rows = [_speech_row(items[(i + shift) % n][0], *text_row(codec, prompt, items[i][1], max_text_tokens))
+            rows = [_speech_row(mels[(i + shift) % n], *text_row(codec, prompt, items[i][1], max_text_tokens))
                     for i in range(s, min(s + batch, n))]
             logits, (labels, mask, _), _, _ = model(collate(rows, 80, 0))
             ce = torch.nn.functional.cross_entropy(logits.float().permute(1, 2, 0), labels, reduction="none")
