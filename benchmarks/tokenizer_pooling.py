@@ -17,18 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.tokenizer_wer import batched, librivox, shards  # noqa: E402
-from megaspeech.speech.asr import greedy_decode, transcribe_base, wer  # noqa: E402
-from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, features  # noqa: E402
+from benchmarks.tokenizer_wer import batched, bypassed, librivox, shards  # noqa: E402
+from megaspeech.speech.asr import transcribe_base, wer  # noqa: E402
+from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
 from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
 
 
 def continuous_wer(model, whisper, items, bs) -> float:
-    def run(b):
-        pooled, keep = model.pooled(*features(b, model.conv1.in_channels, model.pool))
-        return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
-    with torch.no_grad():
-        return wer([x[1] for x in items], batched(run, [x[0] for x in items], bs))
+    return wer([x[1] for x in items], batched(lambda b: bypassed(model, whisper, b), [x[0] for x in items], bs))
 
 
 def main():

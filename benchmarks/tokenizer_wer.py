@@ -83,6 +83,13 @@ def batched(fn, xs, bs):
     return out
 
 
+@torch.no_grad()
+def bypassed(model, whisper, audios) -> list[str]:
+    """Transcripts through the tokenizer with the VQ bypassed (the continuous bottleneck)."""
+    pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
+    return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
+
+
 def evaluate(name, items, base, model, whisper, bs, dump=None) -> dict:
     audios, refs = [x[0] for x in items], [x[1] for x in items]
     secs = sum(len(x) for x in audios) / 16000
@@ -92,11 +99,7 @@ def evaluate(name, items, base, model, whisper, bs, dump=None) -> dict:
     t_tok = time.time() - t
     hyp_vq = batched(lambda b: decode_tokens_to_text(model, whisper, b), codes, bs)
 
-    def cont(b):
-        pooled, keep = model.pooled(*features(b, model.conv1.in_channels, model.pool))
-        with torch.no_grad():
-            return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
-    hyp_cont = batched(cont, audios, bs)
+    hyp_cont = batched(lambda b: bypassed(model, whisper, b), audios, bs)
     flat = torch.from_numpy(np.concatenate(codes))
     r = {"wer_base": wer(refs, hyp_base), "wer_vq": wer(refs, hyp_vq), "wer_continuous": wer(refs, hyp_cont),
          "codes_used": int(torch.unique(flat).numel()), "code_perplexity": float(model.vq.perplexity(flat)),

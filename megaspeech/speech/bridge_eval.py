@@ -90,11 +90,13 @@ def speech_gain(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], pro
     from megaspeech.speech.bridge_data import collate, text_row
     model.eval()
     n, sums, tokens = len(items), {}, np.zeros(len(items))
-    mels = [_mel(audio) for audio, _ in items]  # once per utterance: both passes read them
+    # once per utterance: both passes read them
+    mels = [_mel(audio) for audio, _ in items]
+    texts = [text_row(codec, prompt, text, max_text_tokens) for _, text in items]
     for name, shift in (("matched", 0), ("mismatched", 1)):
         per_utt = []  # summed loss of each utterance's transcript
         for s in range(0, n, batch):
-            rows = [_speech_row(mels[(i + shift) % n], *text_row(codec, prompt, items[i][1], max_text_tokens))
+            rows = [_speech_row(mels[(i + shift) % n], *texts[i])
                     for i in range(s, min(s + batch, n))]
             logits, (labels, mask, _), _, _ = model(collate(rows, 80, 0))
             ce = torch.nn.functional.cross_entropy(logits.float().permute(1, 2, 0), labels, reduction="none")
