@@ -111,14 +111,6 @@ class SpeechTokenizer(nn.Module):
         keep = torch.arange(pooled.shape[1])[None, :] < n_tokens[:, None]
         return pooled, keep
 
-    def teacher(self, mel30: torch.Tensor) -> torch.Tensor:
-        """The original Whisper encoder (un-pooled, un-quantized, as the base ASR runs it) on the
-        30 s window: mel30 float32 [B, n_mels, 3000] -> float32 [B, 1500, D]. Distillation target."""
-        x = self._stem(mel30)
-        for layer in list(self.pre_layers) + list(self.post_layers):
-            x = layer(x, None)
-        return self.enc_norm(x)
-
     def silence_states(self) -> torch.Tensor:
         """layers[:split] over 30 s of constant log-mel `silence_mel` -> float32 [1500, D]."""
         if self._silence is not None and not self.training:
@@ -187,7 +179,8 @@ class SpeechTokenizer(nn.Module):
 
         loss = asr_weight * CE(decoder over the post-VQ states) + commitment
              + distill_weight * MSE(post-VQ encoder states, teacher) over real frames, where
-        teacher float32 [B, 1500, D] is self.teacher()'s output on the same audio (the post-VQ
+        teacher float32 [B, 1500, D] is the original encoder's output on the same audio
+        (megaspeech.speech.train_tokenizer.Teacher) (the post-VQ
         states must have the 30 s layout, so distillation needs unpool=repeat). asr_weight=0
         skips the decoder entirely.
         """

@@ -11,6 +11,7 @@ exported tokenizer (megaspeech.speech.tokenizer.load_tokenizer) refreshed at eve
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -239,16 +240,25 @@ def _pooled_cache(model, data: AudioBatches) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def _teacher_cache(model, data: AudioBatches) -> list[torch.Tensor]:
-    """Per training item: the original encoder's states on the 30 s window, float16 [1500, D]; run
-    before any weights are loaded or trained, so it is the frozen teacher."""
-    model.eval()
-    out = []
-    for audios in _audio_chunks(data):
-        mel30 = torch.from_numpy(np.stack([log_mel(a, model.conv1.in_channels) for a in audios]))
-        out.extend(model.teacher(mel30).half())
-    return out
+class Teacher:
+    """The distillation target: the original Whisper encoder (un-pooled, un-quantized, as the base ASR
+    runs it) on each utterance's 30 s window, frozen. A copy taken before any weight is loaded or
+    trained, since the tokenizer reuses (and trains) Whisper's own encoder modules."""
+
+    def __init__(self, whisper):
+        self.encoder = copy.deepcopy(whisper.model.model.encoder).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, audios: list[np.ndarray]) -> torch.Tensor:
+        """16 kHz utterances -> float32 [B, 1500, D]."""
+        n_mels = self.encoder.config.num_mel_bins
+        mel30 = torch.from_numpy(np.stack([log_mel(a, n_mels) for a in audios]))
+        return self.encoder(mel30).last_hidden_state
+
+
+def _teacher_cache(teacher: Teacher, data: AudioBatches) -> list[torch.Tensor]:
+    """Per training item (clean audio): the teacher's states, float16 [1500, D]."""
+    return [t.half() for audios in _audio_chunks(data) for t in teacher(audios)]
 
 
 def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,10 +287,10 @@ def train(cfg: Config, log=print) -> dict:
     distill = cfg.train.distill_weight > 0
     check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
           "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
-    check(not cfg.augment.enabled or not distill, "augment.enabled",
-          "augmentation draws new audio each epoch, but the distillation teacher's states are cached once "
-          "per item from clean audio: set train.distill_weight=0 or augment.enabled=false")
-    tcache = _teacher_cache(model, data) if distill else None
+    teacher = Teacher(whisper) if distill else None
+    # clean audio: the teacher's states once per item; augmented audio is new every epoch, so the
+    # teacher then runs per step on the same augmented audio as the student
+    tcache = _teacher_cache(teacher, data) if distill and not cfg.augment.enabled else None
     step = 0
     ckpt = run / "checkpoint.pt"
     resume = cfg.run.resume and ckpt.is_file()
@@ -346,8 +356,10 @@ def train(cfg: Config, log=print) -> dict:
     model.train()
     pool, ahead, ahead_key = ThreadPoolExecutor(1), None, None
 
-    def load_mels(idx, epoch):  # augmented (when on) as in this epoch
-        return features(data._load(idx, epoch)[0], model.conv1.in_channels, model.pool)
+    def load_mels(idx, epoch):  # augmented (when on) as in this epoch; + the teacher's states when per step
+        audios = data._load(idx, epoch)[0]
+        feats = features(audios, model.conv1.in_channels, model.pool)
+        return feats, (teacher(audios) if distill and tcache is None else None)
     t_start = t_win = time.time()
     last = {}
     acc = {"n": 0, "audio_s": 0.0, "codes": []}
@@ -358,19 +370,21 @@ def train(cfg: Config, log=print) -> dict:
             text_in, text_out = text_targets(whisper, texts) if cfg.train.asr_weight > 0 else (None, None)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train)
+            target = torch.stack([tcache[i] for i in idx]) if tcache is not None else None
             if cached:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
                 # decoding, augmentation and log-mels of a batch are a pure function of (indices,
                 # epoch): the next batch's are made in a thread while this step trains
                 key = (data.epoch, tuple(idx.tolist()))
-                mels = ahead.result() if ahead is not None and ahead_key == key else load_mels(idx, data.epoch)
+                mels, step_target = (ahead.result() if ahead is not None and ahead_key == key
+                                     else load_mels(idx, data.epoch))
+                target = step_target if tcache is None else target
                 nidx, nep = data.upcoming()
                 ahead_key, ahead = (nep, tuple(nidx.tolist())), pool.submit(load_mels, nidx, nep)
                 with torch.set_grad_enabled(not pre_vq_frozen):
                     pooled, keep = model.pooled(*mels)
-            teacher = torch.stack([tcache[i] for i in idx]) if distill else None
-            loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, teacher,
+            loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, target,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
