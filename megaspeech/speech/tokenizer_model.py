@@ -180,8 +180,8 @@ class SpeechTokenizer(nn.Module):
         loss = asr_weight * CE(decoder over the post-VQ states) + commitment
              + distill_weight * MSE(post-VQ encoder states, teacher) over real frames, where
         teacher float32 [B, 1500, D] is the original encoder's output on the same audio
-        (megaspeech.speech.train_tokenizer.Teacher) (the post-VQ
-        states must have the 30 s layout, so distillation needs unpool=repeat). asr_weight=0
+        (megaspeech.speech.train_tokenizer.Teacher; the post-VQ states must have the 30 s layout,
+        so distillation needs unpool=repeat). asr_weight=0
         skips the decoder entirely.
         """
         # only real frames reach the VQ (padding would pull the EMA codebook towards silence)
