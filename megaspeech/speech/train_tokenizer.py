@@ -370,7 +370,7 @@ def train(cfg: Config, log=print) -> dict:
             text_in, text_out = text_targets(whisper, texts) if cfg.train.asr_weight > 0 else (None, None)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train)
-            target = torch.stack([tcache[i] for i in idx]) if tcache is not None else None
+            step_target = None  # the teacher's states when it runs per step (in load_mels)
             if cached:
                 pooled, keep = _pad([cache[i] for i in idx])
             else:
@@ -379,11 +379,11 @@ def train(cfg: Config, log=print) -> dict:
                 key = (data.epoch, tuple(idx.tolist()))
                 mels, step_target = (ahead.result() if ahead is not None and ahead_key == key
                                      else load_mels(idx, data.epoch))
-                target = step_target if tcache is None else target
                 nidx, nep = data.upcoming()
                 ahead_key, ahead = (nep, tuple(nidx.tolist())), pool.submit(load_mels, nidx, nep)
                 with torch.set_grad_enabled(not pre_vq_frozen):
                     pooled, keep = model.pooled(*mels)
+            target = torch.stack([tcache[i] for i in idx]) if tcache is not None else step_target
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, target,
                                                            cfg.train.asr_weight, cfg.train.distill_weight)
             opt.zero_grad(set_to_none=True)
