@@ -68,12 +68,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, librivox_items, run_variant,
+    from megaspeech.speech.real_speech import librivox
+    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, run_variant,
                                                start_single_process)
     data = Path(a.data)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
-    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox_items()}
+    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox()}
     layout = start_single_process()
     results = {}
     for name in a.variants.split(","):

@@ -62,14 +62,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, librivox_items, run_variant,
+    from megaspeech.speech.real_speech import librivox
+    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, run_variant,
                                                start_single_process)
     from megaspeech.speech.lasyn import SynthConfig
     from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn, trained_summary
     data, out = Path(a.data), Path(a.out)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
-    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox_items()}
+    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox()}
     cfg_path = ROOT / a.config if not Path(a.config).is_absolute() else Path(a.config)
     base = load_config(PretrainConfig, cfg_path, [f"bridge.train={train}", *a.extra])
     layout = start_single_process()

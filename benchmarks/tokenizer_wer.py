@@ -6,7 +6,8 @@ Quantized path: audio -> codes -> codebook vectors -> layers above the VQ -> dec
 the VQ bypassed (continuous bottleneck), code usage and perplexity, tokenization throughput
 (seconds of audio per second, batched, `--threads` threads).
 
-Held-out sets: real human speech (LibriVox in pocketsphinx-testdata; never trained on; plus any
+Held-out sets: real human speech (LibriVox in pocketsphinx-testdata, 71 words; the first `--asterisk`
+prompts of the Asterisk PBX's English voice, megaspeech.speech.real_speech; never trained on; plus any
 `--real DIR` of `audio` shards with transcripts, e.g. from launch/ingest_audio.py, kept out of
 training) and synthetic speech of State of the Union addresses held out from training (audio
 shards from launch/make_speech_corpus.py corpus.split=heldout).
@@ -33,11 +34,11 @@ from megaspeech.data.shards import open_dataset  # noqa: E402
 from megaspeech.speech import audio_shards  # noqa: E402
 from megaspeech.speech.asr import greedy_decode, transcribe_base, wer  # noqa: E402
 from megaspeech.speech.audio import decode_audio  # noqa: E402
+from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers  # noqa: E402
 from megaspeech.speech.tokenizer import decode_tokens_to_text, features, load_tokenizer, tokenize_audios  # noqa: E402
 from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 HOW_TO_TRAIN = """no trained speech tokenizer found under runs/. Train one (CPU recipe, ~1 h on 2 cores):
     python launch/make_speech_corpus.py --config configs/speech_corpus.yaml corpus.out_dir=runs/speech/train6400 \\
         corpus.utterances=6400 corpus.workers=2
@@ -52,18 +53,6 @@ def find_tokenizer() -> Path | None:
     hits = [p.parent for pat in ("runs/*/tokenizer/tokenizer.json", "runs/*/*/tokenizer/tokenizer.json")
             for p in ROOT.glob(pat)]
     return max(hits, key=lambda p: (p / "model.pt").stat().st_mtime) if hits else None
-
-
-def librivox():
-    trans = LIBRIVOX / "transcription"
-    if not trans.is_file():
-        sys.exit(f"{trans} missing: apt-get install pocketsphinx-testdata")
-    out = []
-    for line in trans.read_text().splitlines():
-        text, _, key = line.rpartition("(")
-        out.append((decode_audio(LIBRIVOX / f"{key.strip(') ')}.wav"),
-                    text.replace("<s>", "").replace("</s>", "").strip()))
-    return out
 
 
 def shards(path, n):
@@ -90,16 +79,16 @@ def bypassed(model, whisper, audios) -> list[str]:
     return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
 
 
-def evaluate(name, items, base, model, whisper, bs, dump=None) -> dict:
+def evaluate(name, items, base, model, whisper, bs, dump=None, norm=lambda h: h) -> dict:
+    """Figures of one set; `norm` is applied to every hypothesis (the set's references already are)."""
     audios, refs = [x[0] for x in items], [x[1] for x in items]
     secs = sum(len(x) for x in audios) / 16000
-    hyp_base = batched(lambda b: transcribe_base(base, b), audios, bs)
+    hyp_base = [norm(h) for h in batched(lambda b: transcribe_base(base, b), audios, bs)]
     t = time.time()
     codes = batched(lambda b: tokenize_audios(model, b), audios, bs)
     t_tok = time.time() - t
-    hyp_vq = batched(lambda b: decode_tokens_to_text(model, whisper, b), codes, bs)
-
-    hyp_cont = batched(lambda b: bypassed(model, whisper, b), audios, bs)
+    hyp_vq = [norm(h) for h in batched(lambda b: decode_tokens_to_text(model, whisper, b), codes, bs)]
+    hyp_cont = [norm(h) for h in batched(lambda b: bypassed(model, whisper, b), audios, bs)]
     flat = torch.from_numpy(np.concatenate(codes))
     r = {"wer_base": wer(refs, hyp_base), "wer_vq": wer(refs, hyp_vq), "wer_continuous": wer(refs, hyp_cont),
          "codes_used": int(torch.unique(flat).numel()), "code_perplexity": float(model.vq.perplexity(flat)),
@@ -120,6 +109,8 @@ def main():
     p.add_argument("--synthetic", help="held-out synthetic `audio` shards; default runs/speech/heldout if present")
     p.add_argument("--n_synthetic", type=int, default=60)
     p.add_argument("--real", action="append", default=[], help="more held-out real `audio` shards (repeatable)")
+    p.add_argument("--asterisk", type=int, default=120,
+                   help="first N Asterisk prompts of >= 3 words (real speech, one voice, 8 kHz; 0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dump", help="write each utterance's reference and hypotheses here (jsonl)")
@@ -143,8 +134,15 @@ def main():
               "corpus.split=heldout corpus.out_dir=runs/speech/heldout corpus.utterances=60)")
     for r in a.real:
         sets[f"real:{r}"] = shards(r, 10 ** 9)
+    norms = {}
+    if a.asterisk:
+        try:
+            sets["asterisk"], norms["asterisk"] = asterisk(limit=a.asterisk), spell_numbers
+        except FileNotFoundError as e:
+            print(f"asterisk: skipped ({e})")
     sets["librivox"] = librivox()  # last: its figures are printed last
-    results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump) for name, items in sets.items()}
+    results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump, norms.get(name, lambda h: h))
+               for name, items in sets.items()}
     secs = sum(r["audio_s"] for r in results.values())
     tok_rate = secs / sum(r["audio_s"] / r["tokenize_audio_s_per_s"] for r in results.values())
     print(f"tokenize_audio_s_per_s={tok_rate:.1f}")
@@ -157,6 +155,10 @@ def main():
         sy = results["synthetic"]
         print(f"synthetic_wer_vq={sy['wer_vq']:.2f} synthetic_wer_base={sy['wer_base']:.2f} "
               f"synthetic_wer_vq_minus_base={sy['wer_vq'] - sy['wer_base']:.2f}")
+    if "asterisk" in results:
+        ak = results["asterisk"]
+        print(f"asterisk_wer_vq={ak['wer_vq']:.2f} asterisk_wer_base={ak['wer_base']:.2f} "
+              f"asterisk_wer_vq_over_base={ak['wer_vq'] / max(ak['wer_base'], 1e-9):.2f}")
     lv = results["librivox"]
     print(f"wer_vq_over_base={lv['wer_vq'] / max(lv['wer_base'], 1e-9):.2f}")
     print(f"wer_vq={lv['wer_vq']:.2f}")

@@ -16,23 +16,6 @@ from megaspeech.model.speech_lm import BridgeLM, greedy_generate
 from megaspeech.speech.asr import wer
 from megaspeech.speech.audio import HOP, log_mel
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-
-
-def librivox_items() -> list[tuple[np.ndarray, str]]:
-    """The 5 LibriVox utterances of pocketsphinx-testdata (16 kHz), real human read speech: evaluation only."""
-    from megaspeech.speech.audio import decode_audio
-    trans = LIBRIVOX / "transcription"
-    if not trans.is_file():
-        raise FileNotFoundError(f"{trans} missing: `apt-get install pocketsphinx-testdata`")
-    items = []
-    for line in trans.read_text().splitlines():
-        text, _, key = line.rpartition("(")
-        text = text.replace("<s>", "").replace("</s>", "").strip()
-        items.append((decode_audio(LIBRIVOX / f"{key.strip(') ')}.wav"), text))
-    return items
-
-
 def dataset_items(path: str, limit: int | None = None) -> list[tuple[np.ndarray, str]]:
     from megaspeech.speech.audio import decode_audio
     from megaspeech.speech.bridge_data import load_utterances

@@ -1,0 +1,86 @@
+"""Real human speech with transcripts that installs offline: held-out evaluation sets, never training data.
+
+- LibriVox (`apt-get install pocketsphinx-testdata`): 5 read utterances of Sense and Sensibility, 16 kHz,
+  several speakers' book reading, 71 words.
+- Asterisk (`apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en`): the Asterisk PBX's
+  English prompts, recorded by one professional voice (Allison Smith, CC-BY-SA-3.0) at 8 kHz telephone
+  band, with the transcripts of `core-sounds-en.txt`. Prompts of at least `min_words` words (default 3;
+  the tones, `[...]` descriptions, files without a transcript and the few over Whisper's 30 s are left out).
+
+Each set is a list of (16 kHz float32 audio, transcript). Transcripts that spell a number in digits are
+scored after `spell_numbers` on both sides (Whisper writes "press 1" or "press one" as it likes).
+"""
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+ASTERISK_AUDIO = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()
+_TENS = "- - twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _words(n: int) -> str:
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + _words(n % 100))
+    if n < 1_000_000:
+        return _words(n // 1000) + " thousand" + ("" if n % 1000 == 0 else " " + _words(n % 1000))
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def spell_numbers(text: str) -> str:
+    """Every run of digits as English words ("press 1 or 25" -> "press one or twenty five")."""
+    return re.sub(r"\d+", lambda m: f" {_words(int(m.group()))} ", text)
+
+
+def librivox() -> list[tuple[np.ndarray, str]]:
+    """The 5 LibriVox utterances of pocketsphinx-testdata (16 kHz)."""
+    from megaspeech.speech.audio import decode_audio
+    trans = LIBRIVOX / "transcription"
+    if not trans.is_file():
+        raise FileNotFoundError(f"{trans} missing: `apt-get install pocketsphinx-testdata`")
+    items = []
+    for line in trans.read_text().splitlines():
+        text, _, key = line.rpartition("(")
+        text = text.replace("<s>", "").replace("</s>", "").strip()
+        items.append((decode_audio(LIBRIVOX / f"{key.strip(') ')}.wav"), text))
+    return items
+
+
+def asterisk_entries(min_words: int = 3, max_seconds: float = 30.0) -> list[tuple[Path, str]]:
+    """(wav path, transcript with numbers spelt) of the Asterisk English prompts with >= min_words words
+    and at most max_seconds long (Whisper's window)."""
+    import soundfile as sf
+    if not ASTERISK_TEXT.is_file() or not ASTERISK_AUDIO.is_dir():
+        raise FileNotFoundError(f"{ASTERISK_TEXT} or {ASTERISK_AUDIO} missing: "
+                                "`apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en`")
+    out = []
+    for line in gzip.decompress(ASTERISK_TEXT.read_bytes()).decode("utf-8").splitlines():
+        key, sep, text = line.partition(":")
+        if not sep or line.startswith(";") or "[" in text:
+            continue
+        text = spell_numbers(text).strip()
+        wav = ASTERISK_AUDIO / f"{key.strip()}.wav"
+        if wav.is_file() and len(text.split()) >= min_words and sf.info(str(wav)).duration <= max_seconds:
+            out.append((wav, text))
+    return out
+
+
+def asterisk(min_words: int = 3, limit: int | None = None) -> list[tuple[np.ndarray, str]]:
+    """The Asterisk prompts as 16 kHz audio (resampled from 8 kHz), in the transcript file's order."""
+    from megaspeech.speech.audio import decode_audio
+    return [(decode_audio(p), t) for p, t in asterisk_entries(min_words)[:limit]]
+
+
+SETS = {"librivox": librivox, "asterisk": asterisk}
