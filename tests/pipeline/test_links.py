@@ -93,6 +93,7 @@ def test_distill_preset_header_matches_what_loads():
 def test_convert_smollm2_tool_reuses_the_cache_and_never_overwrites_foreign_dirs(tmp_path, capsys):
     from megaspeech.model.smollm2 import smollm2_dir
     cached = smollm2_dir()  # converted once per machine (~1-2 min), then cached
+    capsys.readouterr()  # what a first conversion printed
     from megaspeech.pipeline.stages import tool
     assert tool("convert_smollm2").main(["--config", str(ROOT / "configs/hf/convert_smollm2.yaml"), f"out={cached}"]) == 0
     assert capsys.readouterr().out.strip() == str(cached)

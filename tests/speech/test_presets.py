@@ -18,8 +18,10 @@ def test_tokenizer_codebook_matches_speech_vocab():
     vocab = {name: yaml.safe_load((ROOT / "configs" / name).read_text())[key]["speech_size"]
              for name, key in (("tiny.yaml", "vocab"), ("data/demo.yaml", "tokenizer"),
                                ("hf/smollm2_135m.yaml", "vocab"))}
-    vocab["megaspeech/demo/tokenizer/vocab.json"] = json.loads(
-        (ROOT / "megaspeech/demo/tokenizer/vocab.json").read_text())["speech_size"]
-    assert set(sizes.values()) == set(vocab.values()) == {1024}, (sizes, vocab)
+    for f in ("demo/tokenizer/vocab.json", "demo/text/vocab.json"):
+        vocab[f] = json.loads((ROOT / "megaspeech" / f).read_text())["speech_size"]
+    vocab["demo/text/manifest.json"] = json.loads(
+        (ROOT / "megaspeech/demo/text/manifest.json").read_text())["vocab"]["speech_size"]
+    assert set(sizes.values()) == set(vocab.values()) == {4096}, (sizes, vocab)
     e2e = load_config(Config, ROOT / "configs/speech_tokenizer_tiny_e2e.yaml")
     assert e2e.augment.enabled and e2e.tokenizer.frame_rate == 12.5
