@@ -39,7 +39,7 @@ from megaspeech.speech.tokenizer import decode_tokens_to_text, features, load_to
 from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HOW_TO_TRAIN = """no trained speech tokenizer found under runs/. Train one (CPU recipe, ~1 h on 2 cores):
+HOW_TO_TRAIN = """no trained speech tokenizer found under runs/. Train one (CPU recipe: 300 steps, ~30-60 min on 2 cores):
     python launch/make_speech_corpus.py --config configs/speech_corpus.yaml corpus.out_dir=runs/speech/train6400 \\
         corpus.utterances=6400 corpus.workers=2
     python launch/make_speech_corpus.py --config configs/speech_corpus.yaml corpus.split=heldout \\

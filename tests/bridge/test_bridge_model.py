@@ -68,7 +68,7 @@ def test_joint_ctc_lm_loss_equals_per_row_reference(asr_corpus, units):
     ref_grads = torch.autograd.grad(ref, list(params.values()))
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for (name, _), g, r in zip(params.items(), grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")  # fp32 sums over 4k classes
     # the CTC term is really in the loss: weight 0 changes it by exactly 0.7 x the CTC mean
     ctc_mean = task.sums[0] / task.sums[1]
     task0 = BridgeTask(_cfg(asr_corpus, "bridge.qa_fraction=0.5", "bridge.ctc_weight=0.0", "train.micro_batch=4",

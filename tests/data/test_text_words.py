@@ -109,5 +109,5 @@ def test_speech_size_mismatch_names_both(tmp_path):
     check_speech_vocab(4096, "vocab.json", tok)
     with pytest.raises(VocabMismatch, match=r"speech_size=1024.*codebook_size=4096"):
         check_speech_vocab(1024, "data/vocab.json", tok)
-    with pytest.raises(VocabMismatch, match="speech_size=1024 but 4096"):
-        TextTokenizer.from_dir(DEMO.parent / "tokenizer", speech_size=4096)
+    with pytest.raises(VocabMismatch, match="speech_size=4096 but 1024"):
+        TextTokenizer.from_dir(DEMO.parent / "tokenizer", speech_size=1024)

@@ -12,7 +12,7 @@ from megaspeech.vocab import Vocab
 
 REPO = Path(__file__).resolve().parents[2]
 SP_MODEL = REPO / "megaspeech" / "demo" / "tokenizer" / "tokenizer.model"
-VOCAB = Vocab(text_size=4096, speech_size=1024, sp_model=str(SP_MODEL))
+VOCAB = Vocab(text_size=4096, speech_size=4096, sp_model=str(SP_MODEL))  # configs/tiny.yaml's
 HELDOUT_ADDRESSES = ["2022-Biden-1", "2023-Biden-1", "2024-Biden-1"]
 
 

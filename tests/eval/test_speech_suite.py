@@ -21,7 +21,7 @@ def speech_tok(tmp_path_factory):
     from megaspeech.speech.whisper_ct2 import load_whisper
     d = tmp_path_factory.mktemp("spk")
     w = load_whisper(cache_dir=d / "whisper")
-    cfg = TokenizerConfig(split_layer=2, codebook_size=1024)  # = vocab.speech_size of the test models
+    cfg = TokenizerConfig(split_layer=2, codebook_size=4096)  # = vocab.speech_size of the test models
     model, _ = build_tokenizer(cfg, w)
     save_tokenizer(d / "tok", model, cfg, w)
     return d / "tok"

@@ -17,7 +17,7 @@ SP_MODEL = REPO / "megaspeech" / "demo" / "tokenizer" / "tokenizer.model"
 SMALL = ["train.progress_bar=false", "data.kind=synthetic", "model.num_layers=2", "model.hidden_size=64",
          "model.ffn_hidden_size=128", "model.num_heads=4", "model.num_kv_heads=2", "train.seq_len=64",
          "train.micro_batch=4", "train.global_batch=8", "metrics.wandb=disabled", "metrics.tensorboard=false",
-         "optim.warmup_steps=1", "vocab.text_size=4096", "vocab.speech_size=1024", f"vocab.sp_model={SP_MODEL}",
+         "optim.warmup_steps=1", "vocab.text_size=4096", "vocab.speech_size=4096", f"vocab.sp_model={SP_MODEL}",
          "parallel.zero_stage=1", "checkpoint.interval=2", "checkpoint.keep=3"]
 
 

@@ -87,7 +87,7 @@ def write_pair_dataset(out: Path, docs, vocab, starts_word, words_per_pair=(4, 1
 @pytest.fixture(scope="session")
 def speech_tokenizer(tmp_path_factory):
     from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer
-    cfg = TokenizerConfig(codebook_size=1024)
+    cfg = TokenizerConfig(codebook_size=4096)  # = the demo vocabulary's speech_size
     model, whisper = build_tokenizer(cfg)  # untrained codebook: the pipeline, not the code quality, is tested
     d = tmp_path_factory.mktemp("stok") / "tokenizer"
     save_tokenizer(d, model, cfg, whisper)
