@@ -82,5 +82,3 @@ def asterisk(min_words: int = 3, limit: int | None = None) -> list[tuple[np.ndar
     from megaspeech.speech.audio import decode_audio
     return [(decode_audio(p), t) for p, t in asterisk_entries(min_words)[:limit]]
 
-
-SETS = {"librivox": librivox, "asterisk": asterisk}
