@@ -19,7 +19,7 @@ from megaspeech.data.stream import ShardLoader
 from megaspeech.vocab import Vocab
 from tests.faults.fault_runs import losses, run, tags
 
-V = Vocab(text_size=4096, speech_size=1024)
+V = Vocab(text_size=4096, speech_size=4096)  # fault_runs.SMALL's
 
 
 def text_dataset(path, n_shards=3, per_shard=4, length=40):
@@ -111,7 +111,7 @@ def test_only_empty_shards_fail_clearly(tmp_path):
 @pytest.mark.parametrize("kind,sample,msg", [
     ("text", {"tokens": np.array([1, 2, V.speech_offset + 3])}, "vocab.text_size=4096"),  # a speech code
     ("text", {"tokens": np.array([1, V.eos_id])}, "vocab.text_size=4096"),  # a special
-    ("speech", {"codes": np.array([1, V.speech_size])}, "speech_size=1024"),
+    ("speech", {"codes": np.array([1, V.speech_size])}, f"speech_size={V.speech_size}"),
     ("speech", {"codes": np.array([1]), "text": np.array([V.text_size])}, "vocab.text_size=4096"),
     ("interleaved", {"tokens": np.array([1, V.size]), "modality": np.array([0, 0], np.uint8)}, "vocabulary size"),
     ("interleaved", {"tokens": np.array([1, 2]), "modality": np.array([0, 2], np.uint8)}, "modality' has value 2"),

@@ -62,7 +62,7 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
         assert t[0] == user and t[1] == vocab.bos_speech_id
         codes = t[2:e] - vocab.speech_offset
         assert len(codes) == math.ceil(s["duration"] * 16000 / 1280)  # 12.5 Hz speech codes of the TTS audio
-        assert ((codes >= 0) & (codes < 1024)).all()
+        assert ((codes >= 0) & (codes < vocab.speech_size)).all()
         np.testing.assert_array_equal(m, (np.arange(len(t)) >= 1) & (np.arange(len(t)) <= e))
         np.testing.assert_array_equal(t[e + 1:a], demo_tok.encode(s["question"]))
         np.testing.assert_array_equal(t[a + 1:], demo_tok.encode(s["answer"]))
