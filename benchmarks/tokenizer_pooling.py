@@ -8,11 +8,17 @@ It separates the two losses of a trained tokenizer: the information the pooled f
 A third number in a setting, `split:pool:code_dim`, adds the factorized codes' linear bottleneck as
 training starts it (vq_in / vq_out = the top code_dim principal components of the pooled frames of
 the first `--pca_items` utterances of `--pca_data`, the training shards; position-free offsets cancel
-in the bypass), so what the projection alone costs is measured too.
+in the bypass), so what the projection alone costs is measured too. A fourth, `split:pool:code_dim:K`
+(code_dim 0: no projection), adds a K-code codebook initialised as training initialises it (distinct
+frames, then `--ema_epochs` EMA passes of online k-means over the same frames), and reports WER through
+the codes too (`vq_wer`): what the quantization costs before any layer is trained to read it.
 
     python benchmarks/tokenizer_pooling.py --synthetic runs/tok_corpus/heldout --n_synthetic 20
     python benchmarks/tokenizer_pooling.py --settings 3:4,3:4:32,3:4:128 --pca_data runs/tok_corpus/train
-Prints per setting `split=S pool=P [code_dim=C] librivox_wer= librivox_vs_base= synthetic_wer= synthetic_vs_base=`.
+    python benchmarks/tokenizer_pooling.py --settings 3:4:128:4096,3:4:0:4096 --pca_data runs/tok_corpus/train \
+        --pca_items 2400
+Prints per setting `split=S pool=P [code_dim=C] [codes=K] librivox_wer= librivox_vs_base= [librivox_vq_wer=
+librivox_vq_vs_base=] synthetic_...`.
 """
 import argparse
 import os
@@ -22,22 +28,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.tokenizer_wer import batched, bypassed, librivox, shards  # noqa: E402
-from megaspeech.speech.asr import transcribe_base, wer  # noqa: E402
-from megaspeech.speech.tokenizer import TokenizerConfig, build_tokenizer, features  # noqa: E402
+from benchmarks.tokenizer_wer import batched, bypassed, shards  # noqa: E402
+from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers  # noqa: E402
+from megaspeech.speech.asr import Fallback, transcribe_base, wer  # noqa: E402
+from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text,  # noqa: E402
+                                         features, tokenize_audios)
+from megaspeech.speech.train_tokenizer import init_bottleneck  # noqa: E402
 from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
 
 
-def continuous_wer(model, whisper, items, bs) -> float:
-    return wer([x[1] for x in items], batched(lambda b: bypassed(model, whisper, b), [x[0] for x in items], bs))
+def set_wer(items, hyps, name) -> float:
+    """WER of one set; the Asterisk references spell numbers, so its hypotheses are spelt too."""
+    return wer([x[1] for x in items], [spell_numbers(h) if name == "asterisk" else h for h in hyps])
+
+
+def continuous_wer(model, whisper, items, bs, name, fallback) -> float:
+    return set_wer(items, batched(lambda b: bypassed(model, whisper, b, fallback), [x[0] for x in items], bs), name)
+
+
+def vq_wer(model, whisper, items, bs, name, fallback) -> float:
+    codes = batched(lambda b: tokenize_audios(model, b), [x[0] for x in items], bs)
+    return set_wer(items, batched(lambda b: decode_tokens_to_text(model, whisper, b, fallback=fallback), codes, bs),
+                   name)
 
 
 @torch.no_grad()
-def init_pca(model, audios, bs) -> None:
-    """The factorized bottleneck as training initialises it, from these (training) utterances."""
+def init_from(model, audios, bs, seed: int, ema_epochs: int | None) -> None:
+    """The bottleneck as training initialises it, from these (training) utterances: the projection,
+    and with ema_epochs given the codebook too (train_tokenizer.init_bottleneck)."""
     parts = [model.pooled(*features(audios[i:i + bs], model.conv1.in_channels, model.pool))
              for i in range(0, len(audios), bs)]
-    model.init_projection(torch.cat([p[k] for p, k in parts]), torch.cat([model.positions(k) for _, k in parts]))
+    vecs, pos = torch.cat([p[k] for p, k in parts]), torch.cat([model.positions(k) for _, k in parts])
+    if ema_epochs is None:
+        model.init_projection(vecs, pos)
+    else:
+        init_bottleneck(model, vecs, pos, seed, ema_epochs)
 
 
 def main():
@@ -47,36 +72,49 @@ def main():
     p.add_argument("--settings", default="4:1,4:2,4:4,3:4,2:4", help="comma-separated split_layer:pool")
     p.add_argument("--pca_data", help="training `audio` shards for the code_dim settings' PCA bottleneck")
     p.add_argument("--pca_items", type=int, default=256)
+    p.add_argument("--ema_epochs", type=int, default=5, help="k-means passes of a split:pool:code_dim:K setting")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--asterisk", type=int, default=0, help="also the first N Asterisk prompts (real speech)")
+    p.add_argument("--fallback", action="store_true", help="decode with Whisper's temperature fallback (default greedy)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     sets = {"librivox": librivox()}
+    if a.asterisk:
+        sets["asterisk"] = asterisk(limit=a.asterisk)
     if a.synthetic:
         sets["synthetic"] = shards(a.synthetic, a.n_synthetic)
     whisper = load_whisper()
+    fallback = Fallback() if a.fallback else None
     with torch.no_grad():
-        base = {n: wer([x[1] for x in it], batched(lambda b: transcribe_base(whisper, b), [x[0] for x in it], a.batch))
+        base = {n: set_wer(it, batched(lambda b: transcribe_base(whisper, b, fallback), [x[0] for x in it], a.batch), n)
                 for n, it in sets.items()}
     print(" ".join(f"{n}_wer_base={v:.1f}" for n, v in base.items()))
     settings = [[int(x) for x in s.split(":")] for s in a.settings.split(",")]
-    if any(len(s) == 3 for s in settings) and not a.pca_data:
-        p.error("a split:pool:code_dim setting needs --pca_data (the training shards the PCA is fitted on)")
+    if any(len(s) not in (2, 3, 4) for s in settings):
+        p.error(f"--settings {a.settings}: each is split:pool, split:pool:code_dim or split:pool:code_dim:K")
+    if any(len(s) > 2 for s in settings) and not a.pca_data:
+        p.error("a split:pool:code_dim[:K] setting needs --pca_data (the training shards the bottleneck is fitted on)")
     pca_audio = [x[0] for x in shards(a.pca_data, a.pca_items)] if a.pca_data else None
-    for split, pool, *code_dim in settings:
+    for split, pool, *rest in settings:
+        code_dim, codes = (rest + [None, None])[:2]
         # built on the same (untrained) Whisper: its modules are reused, not copied
-        cfg = TokenizerConfig(split_layer=split, pool=pool, unpool="repeat",
-                              code_dim=code_dim[0] if code_dim else None, position_free=bool(code_dim))
+        cfg = TokenizerConfig(split_layer=split, pool=pool, unpool="repeat", code_dim=code_dim or None,
+                              position_free=bool(rest), **({"codebook_size": codes} if codes else {}))
         model, _ = build_tokenizer(cfg, whisper)
         model.eval()
-        if code_dim:
-            init_pca(model, pca_audio, a.batch)
+        if rest:
+            init_from(model, pca_audio, a.batch, a.seed, a.ema_epochs if codes else None)
         out = []
         for n, it in sets.items():
-            w = continuous_wer(model, whisper, it, a.batch)
+            w = continuous_wer(model, whisper, it, a.batch, n, fallback)
             out.append(f"{n}_wer={w:.1f} {n}_vs_base={w / max(base[n], 1e-9):.2f}")
-        dim = f" code_dim={code_dim[0]}" if code_dim else ""
-        print(f"split={split} pool={pool}{dim} " + " ".join(out), flush=True)
+            if codes:
+                w = vq_wer(model, whisper, it, a.batch, n, fallback)
+                out.append(f"{n}_vq_wer={w:.1f} {n}_vq_vs_base={w / max(base[n], 1e-9):.2f}")
+        tag = (f" code_dim={code_dim}" if rest else "") + (f" codes={codes}" if codes else "")
+        print(f"split={split} pool={pool}{tag} " + " ".join(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """WER of ASR through the speech tokenizer's VQ bottleneck vs the unquantized Whisper tiny.en.
 
-Baseline (same run): the converted Whisper tiny.en, standard 30 s encoder, greedy decoding.
+Baseline (same run): the converted Whisper tiny.en, standard 30 s encoder.
 Quantized path: audio -> codes -> codebook vectors -> layers above the VQ -> decoder
-(megaspeech.speech.tokenizer.decode_tokens_to_text), greedy. Also per set: the trained model with
+(megaspeech.speech.tokenizer.decode_tokens_to_text). Every path decodes with Whisper's temperature
+fallback (megaspeech.speech.asr.transcribe_tokens: a looping or unlikely greedy text is resampled at
+rising temperature), as Whisper transcribes; `--greedy` decodes greedily only (the figures made before
+the fallback was added). Also per set: the trained model with
 the VQ bypassed (continuous bottleneck), code usage and perplexity, tokenization throughput
 (seconds of audio per second, batched, `--threads` threads).
 
@@ -32,7 +35,7 @@ import torch  # noqa: E402
 
 from megaspeech.data.shards import open_dataset  # noqa: E402
 from megaspeech.speech import audio_shards  # noqa: E402
-from megaspeech.speech.asr import greedy_decode, transcribe_base, wer  # noqa: E402
+from megaspeech.speech.asr import Fallback, transcribe_base, transcribe_tokens, wer  # noqa: E402
 from megaspeech.speech.audio import decode_audio  # noqa: E402
 from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers  # noqa: E402
 from megaspeech.speech.tokenizer import decode_tokens_to_text, features, load_tokenizer, tokenize_audios  # noqa: E402
@@ -73,22 +76,23 @@ def batched(fn, xs, bs):
 
 
 @torch.no_grad()
-def bypassed(model, whisper, audios) -> list[str]:
+def bypassed(model, whisper, audios, fallback: Fallback | None = None) -> list[str]:
     """Transcripts through the tokenizer with the VQ bypassed (the continuous bottleneck)."""
     pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
-    return [whisper.decode_text(t) for t in greedy_decode(whisper, *model.post(model.unquantized(pooled), keep))]
+    enc, keep = model.post(model.unquantized(pooled), keep)
+    return [whisper.decode_text(t) for t in transcribe_tokens(whisper, enc, keep, fallback=fallback)]
 
 
-def evaluate(name, items, base, model, whisper, bs, dump=None, norm=lambda h: h) -> dict:
+def evaluate(name, items, base, model, whisper, bs, dump=None, norm=lambda h: h, fallback=None) -> dict:
     """Figures of one set; `norm` is applied to every hypothesis (the set's references already are)."""
     audios, refs = [x[0] for x in items], [x[1] for x in items]
     secs = sum(len(x) for x in audios) / 16000
-    hyp_base = [norm(h) for h in batched(lambda b: transcribe_base(base, b), audios, bs)]
+    hyp_base = [norm(h) for h in batched(lambda b: transcribe_base(base, b, fallback), audios, bs)]
     t = time.time()
     codes = batched(lambda b: tokenize_audios(model, b), audios, bs)
     t_tok = time.time() - t
-    hyp_vq = [norm(h) for h in batched(lambda b: decode_tokens_to_text(model, whisper, b), codes, bs)]
-    hyp_cont = [norm(h) for h in batched(lambda b: bypassed(model, whisper, b), audios, bs)]
+    hyp_vq = [norm(h) for h in batched(lambda b: decode_tokens_to_text(model, whisper, b, fallback=fallback), codes, bs)]
+    hyp_cont = [norm(h) for h in batched(lambda b: bypassed(model, whisper, b, fallback), audios, bs)]
     flat = torch.from_numpy(np.concatenate(codes))
     r = {"wer_base": wer(refs, hyp_base), "wer_vq": wer(refs, hyp_vq), "wer_continuous": wer(refs, hyp_cont),
          "codes_used": int(torch.unique(flat).numel()), "code_perplexity": float(model.vq.perplexity(flat)),
@@ -114,6 +118,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dump", help="write each utterance's reference and hypotheses here (jsonl)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding only, no temperature fallback")
     a = p.parse_args()
     tok_dir = Path(a.tokenizer) if a.tokenizer else find_tokenizer()
     if tok_dir is None:
@@ -125,7 +130,9 @@ def main():
     trained = json.loads((tok_dir / "trained_on.json").read_text()) if (tok_dir / "trained_on.json").is_file() else {}
     print(f"tokenizer={tok_dir} step={trained.get('steps')} hours={trained.get('hours')} "
           f"voices={len(trained.get('voices', {}))} split_layer={cfg.split_layer} pool={cfg.pool} "
-          f"frame_rate_hz={cfg.frame_rate} unpool={cfg.unpool} codebook_size={cfg.codebook_size} threads={a.threads}")
+          f"frame_rate_hz={cfg.frame_rate} unpool={cfg.unpool} codebook_size={cfg.codebook_size} threads={a.threads} "
+          f"decoding={'greedy' if a.greedy else 'fallback'}")
+    fallback = None if a.greedy else Fallback()
     sets = {}
     if synth:
         sets["synthetic"] = shards(synth, a.n_synthetic)
@@ -141,12 +148,13 @@ def main():
         except FileNotFoundError as e:
             print(f"asterisk: skipped ({e})")
     sets["librivox"] = librivox()  # last: its figures are printed last
-    results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump, norms.get(name, lambda h: h))
+    results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump, norms.get(name, lambda h: h), fallback)
                for name, items in sets.items()}
     secs = sum(r["audio_s"] for r in results.values())
     tok_rate = secs / sum(r["audio_s"] / r["tokenize_audio_s_per_s"] for r in results.values())
     print(f"tokenize_audio_s_per_s={tok_rate:.1f}")
     eval_json = {"step": trained.get("steps"), "frame_rate_hz": cfg.frame_rate, "threads": a.threads,
+                 "decoding": "greedy" if a.greedy else "fallback",
                  "sets": results, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
     tmp = tok_dir / f".eval.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(eval_json, indent=1))

@@ -21,6 +21,7 @@ import torch
 
 from megaspeech.config.load import check
 from megaspeech.fs import swap_dir
+from megaspeech.speech.asr import Fallback
 from megaspeech.speech.audio import POOLS, AudioError, log_mel, max_token_samples, num_tokens
 from megaspeech.speech.tokenizer_model import SpeechTokenizer
 from megaspeech.speech.whisper_ct2 import Whisper, load_whisper
@@ -168,8 +169,10 @@ def tokenize_audios(model: SpeechTokenizer, audios: list[np.ndarray]) -> list[np
     return [c.numpy() for c in model.tokenize(feats, n_tok)]
 
 
-def decode_tokens_to_text(model: SpeechTokenizer, whisper: Whisper, codes: list, max_new_tokens: int = 200) -> list[str]:
-    """Speech codes (0..K-1, one int array per utterance) -> ASR transcript through the quantized path.
+def decode_tokens_to_text(model: SpeechTokenizer, whisper: Whisper, codes: list, max_new_tokens: int = 200,
+                          fallback: Fallback | None = None) -> list[str]:
+    """Speech codes (0..K-1, one int array per utterance) -> ASR transcript through the quantized path
+    (greedy, or with Whisper's temperature fallback).
 
     Used to score generated speech codes (WER of text-to-token output) without a vocoder.
     """
@@ -183,4 +186,4 @@ def decode_tokens_to_text(model: SpeechTokenizer, whisper: Whisper, codes: list,
             raise ValueError(f"decode_tokens_to_text: codes must be in [0, {K}) (raw codes, not unified "
                              f"vocab ids: subtract vocab.speech_offset); got [{int(c.min())}, {int(c.max())}]")
         tens.append(c)
-    return [whisper.decode_text(t) for t in model.decode_tokens(whisper, tens, max_new_tokens)]
+    return [whisper.decode_text(t) for t in model.decode_tokens(whisper, tens, max_new_tokens, fallback)]

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.vq import VectorQuantizer
-from megaspeech.speech.asr import additive_mask, greedy_decode, run_decoder
+from megaspeech.speech.asr import Fallback, additive_mask, run_decoder, transcribe_tokens
 
 
 class SpeechTokenizer(nn.Module):
@@ -233,10 +233,12 @@ class SpeechTokenizer(nn.Module):
         return self.post(q, keep)
 
     @torch.no_grad()
-    def decode_tokens(self, whisper, codes: list[torch.Tensor], max_new_tokens: int = 200) -> list[list[int]]:
-        """Codes -> Whisper transcript token ids per utterance (greedy, through the quantized path)."""
+    def decode_tokens(self, whisper, codes: list[torch.Tensor], max_new_tokens: int = 200,
+                      fallback: Fallback | None = None) -> list[list[int]]:
+        """Codes -> Whisper transcript token ids per utterance through the quantized path (greedy, or
+        with Whisper's temperature fallback: megaspeech.speech.asr.transcribe_tokens)."""
         enc, keep = self.codes_to_encoder_states(codes)
-        return greedy_decode(whisper, enc, keep, max_new_tokens)
+        return transcribe_tokens(whisper, enc, keep, max_new_tokens, fallback)
 
     def unquantized(self, pooled: torch.Tensor) -> torch.Tensor:
         """The bottleneck without the codebook lookup (the VQ bypassed): pooled [..., D] -> [..., D]

@@ -261,6 +261,24 @@ def _teacher_cache(teacher: Teacher, data: AudioBatches) -> list[torch.Tensor]:
     return [t.half() for audios in _audio_chunks(data) for t in teacher(audios)]
 
 
+@torch.no_grad()
+def init_bottleneck(model, vecs: torch.Tensor, pos: torch.Tensor, seed: int, ema_epochs: int) -> None:
+    """Data-dependent init of the bottleneck from pooled pre-VQ frames vecs [N, D] at token positions
+    pos [N]: the projection (PCA, position offsets), the codebook from distinct frames, then
+    `ema_epochs` EMA passes (online k-means) over them. Training starts from it; the pooling benchmark
+    measures what it alone costs."""
+    model.eval()
+    model.init_projection(vecs, pos)
+    vecs = model.code_input(vecs, pos)
+    gen = torch.Generator().manual_seed(seed)
+    model.init_codebook(vecs, gen)
+    model.vq.train()
+    for _ in range(ema_epochs):
+        for chunk in vecs[torch.randperm(len(vecs), generator=gen)].split(4096):
+            model.vq(chunk)
+    model.vq.eval()
+
+
 def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[T_i, D] tensors -> (zero-padded [B, T, D], keep bool [B, T])."""
     lens = torch.tensor([s.shape[0] for s in seqs])
@@ -330,17 +348,7 @@ def train(cfg: Config, log=print) -> dict:
                     pooled, keep = model.pooled(*features(audios, model.conv1.in_channels, model.pool))
                     vecs.append(pooled[keep])
                     pos.append(model.positions(keep))
-        vecs, pos = torch.cat(vecs), torch.cat(pos)
-        model.init_projection(vecs, pos)
-        with torch.no_grad():
-            vecs = model.code_input(vecs, pos)
-        gen = torch.Generator().manual_seed(cfg.run.seed)
-        model.init_codebook(vecs, gen)
-        model.vq.train()
-        with torch.no_grad():  # EMA passes = online k-means on the frozen pre-VQ features
-            for _ in range(cfg.train.codebook_ema_epochs):
-                for chunk in vecs[torch.randperm(len(vecs), generator=gen)].split(4096):
-                    model.vq(chunk)
+        init_bottleneck(model, torch.cat(vecs), torch.cat(pos), cfg.run.seed, cfg.train.codebook_ema_epochs)
 
     def save():
         with atomic_path(ckpt) as tmp:
