@@ -83,8 +83,9 @@ def bypassed(model, whisper, audios, fallback: Fallback | None = None) -> list[s
     return [whisper.decode_text(t) for t in transcribe_tokens(whisper, enc, keep, fallback=fallback)]
 
 
-def evaluate(name, items, base, model, whisper, bs, dump=None, norm=lambda h: h, fallback=None) -> dict:
-    """Figures of one set; `norm` is applied to every hypothesis (the set's references already are)."""
+def evaluate(name, items, base, model, whisper, bs, dump=None, norm=None, fallback=None) -> dict:
+    """Figures of one set; `norm` (if given) is applied to every hypothesis (the set's references already are)."""
+    norm = norm or (lambda h: h)
     audios, refs = [x[0] for x in items], [x[1] for x in items]
     secs = sum(len(x) for x in audios) / 16000
     hyp_base = [norm(h) for h in batched(lambda b: transcribe_base(base, b, fallback), audios, bs)]
@@ -148,7 +149,7 @@ def main():
         except FileNotFoundError as e:
             print(f"asterisk: skipped ({e})")
     sets["librivox"] = librivox()  # last: its figures are printed last
-    results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump, norms.get(name, lambda h: h), fallback)
+    results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump, norms.get(name), fallback)
                for name, items in sets.items()}
     secs = sum(r["audio_s"] for r in results.values())
     tok_rate = secs / sum(r["audio_s"] / r["tokenize_audio_s_per_s"] for r in results.values())

@@ -15,7 +15,9 @@ rate and channel count -> channels averaged, polyphase-resampled to 16 kHz.
 Each sample: audio.flac, duration (s), source (input path), orig_sample_rate, orig_channels, and
 when known `transcript` with `transcript_source`: "reference" (from the user's files) or
 "asr:<model>" (pseudo-label by the reference Whisper tiny.en through faster-whisper, SALM's third
-labelling method, only with ingest.pseudo_label=true). Files without either carry no transcript.
+labelling method, only with ingest.pseudo_label=true). Files without either carry no transcript: the
+tokenizer trainer uses them through distillation only (train.distill_weight > 0), e.g. recordings in
+languages the English reader cannot transcribe.
 
 Bad files (unreadable, empty/silent, longer than max_seconds, non-UTF-8 transcript, missing) stop
 the run naming the file (on_error=raise, the data pipeline's default) or are skipped, listed in

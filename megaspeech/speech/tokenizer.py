@@ -85,15 +85,18 @@ def features(audios: list[np.ndarray], n_mels: int = 80, pool: int = 4) -> tuple
     return torch.from_numpy(feats), n_tok
 
 
-def text_targets(whisper: Whisper, texts: list[str], max_len: int = 440) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transcripts -> decoder inputs [B, S] (prompt + text, eot-padded) and targets [B, S] (-100 = ignore)."""
+def text_targets(whisper: Whisper, texts: list[str | None], max_len: int = 440) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transcripts -> decoder inputs [B, S] (prompt + text, eot-padded) and targets [B, S] (-100 = ignore;
+    a row of None, an untranscribed item, is all -100)."""
     prompt, eot = whisper.prompt, whisper.meta["eot"]
-    seqs = [prompt + whisper.encode_text(t)[:max_len - len(prompt) - 1] + [eot] for t in texts]
+    seqs = [prompt + ([] if t is None else whisper.encode_text(t)[:max_len - len(prompt) - 1]) + [eot] for t in texts]
     S = max(len(s) for s in seqs) - 1
     text_in = torch.full((len(seqs), S), eot, dtype=torch.long)
     text_out = torch.full((len(seqs), S), -100, dtype=torch.long)
     for i, s in enumerate(seqs):
         text_in[i, :len(s) - 1] = torch.tensor(s[:-1])
+        if texts[i] is None:
+            continue
         # predict text + eot; the prompt's own next tokens (no_timestamps) are given, not learned
         text_out[i, len(prompt) - 1:len(s) - 1] = torch.tensor(s[len(prompt):])
     return text_in, text_out

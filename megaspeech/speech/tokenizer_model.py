@@ -178,7 +178,9 @@ class SpeechTokenizer(nn.Module):
         """Training step from pre-VQ features (pooled [B, T, D], keep bool [B, T]); as forward().
 
         loss = asr_weight * CE(decoder over the post-VQ states) + commitment
-             + distill_weight * MSE(post-VQ encoder states, teacher) over real frames, where
+             + distill_weight * MSE(post-VQ encoder states, teacher) over real frames; CE is over the
+        items with a transcript (a row of text_out all -100 is untranscribed: distillation only; a
+        batch without any has no CE term and no "ce" log), where
         teacher float32 [B, 1500, D] is the original encoder's output on the same audio
         (megaspeech.speech.train_tokenizer.Teacher; the post-VQ states must have the 30 s layout,
         so distillation needs unpool=repeat). asr_weight=0
@@ -193,9 +195,10 @@ class SpeechTokenizer(nn.Module):
         codes[keep] = codes_flat
         enc, enc_keep = self.post(q, keep)
         loss, logs = commit, {"commit": commit.item()}
-        if asr_weight > 0:
-            logits = self.proj_out(run_decoder(self.decoder, text_in, enc, enc_keep))
-            ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), text_out.reshape(-1),
+        rows = (text_out != -100).any(1) if asr_weight > 0 else None  # items with a transcript
+        if asr_weight > 0 and rows.any():
+            logits = self.proj_out(run_decoder(self.decoder, text_in[rows], enc[rows], enc_keep[rows]))
+            ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), text_out[rows].reshape(-1),
                                  ignore_index=-100)
             loss = loss + asr_weight * ce
             logs["ce"] = ce.item()

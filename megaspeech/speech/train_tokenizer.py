@@ -2,7 +2,8 @@
 and/or distillation: MSE between the post-VQ encoder states and the original (frozen, un-quantized,
 un-pooled) Whisper encoder's states on the same audio (train.distill_weight, needs
 tokenizer.unpool=repeat). Dense per-frame targets generalise where 1,600 transcripts let the
-decoder memorise; with freeze=pre_vq_and_decoder only the layers above the VQ learn.
+decoder memorise; with freeze=pre_vq_and_decoder only the layers above the VQ learn. Items without
+a transcript (unlabelled recordings) train through distillation alone: no CE term for them.
 
 One process, batched, resumable: RUN_DIR/checkpoint.pt holds model (with VQ EMA buffers),
 optimizer, LR schedule, step and the data position, written atomically; a restarted run continues
@@ -106,15 +107,17 @@ class AudioBatches:
         for p in [path] if isinstance(path, str) else list(path):
             ds, secs, n0 = open_dataset(p, kind="audio"), 0.0, len(items)
             for key, s in ds:
-                if "transcript" not in s:
-                    raise ValueError(f"{p} key {key!r}: no transcript; ASR training needs audio+transcript "
-                                     f"shards (launch/ingest_audio.py ingest.pseudo_label=true labels them)")
-                items.append((key, audio_bytes(s, f"{p} key {key!r}"), s["transcript"]))
+                # an item without a transcript (a user's unlabelled recordings) trains through distillation only
+                items.append((key, audio_bytes(s, f"{p} key {key!r}"), s.get("transcript")))
                 if pack_seconds > 0 or "duration" in s:  # only packing decodes audio of unknown length
                     durations.append(float(s["duration"]) if "duration" in s else
                                      len(decode_audio(items[-1][1], key)) / SAMPLE_RATE)
                     secs += durations[-1]
-            self.sources.append({"path": str(p), "samples": len(items) - n0,
+            untranscribed = sum(it[2] is None for it in items[n0:])
+            if untranscribed and pack_seconds > 0:
+                raise ValueError(f"{p}: {untranscribed} items have no transcript, and packing joins "
+                                 f"transcripts: set train.pack_seconds=0 for untranscribed audio")
+            self.sources.append({"path": str(p), "samples": len(items) - n0, "untranscribed": untranscribed,
                                  "hours": secs / 3600 if len(durations) == len(items) else None,
                                  "meta": ds.manifest.get("meta", {})})
         self.items, self.batch_size, self.seed = items, batch_size, seed
@@ -148,8 +151,10 @@ class AudioBatches:
         n_batches = max(1, min(n_batches, len(self.groups) // self.batch_size))
         return [self._load(order[b * self.batch_size:(b + 1) * self.batch_size]) for b in range(n_batches)]
 
-    def texts(self, idx) -> list[str]:
-        return [" ".join(self.items[i][2] for i in self.groups[g]) for g in idx]
+    def texts(self, idx) -> list[str | None]:
+        """Transcript per training item (None: untranscribed; packs are all transcribed)."""
+        return [None if self.items[self.groups[g][0]][2] is None else " ".join(self.items[i][2] for i in self.groups[g])
+                for g in idx]
 
     def _item_audio(self, i: int, epoch: int | None) -> np.ndarray:
         a = decode_audio(self.items[i][1], self.items[i][0])
@@ -303,6 +308,11 @@ def train(cfg: Config, log=print) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     distill = cfg.train.distill_weight > 0
+    for src in data.sources:
+        check(not src["untranscribed"] or distill, "train.distill_weight",
+              f"{src['path']}: {src['untranscribed']} items have no transcript; untranscribed audio trains only "
+              f"through distillation: set train.distill_weight > 0, or label it (launch/ingest_audio.py "
+              f"ingest.pseudo_label=true)")
     check(not distill or cfg.tokenizer.unpool == "repeat", "train.distill_weight",
           "distillation compares 50 Hz states: set tokenizer.unpool=repeat")
     teacher = Teacher(whisper) if distill else None
@@ -370,7 +380,7 @@ def train(cfg: Config, log=print) -> dict:
         return feats, (teacher(audios) if distill and tcache is None else None)
     t_start = t_win = time.time()
     last = {}
-    acc = {"n": 0, "audio_s": 0.0, "codes": []}
+    acc = {"n": {}, "audio_s": 0.0, "codes": []}  # n: steps per loss term (no CE in an untranscribed batch)
     with open(run / "metrics.jsonl", "a") as mf:
         while step < cfg.train.steps:
             idx = data.next_indices()
@@ -401,19 +411,19 @@ def train(cfg: Config, log=print) -> dict:
             step += 1
             for k, v in logs.items():
                 acc[k] = acc.get(k, 0.0) + v
-            acc["n"] += 1
+                acc["n"][k] = acc["n"].get(k, 0) + 1
             acc["audio_s"] += int(keep.sum()) / cfg.tokenizer.frame_rate
             acc["codes"].append(codes[keep])
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 now = time.time()
-                last = {"step": step, **{k: acc[k] / acc["n"] for k in logs},
+                last = {"step": step, **{k: acc[k] / n for k, n in acc["n"].items()},
                         "perplexity": float(model.vq.perplexity(torch.cat(acc["codes"]))),
                         "lr": lr_at(step - 1, cfg.train), "grad_norm": float(gnorm),
                         "audio_s_per_s": acc["audio_s"] / (now - t_win), "elapsed_s": now - t_start}
                 mf.write(json.dumps(last) + "\n")
                 mf.flush()
                 log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
-                acc = {"n": 0, "audio_s": 0.0, "codes": []}
+                acc = {"n": {}, "audio_s": 0.0, "codes": []}
                 t_win = now
             out_of_time = cfg.train.max_seconds and time.time() - t_start > cfg.train.max_seconds
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or out_of_time:

@@ -97,6 +97,37 @@ def test_training_resumes_exactly(tmp_path, whisper_cache, whisper, recipe):
     assert trained_on["augment"]["enabled"] == recipe.startswith("augmented")
 
 
+def test_untranscribed_audio_trains_through_distillation(tmp_path, whisper_cache):
+    """Recordings without transcripts (a user's unlabelled audio, as launch/ingest_audio.py writes it)
+    train with the transcribed data: distillation on every item, CE on the transcribed ones only;
+    without distillation, or packed, they are refused naming the data set."""
+    _audio_shards(tmp_path / "audio")
+    with ShardWriter(tmp_path / "unlabelled", "audio", None) as w:
+        for i, t in enumerate(TEXTS):
+            a = synthesize(t, "espeak:en-gb")
+            w.write(f"n{i}", {"audio.flac": encode_flac(a), "duration": len(a) / 16000})
+    data = [str(tmp_path / "audio"), str(tmp_path / "unlabelled")]
+    batches = AudioBatches(data, 2, seed=3)
+    assert [s["untranscribed"] for s in batches.sources] == [0, 4]
+    assert batches.texts([0, 4, 5]) == [TEXTS[0], None, None]
+    with pytest.raises(ValueError, match="unlabelled: 4 items have no transcript.*pack_seconds"):
+        AudioBatches(data, 2, seed=3, pack_seconds=8.0)
+    cfg = _cfg(tmp_path, 4, whisper_cache, "augmented_pre_vq_frozen")
+    cfg.train.data = data
+    with pytest.raises(ValueError, match="train.distill_weight.*unlabelled: 4 items have no transcript"):
+        train(cfg, log=lambda *_: None)
+    cfg.train.distill_weight = 1.0
+    train(cfg, log=lambda *_: None)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    order = AudioBatches(data, 2, seed=3)
+    has_text = [any(t is not None for t in order.texts(order.next_indices())) for _ in range(4)]
+    assert not all(has_text) and any(has_text)  # seed 3: some batch is all untranscribed
+    assert [("ce" in x) for x in lines] == has_text
+    assert all(x["distill"] > 0 for x in lines)
+    trained_on = json.loads((tmp_path / "run" / "tokenizer" / "trained_on.json").read_text())
+    assert [s["untranscribed"] for s in trained_on["data"]] == [0, 4]
+
+
 def test_augmented_batches(tmp_path):
     """Augmented training audio: a function of (seed, epoch, item) only; several data sets read as one."""
     _audio_shards(tmp_path / "audio")

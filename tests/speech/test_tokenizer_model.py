@@ -86,6 +86,40 @@ def test_training_step_sends_asr_gradient_through_the_bottleneck(whisper):
     assert keep.sum().item() == n_tok.sum().item()
 
 
+def test_untranscribed_rows_get_no_asr_loss(whisper):
+    """A row without a transcript (None -> targets all -100) adds no CE: the mixed batch's CE and its
+    gradient equal the transcribed row's alone; a batch without any transcript has no CE term."""
+    torch.manual_seed(0)
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=2, codebook_size=16), whisper)
+    model.eval()  # no EMA update: the same codebook for every call
+    items = librivox_items()[1:3]
+    pooled, keep = model.pooled(*features([decode_audio(p) for p, _ in items]))
+    pooled = pooled.detach()
+    text = items[0][1]
+    text_in, text_out = text_targets(whisper, [text, None])
+    assert (text_out[1] == -100).all() and (text_out[0] != -100).any()
+    one_in, one_out = text_targets(whisper, [text])
+    torch.testing.assert_close(text_out[0, :one_out.shape[1]], one_out[0], rtol=0, atol=0)
+
+    def ce_and_grad(pooled, keep, t_in, t_out):
+        model.zero_grad(set_to_none=True)
+        loss, logs, _, _ = model.forward_pooled(pooled, keep, t_in, t_out)
+        (loss - logs["commit"]).backward() if "ce" in logs else None
+        return logs.get("ce"), model.post_layers[0].fc1.weight.grad
+
+    try:
+        ce_mix, g_mix = ce_and_grad(pooled, keep, text_in, text_out)
+        n0 = int(keep[0].sum())
+        ce_one, g_one = ce_and_grad(pooled[:1, :n0], keep[:1, :n0], one_in, one_out)
+        assert ce_mix == pytest.approx(ce_one, rel=1e-5)
+        torch.testing.assert_close(g_mix, g_one, rtol=1e-3, atol=1e-5)  # padding: summation order
+        none_in, none_out = text_targets(whisper, [None, None])
+        loss, logs, _, _ = model.forward_pooled(pooled, keep, none_in, none_out)
+        assert "ce" not in logs and torch.isfinite(loss)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
 def test_unpool_repeat_keeps_codes_and_reads_50hz_and_distills(whisper):
     """unpool=repeat: codes still follow the 12.5 Hz rule; the layers above the VQ read 4 frames per
     code (masked past each utterance, batch independent); the quantized path equals the continuous
