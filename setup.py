@@ -17,7 +17,10 @@ setup(
         "deepspeed>=0.16,<0.20",
         "megatron-core>=0.12,<0.17",
         "webdataset>=0.2.90,<2",
-        "transformers>=4.46,<6",
+        # 5.25 made Hugging Face's `kernels` package a hard dependency and imports it by that name, which
+        # is this project's top-level kernels/ package: from 5.25 on, building any Whisper or Llama model
+        # fails with "cannot import name 'CUDAProperties' from 'kernels'"
+        "transformers>=4.46,<5.25",
         "safetensors>=0.4",
         "sentencepiece>=0.2",
         "wandb>=0.17",
