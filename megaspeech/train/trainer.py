@@ -67,6 +67,7 @@ class Trainer:
         self.flops_per_token = accounting.flops_per_token(cfg)
         self.peak = peak_tflops(cfg.train.peak_tflops) * 1e12
         self._stop_signal = 0
+        self._saved_step = None  # the step whose checkpoint this run dir holds (no second save at the end)
         # Fault-injection hook for tests: a NaN loss at this step (pipeline=1 only).
         self._nan_step = int(os.environ.get("MEGASPEECH_INJECT_NAN_STEP", "0"))
         self._data_iter = None  # synchronous reads (train.prefetch=0)
@@ -93,8 +94,10 @@ class Trainer:
         rank_state = {"rng": ckpt.rng_state(), "data": self.data_state(), "dp_rank": self.layout.dp_rank}
         meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
-        return ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, cfg.checkpoint.keep,
-                         meta=meta, crash_after_write=crash)
+        tag = ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, cfg.checkpoint.keep,
+                        meta=meta, crash_after_write=crash)
+        self._saved_step = self.step
+        return tag
 
     def maybe_resume(self) -> None:
         """run.resume: auto (RUN_DIR/checkpoints/latest if any), none, or a checkpoint directory. A
@@ -124,6 +127,8 @@ class Trainer:
         client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
                                        universal_root=self.run_dir / "checkpoints_universal")
         self.load_state_dict(client["trainer"])
+        if root == self.ckpt_root:
+            self._saved_step = self.step
         ckpt.set_rng_state(rank_state["rng"])
         saved = meta["layout"]
         # Same DP size: this rank's own position. Another DP size (elastic): every saved DP rank's
@@ -337,7 +342,7 @@ class Trainer:
                 log.warning("signal %d: checkpoint saved at step %d, exiting for requeue", stop, self.step)
                 break
         else:
-            if cfg.checkpoint.save_at_end and (not cfg.checkpoint.interval or self.step % cfg.checkpoint.interval):
+            if cfg.checkpoint.save_at_end and self._saved_step != self.step:  # train.steps=0 too
                 self.save()
         if bar is not None:
             bar.close()

@@ -21,3 +21,18 @@ def test_skip_nonfinite_skips_the_update_and_counts_it(tmp_path):
     assert rows[2]["loss"] != rows[2]["loss"]  # NaN logged at step 3
     # DeepSpeed dropped the NaN gradients instead of applying them: the weights stay finite.
     assert all(r["loss"] == r["loss"] and r["loss"] < rows[0]["loss"] + 1 for r in rows[3:])
+
+
+def test_end_of_run_saves_step_zero_and_never_saves_a_step_twice(tmp_path):
+    from megaspeech.train.checkpoint import step_dirs
+    base = ["data.kind=synthetic", "train.seq_len=64", "checkpoint.interval=2"]
+    # train.steps=0 (e.g. an imported model saved as a checkpoint) writes the step-0 checkpoint
+    run_pretrain(1, tmp_path / "zero", base + ["train.steps=0"])
+    assert step_dirs(tmp_path / "zero" / "checkpoints") == ["step00000000"]
+    # 3 steps: the interval's step 2, then the end (step 3); a rerun resumes at 3 and saves nothing new
+    run_pretrain(1, tmp_path / "three", base + ["train.steps=3"])
+    ck = tmp_path / "three" / "checkpoints"
+    assert step_dirs(ck) == ["step00000003", "step00000002"]
+    mtime = (ck / "step00000003").stat().st_mtime_ns
+    run_pretrain(1, tmp_path / "three", base + ["train.steps=3"])
+    assert (ck / "step00000003").stat().st_mtime_ns == mtime
