@@ -50,6 +50,18 @@ from kernels.vq import VectorQuantizer
 from megaspeech.speech.asr import Fallback, additive_mask, run_decoder, transcribe_tokens
 
 
+def sample_codes(z: torch.Tensor, codebook: torch.Tensor, temperature: float,
+                 generator: torch.Generator | None = None, k: int = 8) -> torch.Tensor:
+    """A code per row of z [N, D], drawn among its k nearest codes (codebook [K, D]) with probability
+    proportional to exp(-(d - d_min) / (temperature * d_min)), d = squared distance: codes a few
+    percent farther than the nearest are likely, much farther ones are not -> int64 [N]."""
+    d = torch.cdist(z.float(), codebook.float()).square()
+    d, idx = d.topk(min(k, codebook.shape[0]), dim=1, largest=False)  # ascending
+    logits = -(d - d[:, :1]) / (temperature * d[:, :1].clamp_min(1e-12))
+    pick = torch.multinomial(logits.softmax(1), 1, generator=generator)
+    return idx.gather(1, pick)[:, 0]
+
+
 class SpeechTokenizer(nn.Module):
     """Wraps a transformers WhisperForConditionalGeneration (its modules are reused, not copied)."""
 
@@ -192,7 +204,8 @@ class SpeechTokenizer(nn.Module):
         return self.forward_pooled(*self.pooled(feats, n_tokens), text_in, text_out, asr_weight=asr_weight)
 
     def forward_pooled(self, pooled, keep, text_in, text_out, teacher=None, asr_weight: float = 1.0,
-                       distill_weight: float = 0.0):
+                       distill_weight: float = 0.0, code_temperature: float = 0.0,
+                       generator: torch.Generator | None = None):
         """Training step from pre-VQ features (pooled [B, T, D], keep bool [B, T]); as forward().
 
         loss = asr_weight * CE(decoder over the post-VQ states) + commitment
@@ -202,11 +215,18 @@ class SpeechTokenizer(nn.Module):
         teacher float32 [B, 1500, D] is the original encoder's output on the same audio
         (megaspeech.speech.train_tokenizer.Teacher; the post-VQ states must have the 30 s layout,
         so distillation needs unpool=repeat). asr_weight=0
-        skips the decoder entirely.
+        skips the decoder entirely. code_temperature > 0 (training): the layers above read a code
+        sampled near each frame's nearest (sample_codes, drawn from `generator`) instead of the
+        nearest, so they learn to read the codes a voice they never heard lands on; the codebook's
+        EMA, the commitment and the returned codes stay the nearest.
         """
         # only real frames reach the VQ (padding would pull the EMA codebook towards silence)
         pos = self.positions(keep)
-        q_flat, codes_flat, commit = self.vq(self.code_input(pooled[keep], pos))
+        z = self.code_input(pooled[keep], pos)
+        q_flat, codes_flat, commit = self.vq(z)
+        if code_temperature > 0 and self.training:
+            picked = sample_codes(z.detach(), self.vq.codebook, code_temperature, generator)
+            q_flat = self.vq.codebook[picked].to(z.dtype) + (z - z.detach())  # straight-through, as the VQ
         q = torch.zeros_like(pooled)
         q[keep] = self.code_output(q_flat, pos)
         codes = torch.zeros(keep.shape, dtype=torch.long)

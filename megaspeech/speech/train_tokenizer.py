@@ -60,6 +60,10 @@ class TrainConfig:
     freeze: Literal["none", "pre_vq", "pre_vq_and_decoder_embeddings", "pre_vq_and_decoder", "decoder"] = "none"
     asr_weight: float = 1.0  # weight of the decoder's cross-entropy (0 = decoder not run)
     distill_weight: float = 0.0  # weight of MSE(post-VQ encoder states, original Whisper encoder)
+    # > 0: the layers above the VQ read a code sampled among each frame's 8 nearest (a code ~T x farther
+    # in squared distance than the nearest is e^-1 as likely; tokenizer_model.sample_codes), not the
+    # nearest: they learn to read codes a little off, as an unheard voice's frames land; 0 = nearest
+    code_temperature: float = 0.0
     codebook_ema_epochs: int = 0  # EMA (k-means-like) passes over the init vectors before training
     codebook_init_batches: int = 8  # batches of pooled frames sampled to initialise the codebook
     # > 0: pack consecutive utterances into items of at most this (<= 30 s). Measured: 2x the speech
@@ -78,6 +82,7 @@ class TrainConfig:
         check(self.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
         check(self.asr_weight > 0 or self.distill_weight > 0, "train.asr_weight",
               "asr_weight or distill_weight must be > 0")
+        check(self.code_temperature >= 0, "train.code_temperature", "must be >= 0 (0 = the nearest code)")
         check(0 <= self.pack_seconds <= 30, "train.pack_seconds", "must be in [0, 30] (Whisper's window)")
 
 
@@ -408,8 +413,10 @@ def train(cfg: Config, log=print) -> dict:
                 with torch.set_grad_enabled(not pre_vq_frozen):
                     pooled, keep = model.pooled(*mels)
             target = torch.stack([tcache[i] for i in idx]) if tcache is not None else step_target
+            gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)  # per step: resumes exactly
             loss, logs, codes, keep = model.forward_pooled(pooled, keep, text_in, text_out, target,
-                                                           cfg.train.asr_weight, cfg.train.distill_weight)
+                                                           cfg.train.asr_weight, cfg.train.distill_weight,
+                                                           cfg.train.code_temperature, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)

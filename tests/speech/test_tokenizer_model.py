@@ -7,6 +7,7 @@ from megaspeech.speech.asr import greedy_decode
 from megaspeech.speech.audio import decode_audio, log_mel
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text, features,
                                          load_tokenizer, save_tokenizer, text_targets, tokenize_audios)
+from megaspeech.speech.tokenizer_model import sample_codes
 from megaspeech.speech.train_tokenizer import Teacher
 from tests.speech.conftest import librivox_items
 
@@ -233,3 +234,45 @@ def test_utterance_norm_centres_each_utterance_on_the_data_mean(whisper, tmp_pat
     assert lcfg.utterance_norm and torch.equal(loaded.feat_mean, model.feat_mean)
     for x, y in zip(tokenize_audios(model, [a3, a10]), tokenize_audios(loaded, [a3, a10])):
         np.testing.assert_array_equal(x, y)
+
+
+def test_sampled_codes_follow_their_distance_law():
+    """Codes at squared distances 1, 1.25, 2 and 10 from the row: with temperature T each is drawn with
+    probability proportional to exp(-(d - 1) / T) among the k nearest, reproducibly per generator;
+    a tiny temperature is the nearest code."""
+    z = torch.zeros(20000, 2)
+    codebook = torch.tensor([[1.0, 0.0], [0.0, 1.25 ** 0.5], [-(2 ** 0.5), 0.0], [0.0, -(10 ** 0.5)]])
+    for T, k in [(0.25, 8), (0.5, 3)]:
+        got = sample_codes(z, codebook, T, torch.Generator().manual_seed(0), k=k)
+        freq = torch.bincount(got, minlength=4).float() / len(got)
+        want = torch.exp(-(torch.tensor([1.0, 1.25, 2.0, 10.0])[:k] - 1) / T)
+        want = torch.cat([want / want.sum(), torch.zeros(max(0, 4 - k))])
+        torch.testing.assert_close(freq, want, rtol=0, atol=0.012)
+        assert torch.equal(got, sample_codes(z, codebook, T, torch.Generator().manual_seed(0), k=k))
+        assert not torch.equal(got, sample_codes(z, codebook, T, torch.Generator().manual_seed(1), k=k))
+    assert (sample_codes(z[:100], codebook, 1e-4, torch.Generator().manual_seed(0)) == 0).all()
+
+
+def test_code_temperature_changes_what_the_reader_reads_not_the_codebook(whisper):
+    """With code_temperature the layers above read sampled codes (a different loss), while the returned
+    codes, the commitment and the codebook's EMA step are those of the nearest codes."""
+    torch.manual_seed(0)
+    model, _ = build_tokenizer(TokenizerConfig(split_layer=3, codebook_size=64), whisper)
+    items = librivox_items()[1:3]
+    model.eval()
+    with torch.no_grad():
+        pooled, keep = model.pooled(*features([decode_audio(p) for p, _ in items]))
+        model.init_codebook(pooled[keep], torch.Generator().manual_seed(0))
+    text_in, text_out = text_targets(whisper, [t for _, t in items])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = []
+    for T in (0.0, 0.5):
+        model.load_state_dict(state)
+        model.train()
+        with torch.no_grad():
+            loss, logs, codes, _ = model.forward_pooled(pooled, keep, text_in, text_out, code_temperature=T,
+                                                        generator=torch.Generator().manual_seed(0))
+        runs.append((logs, codes, model.vq.codebook.clone()))
+    (l0, c0, e0), (l1, c1, e1) = runs
+    assert torch.equal(c0, c1) and torch.equal(e0, e1) and l0["commit"] == l1["commit"]
+    assert l0["ce"] != l1["ce"]
