@@ -48,10 +48,6 @@ class TokenizerConfig:
     # position-free codes: a learned per-position offset is removed before the codebook lookup and
     # restored after it, so codes hold content, not time (megaspeech.speech.tokenizer_model)
     position_free: bool = False
-    # utterance-normalised codes: each utterance's mean pooled state (over its real frames) is replaced
-    # by the training data's mean before the bottleneck, so codes spend no bits on the speaker and the
-    # channel (cepstral mean normalisation, in Whisper's feature space); megaspeech.speech.tokenizer_model
-    utterance_norm: bool = False
 
     def __post_init__(self):
         check(self.split_layer >= 1, "tokenizer.split_layer", "must be >= 1")
@@ -72,7 +68,7 @@ def build_tokenizer(cfg: TokenizerConfig, whisper: Whisper | None = None) -> tup
     whisper = whisper or load_whisper(cfg.whisper_ct2_dir, cfg.whisper_cache)
     model = SpeechTokenizer(whisper.model, cfg.split_layer, cfg.codebook_size, cfg.pool, cfg.decay,
                             cfg.commitment_weight, cfg.dead_code_threshold, cfg.unpool,
-                            cfg.silence_mel, cfg.code_dim, cfg.position_free, cfg.utterance_norm)
+                            cfg.silence_mel, cfg.code_dim, cfg.position_free)
     return model, whisper
 
 

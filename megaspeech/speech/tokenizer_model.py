@@ -27,11 +27,6 @@ codebook also spends its codes on *when*. With it, a learned offset per 12.5 Hz 
 (vq_pos, initialised to the per-position mean code input) is subtracted before the lookup and added
 back after it: a code is the content; the position comes from the token's index, as in the LM.
 
-`utterance_norm` codes: each utterance's mean pooled state over its real frames is subtracted and the
-training data's mean (`feat_mean`, set by init_feature_mean before the codebook) added back, so the
-codes (and the layers above) see every utterance centred where the training data is: a constant offset
-of the speaker or the channel costs no codes (cepstral mean normalisation in Whisper's feature space).
-
 Frame rule (megaspeech.speech.audio): an utterance of n samples has T = ceil(n / (320 * pool)) tokens
 (pool 4: 1280 samples, 12.5 Hz; pool is a config value: 1, 2, 4, 8 = 50, 25, 12.5, 6.25 Hz).
 Each utterance's log-mel is computed on its own 30 s padded window (as Whisper); the model keeps
@@ -68,7 +63,7 @@ class SpeechTokenizer(nn.Module):
     def __init__(self, whisper_model, split_layer: int, codebook_size: int, pool: int = 4,
                  decay: float = 0.99, commitment_weight: float = 10.0, dead_code_threshold: float = 0.0,
                  unpool: str = "none", silence_mel: float = -0.75, code_dim: int | None = None,
-                 position_free: bool = False, utterance_norm: bool = False):
+                 position_free: bool = False):
         super().__init__()
         if unpool not in ("none", "repeat"):
             raise ValueError(f"tokenizer.unpool={unpool!r}: must be 'none' or 'repeat'")
@@ -95,8 +90,6 @@ class SpeechTokenizer(nn.Module):
         n_tok = self.embed_positions.weight.shape[0] // pool  # token positions in Whisper's 30 s window
         self.vq_pos = nn.Parameter(torch.zeros(n_tok, code_dim or d)) if position_free else None
         self.frames_per_token = pool * enc.conv1.stride[0] * enc.conv2.stride[0]  # mel frames per token
-        self.utterance_norm = utterance_norm
-        self.register_buffer("feat_mean", torch.zeros(d) if utterance_norm else None)
 
     # encoder up to the bottleneck ---------------------------------------------------------
     def _stem(self, mel: torch.Tensor) -> torch.Tensor:
@@ -119,10 +112,8 @@ class SpeechTokenizer(nn.Module):
             x = layer(x, mask)
         return x, keep50
 
-    def pooled(self, feats: torch.Tensor, n_tokens: torch.Tensor,
-               normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Continuous 12.5 Hz features before the VQ (utterance-normalised when so built, unless
-        normalize=False).
+    def pooled(self, feats: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous 12.5 Hz features before the VQ.
 
         feats float32 [B, n_mels, >= 8 * max(n_tokens)] (per-utterance 30 s log-mel);
         n_tokens int64 [B] -> (pooled float32 [B, T, D], keep bool [B, T]), T = max(n_tokens).
@@ -130,16 +121,7 @@ class SpeechTokenizer(nn.Module):
         x, _ = self.frames50(feats, n_tokens)
         pooled = F.avg_pool1d(x.transpose(1, 2), self.pool, self.pool).transpose(1, 2)  # [B, T, D]
         keep = torch.arange(pooled.shape[1])[None, :] < n_tokens[:, None]
-        if self.utterance_norm and normalize:
-            w = keep[..., None].to(pooled.dtype)
-            mean = (pooled * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
-            pooled = (pooled - mean + self.feat_mean.to(pooled.dtype)) * w
         return pooled, keep
-
-    @torch.no_grad()
-    def init_feature_mean(self, pooled: list[torch.Tensor]) -> None:
-        """feat_mean = the mean of utterances' mean pooled states: pooled = un-normalised [T_i, D] per item."""
-        self.feat_mean.copy_(torch.stack([p.double().mean(0) for p in pooled]).mean(0))
 
     def silence_states(self) -> torch.Tensor:
         """layers[:split] over 30 s of constant log-mel `silence_mel` -> float32 [1500, D]."""

@@ -348,12 +348,6 @@ def train(cfg: Config, log=print) -> dict:
     # every epoch, so they then run per step without gradients. With distillation the whole data set
     # also initialises the codebook
     cached = pre_vq_frozen and not cfg.augment.enabled
-    if init_codebook and model.utterance_norm:  # the mean the utterances are centred on, before any pooled()
-        model.eval()
-        with torch.no_grad():
-            raw = [model.pooled(*features(a, model.conv1.in_channels, model.pool), normalize=False)
-                   for a, _ in data.peek(cfg.train.codebook_init_batches)]
-        model.init_feature_mean([p[k] for pooled, keep in raw for p, k in zip(pooled, keep)])
     cache = _pooled_cache(model, data) if cached or (init_codebook and distill) else None
     if tcache is not None:
         log(f"cached teacher states of {len(tcache)} training items")

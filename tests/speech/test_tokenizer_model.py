@@ -206,36 +206,6 @@ def test_factorized_codes_start_from_the_pca_bottleneck(whisper):
     assert (got - x).square().mean() < (mu - x).square().mean()  # keeps part of the variance
 
 
-def test_utterance_norm_centres_each_utterance_on_the_data_mean(whisper, tmp_path):
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(split_layer=3, codebook_size=16, utterance_norm=True)
-    model, _ = build_tokenizer(cfg, whisper)
-    model.eval()
-    a10, a3 = _speech(10.0), _speech(3.0)
-    with torch.no_grad():
-        raw, keep = model.pooled(*features([a3, a10]), normalize=False)
-        model.init_feature_mean([raw[0, :38], raw[1]])
-        fmean = (raw[0, :38].double().mean(0) + raw[1].double().mean(0)) / 2
-        torch.testing.assert_close(model.feat_mean, fmean.float(), rtol=0, atol=1e-6)
-        norm, _ = model.pooled(*features([a3, a10]))
-        alone, _ = model.pooled(*features([a3]))
-    # each utterance's own mean is replaced by the data mean; padding stays 0; batch-independent
-    for b, n in enumerate([38, 125]):
-        torch.testing.assert_close(norm[b, :n], raw[b, :n] - raw[b, :n].mean(0) + model.feat_mean, rtol=0, atol=1e-4)
-        torch.testing.assert_close(norm[b, :n].mean(0), model.feat_mean, rtol=0, atol=1e-4)
-    assert norm[0, 38:].abs().max() == 0
-    torch.testing.assert_close(alone[0], norm[0, :38], rtol=0, atol=1e-5)
-    assert (norm[1] - raw[1]).abs().max() > 0.1  # the utterance mean is not the data mean
-    # the tokenizer directory keeps the mean: the same codes after a reload
-    with torch.no_grad():
-        model.init_codebook(norm[1], torch.Generator().manual_seed(0))
-    save_tokenizer(tmp_path / "tok", model, cfg, whisper)
-    loaded, _, lcfg = load_tokenizer(tmp_path / "tok")
-    assert lcfg.utterance_norm and torch.equal(loaded.feat_mean, model.feat_mean)
-    for x, y in zip(tokenize_audios(model, [a3, a10]), tokenize_audios(loaded, [a3, a10])):
-        np.testing.assert_array_equal(x, y)
-
-
 def test_sampled_codes_follow_their_distance_law():
     """Codes at squared distances 1, 1.25, 2 and 10 from the row: with temperature T each is drawn with
     probability proportional to exp(-(d - 1) / T) among the k nearest, reproducibly per generator;
