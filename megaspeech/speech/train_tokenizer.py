@@ -61,7 +61,7 @@ class TrainConfig:
     asr_weight: float = 1.0  # weight of the decoder's cross-entropy (0 = decoder not run)
     distill_weight: float = 0.0  # weight of MSE(post-VQ encoder states, original Whisper encoder)
     # > 0: the layers above the VQ read a code sampled among each frame's 8 nearest (a code (1 + T) times as far
-    # in squared distance than the nearest is e^-1 as likely; tokenizer_model.sample_codes), not the
+    # in squared distance as the nearest is e^-1 as likely; tokenizer_model.sample_codes), not the
     # nearest: they learn to read codes a little off, as an unheard voice's frames land; 0 = nearest
     code_temperature: float = 0.0
     codebook_ema_epochs: int = 0  # EMA (k-means-like) passes over the init vectors before training
