@@ -1,6 +1,7 @@
 """Every number a user sees: metrics.jsonl (rank 0), mirrored to wandb / TensorBoard backends."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -27,24 +28,30 @@ def _gemm_tflops(trials: int, n: int = 1024) -> float:
     return best
 
 
+def _read_table(cache: Path) -> dict:
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def measure_cpu_peak_tflops() -> float:
     """fp32 GEMM peak of this process's threads, cached per CPU/threads as the best ever measured.
 
     An underestimated peak inflates MFU, and a peak measured while other jobs load the CPU is low:
     so every process measures again (2 trials when cached, 6 the first time) and the cache keeps the
-    maximum, which only ever moves toward the idle machine's rate."""
+    maximum, which only ever moves toward the idle machine's rate. The read-compare-write runs under
+    an flock on cpu_peak.json.lock, so processes measuring at once lose none of each other's keys."""
     cache = Path(os.environ.get("MEGASPEECH_CACHE", Path.home() / ".cache" / "megaspeech")) / "cpu_peak.json"
     key = f"{platform.processor() or platform.machine()}-{os.cpu_count()}-{torch.get_num_threads()}"
-    try:
-        table = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        table = {}
-    cached = table.get(key)
-    measured = _gemm_tflops(2 if cached else 6)
-    if cached is None or measured > cached:
-        table[key] = measured
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache, json.dumps(table))
+    measured = _gemm_tflops(2 if key in _read_table(cache) else 6)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_name(cache.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        table = _read_table(cache)  # as of now: another process may have written since we measured
+        if measured > table.get(key, 0.0):
+            table[key] = measured
+            write_atomic(cache, json.dumps(table))
     return table[key]
 
 
