@@ -49,7 +49,7 @@ def measure_cpu_peak_tflops() -> float:
     with open(cache.with_name(cache.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
         table = _read_table(cache)  # as of now: another process may have written since we measured
-        if measured > table.get(key, 0.0):
+        if key not in table or measured > table[key]:
             table[key] = measured
             write_atomic(cache, json.dumps(table))
     return table[key]
