@@ -3,10 +3,28 @@ destination and renamed over it, so a reader (or a crash) sees the old version o
 never half of one."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def file_lock(path: str | Path, on_wait=None):
+    """Hold an exclusive flock on `path` (created if missing) for the block; released on exit or when
+    the process dies. If another process holds it, on_wait() (when given) is called once, then wait."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager

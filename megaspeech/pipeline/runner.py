@@ -16,7 +16,6 @@ markers' metrics and times after every invocation.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-from megaspeech.fs import write_atomic
+from megaspeech.fs import file_lock, write_atomic
 from megaspeech.pipeline.config import PipelineConfig
 from megaspeech.pipeline.layout import STAGES
 from megaspeech.pipeline.report import write_report
@@ -71,16 +70,8 @@ def _stage_lock(run: Path, name: str, on_wait):
     checked and run, so two invocations on one run dir never wipe or write the same stage."""
     path = run / ".locks" / f"{name}.lock"
     path.parent.mkdir(exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path, on_wait):
+        yield
 
 
 @contextlib.contextmanager

@@ -1,7 +1,6 @@
 """Every number a user sees: metrics.jsonl (rank 0), mirrored to wandb / TensorBoard backends."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from megaspeech.fs import write_atomic
+from megaspeech.fs import file_lock, write_atomic
 
 H100_BF16_TFLOPS = 989.0
 
@@ -46,8 +45,7 @@ def measure_cpu_peak_tflops() -> float:
     key = f"{platform.processor() or platform.machine()}-{os.cpu_count()}-{torch.get_num_threads()}"
     measured = _gemm_tflops(2 if key in _read_table(cache) else 6)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_name(cache.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+    with file_lock(cache.with_name(cache.name + ".lock")):
         table = _read_table(cache)  # as of now: another process may have written since we measured
         if key not in table or measured > table[key]:
             table[key] = measured
