@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Pre-training speech-text language models: speech tokenizer, interleaved data, TP/PP trainer",
     python_requires=">=3.10",
-    packages=find_packages(include=["megaspeech", "megaspeech.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["megaspeech", "megaspeech.*"]),
     package_data={"megaspeech": ["demo/*", "demo/**/*"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
@@ -18,7 +18,7 @@ setup(
         "megatron-core>=0.12,<0.17",
         "webdataset>=0.2.90,<2",
         # 5.25 made Hugging Face's `kernels` package a hard dependency and imports it by that name, which
-        # is this project's top-level kernels/ package: from 5.25 on, building any Whisper or Llama model
+        # is this project's top-level megaspeech/kernels/ package: from 5.25 on, building any Whisper or Llama model
         # fails with "cannot import name 'CUDAProperties' from 'kernels'"
         "transformers>=4.46,<5.25",
         "safetensors>=0.4",

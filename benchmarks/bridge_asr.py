@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
     from megaspeech.speech.real_speech import librivox
-    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, run_variant,
+    from megaspeech.bridge.evaluate import (bench_overrides, dataset_items, run_variant,
                                                start_single_process)
     data = Path(a.data)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])

@@ -6,7 +6,7 @@ speech slot (the positions before the prompt, where BridgeLM splices the bridge'
     chars      the embeddings of its characters one by one (what a perfect CTC head gives through
                bridge.ctc_embed, before the projector has learnt anything)
 
-through the same splice, labels and LM as training (megaspeech/model/bridge.py, speech_lm.py).
+through the same splice, labels and LM as training (megaspeech/bridge/layer.py, speech_lm.py).
 
     python benchmarks/bridge_reading.py            # SmolLM2-135M, 60 held-out TTS transcripts
 
@@ -38,13 +38,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.model.bridge import BridgeOutput, splice
-    from megaspeech.model.bridge_export import SINGLE
+    from megaspeech.bridge.layer import BridgeOutput, splice
+    from megaspeech.bridge.export import SINGLE
     from megaspeech.model.hf import init_from_hf
-    from megaspeech.model.speech_lm import spliced_targets
+    from megaspeech.bridge.model import spliced_targets
     from megaspeech.parallel.parallelize import build_model
-    from megaspeech.speech.bridge_data import CTCUnits, load_utterances, text_codec
-    from megaspeech.speech.bridge_eval import ensure_smollm2
+    from megaspeech.bridge.batches import CTCUnits, load_utterances, text_codec
+    from megaspeech.bridge.evaluate import ensure_smollm2
     heldout = ensure_corpus(Path(a.data) / f"heldout{a.heldout_utts}", "heldout", a.heldout_utts)
     cfg = load_config(PretrainConfig, ROOT / a.config if not Path(a.config).is_absolute() else a.config,
                       [f"bridge.train={heldout}"])

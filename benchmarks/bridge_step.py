@@ -3,7 +3,7 @@
     python benchmarks/bridge_step.py                       # SmolLM2-135M + Whisper tiny.en, bf16
     python benchmarks/bridge_step.py --data runs/bench_bridge_data/train400 --batches 4
 
-Each mode builds the config's model (megaspeech.train.bridge_task.BridgeTask, as the trainer does) and
+Each mode builds the config's model (megaspeech.bridge.task.BridgeTask, as the trainer does) and
 times the joint loss's forward and backward on the same `--batches` micro-batches of the loader (after
 one warm-up batch; no optimizer step, whose cost depends on the trained parameters only). Prints
 seconds per micro-batch per mode and `<mode>.s_vs_full=`, the ratio against full fine-tuning measured
@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.speech.bridge_eval import ensure_smollm2, start_single_process
+    from megaspeech.bridge.evaluate import ensure_smollm2, start_single_process
     from megaspeech.speech.corpus import CorpusConfig, build_corpus
-    from megaspeech.train.bridge_task import BridgeTask
+    from megaspeech.bridge.task import BridgeTask
     from megaspeech.train.loss import LMLoss
 
     data = Path(a.data)

@@ -52,7 +52,8 @@ def main() -> int:
                  "MASTER_PORT": str(_free_port())}.items():
         os.environ.setdefault(k, v)
     from megaspeech.parallel.state import destroy_distributed, init_distributed
-    from megaspeech.train import checkpoint as ckpt
+    from megaspeech.checkpoint import engine as ckpt
+    from megaspeech.checkpoint import offline
     from megaspeech.train.trainer import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="ckpt_io_"))
@@ -83,7 +84,7 @@ def main() -> int:
 
         def save():
             tr.save()
-            fsync_tree(tr.ckpt_root / ckpt.tag_for(tr.step))
+            fsync_tree(tr.ckpt_root / offline.tag_for(tr.step))
         t["save"].append(timed(save))
         plain = work / f"plain{i}.pt"
 
@@ -91,14 +92,14 @@ def main() -> int:
             torch.save(state, plain)
             fsync_tree(plain)
         t["tsave"].append(timed(tsave))
-        tag = ckpt.tag_for(tr.step)
+        tag = offline.tag_for(tr.step)
         t["load"].append(timed(lambda: ckpt.load(tr.engine, tr.ckpt_root, tag, layout, work / "uni")))
 
         def tload():
             with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
                 torch.load(plain, map_location="cpu", weights_only=True)
         t["tload"].append(timed(tload))
-    ours_bytes, plain_bytes = dir_bytes(tr.ckpt_root / ckpt.tag_for(tr.step)), plain.stat().st_size
+    ours_bytes, plain_bytes = dir_bytes(tr.ckpt_root / offline.tag_for(tr.step)), plain.stat().st_size
     t_save, t_load, t_tsave, t_tload = (statistics.median(t[k]) for k in ("save", "load", "tsave", "tload"))
 
     gb = 1e9

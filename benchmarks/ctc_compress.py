@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from kernels.ctc_compress import ctc_compress, ctc_compress_reference  # noqa: E402
+from megaspeech.kernels.ctc_compress import ctc_compress, ctc_compress_reference  # noqa: E402
 
 BLANK = 0
 METHODS = ("loop", "ours")

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megaspeech.data.config import DataConfig, SourceConfig  # noqa: E402
+from megaspeech.config.data import DataConfig, SourceConfig  # noqa: E402
 from megaspeech.data.loader import build_train_loader  # noqa: E402
 from megaspeech.data.shards import ShardWriter  # noqa: E402
 from megaspeech.vocab import Vocab  # noqa: E402

@@ -23,10 +23,10 @@ if __name__ == "__main__" and not __import__("torch").cuda.is_available():
 
 import torch  # noqa: E402
 
-from kernels.ctc_compress import ctc_compress  # noqa: E402
-from kernels.rmsnorm import rms_norm  # noqa: E402
-from kernels.rope import apply_rope  # noqa: E402
-from kernels.swiglu import swiglu  # noqa: E402
+from megaspeech.kernels.ctc_compress import ctc_compress  # noqa: E402
+from megaspeech.kernels.rmsnorm import rms_norm  # noqa: E402
+from megaspeech.kernels.rope import apply_rope  # noqa: E402
+from megaspeech.kernels.swiglu import swiglu  # noqa: E402
 from megaspeech.model.llm import rope_tables  # noqa: E402
 
 

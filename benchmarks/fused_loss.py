@@ -1,4 +1,4 @@
-"""Benchmark: fused chunked linear + cross-entropy (kernels/linear_cross_entropy.py) vs the plain
+"""Benchmark: fused chunked linear + cross-entropy (megaspeech/kernels/linear_cross_entropy.py) vs the plain
 loss (head matmul -> fp32 logits -> F.cross_entropy), forward + backward, same inputs, same run.
 
 - Peak memory of one forward+backward of each method, each in a fresh subprocess (CPU: ru_maxrss
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from kernels.linear_cross_entropy import (linear_cross_entropy,  # noqa: E402
+from megaspeech.kernels.linear_cross_entropy import (linear_cross_entropy,  # noqa: E402
                                           linear_cross_entropy_reference)
 
 METHODS = {"plain": linear_cross_entropy_reference, "fused": linear_cross_entropy}

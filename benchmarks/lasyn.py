@@ -6,7 +6,7 @@ the diffusion synthesizer, at the same training budget (steps x micro-batch rows
 1. corpora: TTS speech of training text (the only speech the models see), held-out TTS speech of
    held-out text, and LibriVox real human speech (pocketsphinx-testdata; evaluation only);
 2. two synthesizers trained on (text, Whisper-encoder latent) pairs of the training speech
-   (megaspeech/speech/train_lasyn.py);
+   (megaspeech/bridge/lasyn_training.py);
 3. the bridge (configs/bridge_smollm2.yaml) trained three times for the same steps: real speech only;
    with `bridge.lasyn_ratio` of each micro-batch synthesized from text-only sentences (`--text`, by
    default the State of the Union training addresses) by either synthesizer;
@@ -63,10 +63,10 @@ def main(argv=None) -> int:
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
     from megaspeech.speech.real_speech import librivox
-    from megaspeech.speech.bridge_eval import (bench_overrides, dataset_items, run_variant,
+    from megaspeech.bridge.evaluate import (bench_overrides, dataset_items, run_variant,
                                                start_single_process)
-    from megaspeech.speech.lasyn import SynthConfig
-    from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn, trained_summary
+    from megaspeech.bridge.lasyn import SynthConfig
+    from megaspeech.bridge.lasyn_training import LaSynTrainConfig, train_lasyn, trained_summary
     data, out = Path(a.data), Path(a.out)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])

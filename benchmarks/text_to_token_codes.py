@@ -49,14 +49,15 @@ def main() -> None:
     import torch
 
     from megaspeech.data.shards import Dataset
-    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator, load_decoder, resolve_checkpoint
+    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
+    from megaspeech.checkpoint.offline import load_decoder, resolve
     from megaspeech.vocab import Vocab
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     for need in ("text_to_token", "speech_shards/heldout", "speech_shards/unsup"):
         if not (run / need).exists():
             sys.exit(f"{run / need} missing: run launch/pipeline.py with run.dir={run} --until interleaved first")
-    model, vocab, _ = load_decoder(resolve_checkpoint(run / "text_to_token"))
+    model, vocab, _ = load_decoder(resolve(run / "text_to_token"))
     v = Vocab.load(run / "speech_shards/heldout/vocab.json")
     k = v.speech_size
     held = [s for _, s in Dataset(run / "speech_shards/heldout", v, kind="speech")][:a.n]

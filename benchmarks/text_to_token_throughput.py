@@ -42,15 +42,16 @@ def main() -> None:
     from megaspeech.model.hf import adapter_for
     from megaspeech.model.llm import DecoderLM
     from megaspeech.parallel.layers import TorchLayers
-    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator, load_decoder
+    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
+    from megaspeech.checkpoint.offline import load_decoder
 
     if a.checkpoint:
         model, vocab, version = load_decoder(a.checkpoint)
-        from megaspeech.train.checkpoint import read_meta
-        from megaspeech.synth.generate import resolve_checkpoint
+        from megaspeech.checkpoint.offline import read_meta
+        from megaspeech.checkpoint.offline import resolve
         from megaspeech.config.load import build
         from megaspeech.config.schema import ModelConfig
-        mcfg = build(ModelConfig, read_meta(resolve_checkpoint(a.checkpoint))["config"]["model"], "model")
+        mcfg = build(ModelConfig, read_meta(resolve(a.checkpoint))["config"]["model"], "model")
     else:
         cfg = load_config(PretrainConfig, a.config)
         mcfg, vocab, version = cfg.model, cfg.vocab, f"random:{a.config}"

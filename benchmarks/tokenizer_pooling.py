@@ -33,7 +33,7 @@ from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers  # n
 from megaspeech.speech.asr import Fallback, transcribe_base, wer  # noqa: E402
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text,  # noqa: E402
                                          features, tokenize_audios)
-from megaspeech.speech.train_tokenizer import init_bottleneck  # noqa: E402
+from megaspeech.speech.tokenizer_training import init_bottleneck  # noqa: E402
 from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
 
 

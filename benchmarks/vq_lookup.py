@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from kernels.vq_lookup import vq_lookup  # noqa: E402
+from megaspeech.kernels.vq_lookup import vq_lookup  # noqa: E402
 
 
 def _inputs(n, k, d, device, dtype=torch.float32):

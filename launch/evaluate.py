@@ -12,13 +12,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.eval.config import SuiteConfig  # noqa: E402
+from megaspeech.config.eval_suite import SuiteConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(SuiteConfig, __doc__, argv)
     logging.basicConfig(level=logging.WARNING)
-    from megaspeech.eval.heldout import ContaminationError
+    from megaspeech.eval.contamination import ContaminationError
     from megaspeech.eval.run import evaluate
     try:
         res = evaluate(cfg, log=lambda m: print(m, file=sys.stderr))

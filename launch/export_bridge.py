@@ -1,5 +1,5 @@
 """Export a bridge-model checkpoint (task: bridge, any TP layout), LoRA adapters merged into the LM:
-`python launch/export_bridge.py --config configs/bridge_export.yaml checkpoint=RUN_DIR out=OUT_DIR` (see megaspeech/model/bridge_export.py).
+`python launch/export_bridge.py --config configs/bridge_export.yaml checkpoint=RUN_DIR out=OUT_DIR` (see megaspeech/bridge/export.py).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class ExportBridgeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(ExportBridgeConfig, __doc__, argv)
-    from megaspeech.model.bridge_export import export_bridge
-    from megaspeech.train.checkpoint import resolve
+    from megaspeech.bridge.export import export_bridge
+    from megaspeech.checkpoint.offline import resolve
     src = resolve(cfg.checkpoint)
     print(f"exported {src} -> {export_bridge(src, cfg.out)}")
     return 0

@@ -32,8 +32,9 @@ class ExportConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(ExportConfig, __doc__, argv)
-    from megaspeech.model.hf_export import export_hf
-    from megaspeech.train.checkpoint import CheckpointError, resolve
+    from megaspeech.checkpoint.hf_export import export_hf
+    from megaspeech.checkpoint.engine import CheckpointError
+    from megaspeech.checkpoint.offline import resolve
     try:  # refused targets and bad checkpoints: one line naming the path and the fix, no traceback
         src = resolve(cfg.checkpoint)
         out = export_hf(src, cfg.out, cfg.dtype)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
 from megaspeech.config.load import check  # noqa: E402
-from megaspeech.synth.generate import GenerationConfig  # noqa: E402
+from megaspeech.synth.generate import GenerationConfig# noqa: E402
 from megaspeech.synth.interleave import InterleaveConfig  # noqa: E402
 
 
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from megaspeech.data.text import TextTokenizer
-    from megaspeech.synth.generate import SpeechGenerator, load_decoder
+    from megaspeech.synth.generate import SpeechGenerator
+    from megaspeech.checkpoint.offline import load_decoder
     from megaspeech.synth.interleave import run_worker
     from megaspeech.synth.spans import word_start_table
     if cfg.threads:

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.pipeline.config import PipelineConfig  # noqa: E402
+from megaspeech.config.pipeline import PipelineConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="run nothing; print the recipe and its variants side by side (RUN/report*.json)")
     cfg, args = parse_args(PipelineConfig, __doc__.splitlines()[0], argv, extra=extra)
     if args.compare:
-        from megaspeech.pipeline.report import ablation_table
+        from megaspeech.pipeline.summary import ablation_table
         try:
             print(ablation_table(Path(cfg.run.dir)), end="")
         except FileNotFoundError as e:

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.data.prep_config import DataPrepConfig  # noqa: E402
+from megaspeech.config.prep import DataPrepConfig  # noqa: E402
 
 COMMANDS = ("text",)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn  # noqa: E402
+from megaspeech.bridge.lasyn_training import LaSynTrainConfig, train_lasyn  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.speech.train_tokenizer import Config, train  # noqa: E402
+from megaspeech.speech.tokenizer_training import Config, train  # noqa: E402
 
 if __name__ == "__main__":
     cfg, _ = parse_args(Config, __doc__)

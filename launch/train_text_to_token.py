@@ -9,7 +9,7 @@ the data is what a text-to-token model needs: every source is a `speech` dataset
 which is exactly the prompt megaspeech/synth/generate.py continues.
 
 Quality check (no training): WER of codes generated for held-out transcripts, read back through the
-speech tokenizer's ASR path (megaspeech/synth/evaluate.py), for the checkpoint in run.dir:
+speech tokenizer's ASR path (megaspeech/synth/text_to_token_eval.py), for the checkpoint in run.dir:
     python launch/train_text_to_token.py --config ... --eval-heldout DIR --speech-tokenizer DIR The loss covers the transcript
 tokens too (the data pipeline has no per-modality loss mask yet); `loss_speech` in metrics.jsonl is
 the text-to-token loss proper.
@@ -52,8 +52,9 @@ def check_tts_data(cfg: PretrainConfig) -> list[str]:
 
 def evaluate(cfg: PretrainConfig, args) -> int:
     from megaspeech.data.text import TextTokenizer
-    from megaspeech.synth.evaluate import generated_wer, heldout_transcripts
-    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator, load_decoder
+    from megaspeech.synth.text_to_token_eval import generated_wer, heldout_transcripts
+    from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
+    from megaspeech.checkpoint.offline import load_decoder
     tok = TextTokenizer.from_dir(args.text_tokenizer)
     model, vocab, version = load_decoder(cfg.run.dir)
     tok.vocab.check_same(vocab, f"text-to-token model {cfg.run.dir}")

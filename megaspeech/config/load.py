@@ -15,9 +15,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config problem; the message names the field (dotted path) and the fix."""
+from megaspeech.errors import ConfigError, check  # noqa: F401  (check: the helper every config section uses)
 
 
 T = TypeVar("T")
@@ -191,8 +189,3 @@ def load_config(schema: type[T], path: str | Path, overrides: list[str] | None =
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
-
-def check(cond: bool, field: str, message: str) -> None:
-    """Validation helper for `__post_init__`: raise naming the field when `cond` is false."""
-    if not cond:
-        raise ConfigError(f"{field}: {message}")

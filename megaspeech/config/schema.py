@@ -7,12 +7,12 @@ Field reference (README "Config reference" mirrors this file):
   parallel.*    tensor / pipeline / sequence parallel sizes and ZeRO stage (DP = world / (TP*PP))
   train.*       steps, sequence length, batch sizes, precision, clipping, activation checkpointing
   optim.*       AdamW and the LR schedule
-  data.*        the data pipeline (megaspeech.data.config.DataConfig)
+  data.*        the data pipeline (megaspeech.config.data.DataConfig)
   checkpoint.*  interval, retention, HF init
   metrics.*     jsonl is always written; wandb / TensorBoard mirrors
   task          lm (token LM pre-training) or bridge (speech encoder -> bridge -> LM, megaspeech/config/bridge.py)
   bridge.*      the continuous-speech bridge model and its data (task: bridge)
-  eval.*        held-out validation loss every eval.interval steps (megaspeech.eval.validation)
+  eval.*        held-out validation loss every eval.interval steps (megaspeech.train.validate)
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Literal
 
 from megaspeech.config.bridge import BridgeConfig
 from megaspeech.config.load import ConfigError, check
-from megaspeech.data.config import DataConfig
-from megaspeech.eval.validation import EvalConfig
+from megaspeech.config.data import DataConfig
+from megaspeech.config.validation import EvalConfig
 from megaspeech.vocab import Vocab
 
 
@@ -109,7 +109,7 @@ class TrainConfig:
     activation_checkpointing: Literal["none", "all"] | list[int] = "none"  # or global layer ids
     skip_nonfinite: bool = False
     compile: bool | Literal["auto"] = "auto"  # torch.compile each block (after TP and AC); auto: CUDA only
-    # LM loss in token chunks from the head's input and weight (kernels/linear_cross_entropy.py): no
+    # LM loss in token chunks from the head's input and weight (megaspeech/kernels/linear_cross_entropy.py): no
     # [S, B, V] fp32 logits. Not under ZeRO-3 (the head weight is only gathered inside its forward).
     fused_loss: bool = True
     loss_chunk_tokens: int | None = None  # tokens per loss chunk; None: 32M logits (128 MiB fp32)

@@ -20,14 +20,14 @@ A `shards` loader whose sources all have finite `epochs` stops iterating when th
 """
 from __future__ import annotations
 
-from megaspeech.data.config import DataConfig
+from megaspeech.config.data import DataConfig
 from megaspeech.vocab import Vocab
 
 
 def build_train_loader(cfg: DataConfig, vocab: Vocab, *, seq_len: int, micro_batch: int,
                        dp_rank: int, dp_size: int, seed: int):
     if cfg.kind == "synthetic":
-        from megaspeech.data.synthetic import SyntheticLoader
+        from megaspeech.data.toy_stream import SyntheticLoader
         return SyntheticLoader(vocab, seq_len, micro_batch, dp_rank, dp_size, seed, cfg.speech_fraction,
                                cfg.document_mask)
     if cfg.kind == "shards":

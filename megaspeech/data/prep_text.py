@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from megaspeech.data.corpora import interleave_corpora
-from megaspeech.data.prep_config import DataPrepConfig
+from megaspeech.config.prep import DataPrepConfig
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker
 from megaspeech.data.text import TextTokenizer
 from megaspeech.fs import write_atomic

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megaspeech.data.config import MODALITY_IDS, DataConfig
+from megaspeech.config.data import MODALITY_IDS, DataConfig
 from megaspeech.data.mixture import Mixer, SourceStream, merge_source_states
 from megaspeech.data.packing import Packer, format_sample, unit_hash
 from megaspeech.data.shards import Dataset

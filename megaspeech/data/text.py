@@ -1,7 +1,7 @@
 """Text <-> token ids in the unified space, through the tokenizer named by the Vocab.
 
 Two kinds, one interface:
-  vocab.sp_model      SentencePiece (from-scratch runs; launch/train_tokenizer.py). Its ids are the
+  vocab.sp_model      SentencePiece (from-scratch runs; launch/train_text_tokenizer.py). Its ids are the
                       unified text ids [0, vocab.text_size) (trained without its own bos/eos).
   vocab.hf_tokenizer  a Hugging Face tokenizer dir (tokenizer.json), e.g. SmolLM2-135M's for a run
                       that starts from model.init_from_hf: text shards in that LLM's own vocabulary.
@@ -69,7 +69,7 @@ class TextTokenizer:
             n = self.sp.get_piece_size()
         else:
             raise ValueError("the vocab names no text tokenizer: set vocab.sp_model (SentencePiece, written by "
-                             "launch/train_tokenizer.py) or vocab.hf_tokenizer (a Hugging Face tokenizer dir)")
+                             "launch/train_text_tokenizer.py) or vocab.hf_tokenizer (a Hugging Face tokenizer dir)")
         if n != vocab.text_size:
             raise ValueError(f"{self.path} has {n} tokens but vocab.text_size={vocab.text_size}; "
                              f"set vocab.text_size={n}")
@@ -80,7 +80,7 @@ class TextTokenizer:
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
         if not path.exists():
-            raise FileNotFoundError(f"{field}={p}: {path} not found; run launch/train_tokenizer.py "
+            raise FileNotFoundError(f"{field}={p}: {path} not found; run launch/train_text_tokenizer.py "
                                     f"(SentencePiece) or launch/convert_smollm2.py (Hugging Face) or fix the path")
         return path
 
@@ -102,7 +102,7 @@ class TextTokenizer:
                 raise ValueError(f"{directory} is a Hugging Face tokenizer dir without vocab.json: give the speech "
                                  f"vocabulary size (text.speech_size = the speech tokenizer's codebook_size)")
             return cls(hf_vocab(directory, speech_size))
-        raise FileNotFoundError(f"{directory}: neither vocab.json (launch/train_tokenizer.py) nor tokenizer.json "
+        raise FileNotFoundError(f"{directory}: neither vocab.json (launch/train_text_tokenizer.py) nor tokenizer.json "
                                 f"(a Hugging Face tokenizer dir) found")
 
     def vocab_for(self, out_dir: str | Path) -> Vocab:

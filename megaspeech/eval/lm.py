@@ -26,9 +26,9 @@ class CheckpointLM:
     kind = "checkpoint"
 
     def __init__(self, path: str | Path):
-        from megaspeech.synth.generate import load_decoder, resolve_checkpoint
-        from megaspeech.train.checkpoint import read_meta
-        self.ckpt = resolve_checkpoint(path)
+        from megaspeech.checkpoint.offline import load_decoder, resolve
+        from megaspeech.checkpoint.offline import read_meta
+        self.ckpt = resolve(path)
         self.model, vocab, self.version = load_decoder(self.ckpt)
         # meta.json's vocab is the id layout; the SentencePiece path is in the run's config
         sp = read_meta(self.ckpt)["config"]["vocab"].get("sp_model")
@@ -40,7 +40,7 @@ class CheckpointLM:
 
     def decoder(self, out_rows: torch.Tensor | None = None):
         """KV-cached incremental decoding (prefill / extend / step / keep) over the `out_rows` head rows."""
-        from megaspeech.synth.generate import KVCacheLM
+        from megaspeech.model.decode import KVCacheLM
         return KVCacheLM(self.model, out_rows)
 
 
@@ -182,7 +182,7 @@ def greedy(lm, prompts: list[np.ndarray], max_new, stop_ids: list[int], allowed:
     are always allowed; the head runs on those rows only). max_new / min_new: one int or one per
     prompt; a stop id is refused before min_new tokens (synth.generate's length rule for speech).
     The loop is synth.generate.decode_batch, the speech generator's."""
-    from megaspeech.synth.generate import decode_batch
+    from megaspeech.model.decode import decode_batch
     n = len(prompts)
     hi = torch.as_tensor(np.broadcast_to(np.asarray(max_new, np.int64), (n,)).copy())
     lo = torch.as_tensor(np.broadcast_to(np.asarray(min_new, np.int64), (n,)).copy())

@@ -27,10 +27,10 @@ import torch
 
 from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
-from megaspeech.eval.config import SuiteConfig
-from megaspeech.eval.heldout import check_not_in_training, heldout_documents
+from megaspeech.config.eval_suite import SuiteConfig
+from megaspeech.eval.contamination import check_not_in_training, heldout_documents
 from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm, token_nll_rows
-from megaspeech.eval.report import accuracy, em_f1, markdown, mean_ci, wer_result
+from megaspeech.eval.scores import accuracy, em_f1, markdown, mean_ci, wer_result
 from megaspeech.fs import write_atomic
 
 
@@ -152,7 +152,7 @@ class GreedySpeech:
 
 
 def tts(ctx: Context, items: list[dict]) -> dict:
-    from megaspeech.synth.evaluate import generated_wer
+    from megaspeech.synth.text_to_token_eval import generated_wer
     t0 = time.perf_counter()
     r = generated_wer(GreedySpeech(ctx.lm, ctx.suite.batch_size), ctx.tok, ctx.suite.speech_tokenizer,
                       [it["text"] for it in items])
@@ -166,8 +166,8 @@ def heldout_loss(lm) -> dict | None:
     same eval.batches x train.global_batch rows), token-weighted mean NLL overall and per modality."""
     from megaspeech.config.load import build
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.eval.validation import heldout_rows
-    from megaspeech.train.checkpoint import read_meta
+    from megaspeech.train.validate import heldout_rows
+    from megaspeech.checkpoint.offline import read_meta
     from megaspeech.train.loss import MODALITIES
     cfg = build(PretrainConfig, read_meta(lm.ckpt)["config"])
     if not cfg.eval.sources:

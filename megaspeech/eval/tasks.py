@@ -1,4 +1,4 @@
-"""Task builders: items made offline from held-out real documents (megaspeech.eval.heldout).
+"""Task builders: items made offline from held-out real documents (megaspeech.eval.contamination).
 
 Every item is a JSON-able dict; `texts` lists the strings a spoken direction synthesizes.
   story (StoryCloze-style)  context = `k` consecutive sentences, endings = [true next sentence,
@@ -21,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from megaspeech.eval.heldout import plain, split_sentences
+from megaspeech.eval.contamination import plain, split_sentences
 
 VOWELS, CONSONANTS = "aeiou", "bcdfghklmnprstvwz"
 

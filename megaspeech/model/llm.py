@@ -19,11 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels.rope as kernels_rope
-from kernels.rmsnorm import rms_norm
-from kernels.swiglu import swiglu
+import megaspeech.kernels.rope as kernels_rope
+from megaspeech.kernels.rmsnorm import rms_norm
+from megaspeech.kernels.swiglu import swiglu
 from megaspeech.config.schema import ModelConfig
-from megaspeech.parallel.layers import head_input
 from megaspeech.model.attention import BlockMask, attention_mask, document_mask, flex_causal_attention  # noqa: F401
 
 try:  # optional GPU path; computes the same causal attention as SDPA
@@ -52,7 +51,7 @@ def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """x [..., S, hd]; rotates the first 2*cos.shape[-1] dims. Llama rotates halves (interleaved=False);
-    GLM rotates adjacent pairs (interleaved=True). kernels/rope.py: the definition, and one fused
+    GLM rotates adjacent pairs (interleaved=True). megaspeech/kernels/rope.py: the definition, and one fused
     Triton pass on CUDA."""
     return kernels_rope.apply_rope(x, cos, sin, interleaved)
 
@@ -152,12 +151,12 @@ class Head(nn.Module):
         super().__init__()
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.out = f.head(cfg.hidden_size, vocab_size, std=cfg.init_std)
-        self.tp, self.sequence_parallel = f.tp, f.sequence_parallel
+        self.head_input = f.head_input  # the identity at TP=1; TP>1: the TP/SP mapping before the matmul
         self.fused_loss = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_loss:
-            return head_input(self.norm(x), self.tp, self.sequence_parallel)
+            return self.head_input(self.norm(x))
         return self.out(self.norm(x))
 
 
@@ -203,7 +202,7 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None, doc_ids: torch.Tensor | None = None,
                 embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """embeds [S, B, H] (e.g. megaspeech.model.bridge.splice) replaces the token embedding."""
+        """embeds [S, B, H] (e.g. megaspeech.bridge.layer.splice) replaces the token embedding."""
         mask = attention_mask(doc_ids, self.blocks[0].attn.impl)  # once per forward, shared by the blocks
         # contiguous: on a transposed [S, B, H] view torch.matmul runs each linear whose weight is frozen
         # as a bmm over a per-position copy of the weight (~20x slower, see bridge.splice)

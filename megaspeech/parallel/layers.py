@@ -41,6 +41,10 @@ class TorchLayers:
     def head(self, in_f, vocab, std=0.02):
         return self._linear(in_f, vocab, False, std)
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head's linear feeds its matmul: x itself at TP=1 (see MegatronLayers.head_input)."""
+        return x
+
     def embedding(self, vocab, dim, std=0.02):
         emb = nn.utils.skip_init(nn.Embedding, vocab, dim)
         w = torch.empty(vocab, dim)
@@ -96,25 +100,22 @@ class MegatronLayers:
     def head(self, in_f, vocab, std=0.02):
         return self.column(in_f, vocab, bias=False, std=std)
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head's column-parallel linear feeds its matmul: the identity whose backward
+        all-reduces the gradient over the TP group, or under SP the all-gather along the sequence whose
+        backward reduce-scatters. The fused loss (megaspeech/kernels/linear_cross_entropy) takes this
+        tensor and the head weight in place of the logits."""
+        from megatron.core.tensor_parallel import mappings
+        if self.sequence_parallel:
+            return mappings.gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=True)
+        return mappings.copy_to_tensor_model_parallel_region(x)
+
     def embedding(self, vocab, dim, std=0.02):
         return self.Embedding(vocab, dim, init_method=_normal(std), config=self.config)
 
 
 def make_factory(tp: int, sequence_parallel: bool):
     return TorchLayers() if tp == 1 else MegatronLayers(tp, sequence_parallel)
-
-
-def head_input(x: torch.Tensor, tp: int, sequence_parallel: bool) -> torch.Tensor:
-    """What the head's column-parallel linear feeds its matmul: x itself at TP=1; at TP>1 the
-    identity whose backward all-reduces the gradient over the TP group, or under SP the all-gather
-    along the sequence whose backward reduce-scatters. The fused loss (kernels/linear_cross_entropy)
-    takes this tensor and the head weight in place of the logits."""
-    if tp == 1:
-        return x
-    from megatron.core.tensor_parallel import mappings
-    if sequence_parallel:
-        return mappings.gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=True)
-    return mappings.copy_to_tensor_model_parallel_region(x)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, tp: int) -> torch.Tensor:

@@ -27,9 +27,9 @@ import traceback
 from pathlib import Path
 
 from megaspeech.fs import file_lock, write_atomic
-from megaspeech.pipeline.config import PipelineConfig
+from megaspeech.config.pipeline import PipelineConfig
 from megaspeech.pipeline.layout import STAGES
-from megaspeech.pipeline.report import write_report
+from megaspeech.pipeline.summary import write_report
 from megaspeech.pipeline.progress import fmt
 from megaspeech.pipeline.stages import STAGE_FUNCS, Ctx, as_dict
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 import megaspeech
 from megaspeech.config.load import build, load_config
-from megaspeech.pipeline.config import PipelineConfig, StageSection
+from megaspeech.config.pipeline import PipelineConfig, StageSection
 from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES
 from megaspeech.pipeline.progress import eta_line, loss_metrics, train_tool
 
@@ -82,7 +82,7 @@ def file_sha(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------- shared links
 def codebook_size(ctx: Ctx) -> int:
-    from megaspeech.speech.train_tokenizer import Config
+    from megaspeech.speech.tokenizer_training import Config
     return tool_config(Config, ctx.cfg.tokenizer, []).tokenizer.codebook_size
 
 
@@ -119,7 +119,7 @@ def manifest(path: Path) -> dict:
 
 # ---------------------------------------------------------------------------------- stages
 def text_configure(ctx: Ctx):
-    from megaspeech.data.prep_config import DataPrepConfig
+    from megaspeech.config.prep import DataPrepConfig
     k, hf, d = codebook_size(ctx), hf_dir(ctx), ctx.run / "text"
     links = [f"tokenizer.out_dir={d / 'tokenizer'}", f"tokenizer.speech_size={k}", f"text.out_dir={d / 'shards'}",
              f"text.tokenizer={hf or d / 'tokenizer'}", f"text.speech_size={k}"]
@@ -130,7 +130,7 @@ def text_configure(ctx: Ctx):
 
 def text_run(ctx: Ctx, cfg, extra: dict) -> dict:
     from megaspeech.data.prep_text import prepare_text, train_sentencepiece
-    if hf_dir(ctx) is None:  # from scratch: SentencePiece on the same corpora (launch/train_tokenizer.py)
+    if hf_dir(ctx) is None:  # from scratch: SentencePiece on the same corpora (launch/train_text_tokenizer.py)
         train_sentencepiece(cfg)
     m = prepare_text(cfg)
     v = text_vocab(ctx)
@@ -160,13 +160,13 @@ def speech_corpus_run(ctx: Ctx, cfgs, extra: dict) -> dict:
 
 
 def tokenizer_configure(ctx: Ctx):
-    from megaspeech.speech.train_tokenizer import Config
+    from megaspeech.speech.tokenizer_training import Config
     d = ctx.run / "tokenizer"
     return tool_config(Config, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"]), {}
 
 
 def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
-    from megaspeech.speech.train_tokenizer import train
+    from megaspeech.speech.tokenizer_training import train
     total, t0, start = cfg.train.steps, time.time(), 0
 
     def log(line: str):
@@ -284,7 +284,7 @@ def pretrain_configure(ctx: Ctx):
     import yaml
 
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.pipeline.mixture import glm4voice_weights
+    from megaspeech.pipeline.mixture_weights import glm4voice_weights
     sec = ctx.cfg.pretrain
     links = _trainer_links(ctx, "pretrain")
     hf = hf_dir(ctx)
@@ -327,8 +327,8 @@ def export_configure(ctx: Ctx):
 
 
 def export_run(ctx: Ctx, cfg, extra: dict) -> dict:
-    from megaspeech.model.hf_export import export_hf
-    from megaspeech.train.checkpoint import resolve
+    from megaspeech.checkpoint.hf_export import export_hf
+    from megaspeech.checkpoint.offline import resolve
     src = resolve(cfg.checkpoint)
     out = export_hf(src, cfg.out, cfg.dtype)
     conf = json.loads((Path(out) / "config.json").read_text())
@@ -346,7 +346,7 @@ def eval_configure(ctx: Ctx):
     spec = {"heldout": str(ctx.run / "speech_shards" / "heldout"), "limit": e.heldout_limit,
             "batch_size": e.batch_size, "suite": None}
     if e.suite:
-        from megaspeech.eval.config import SuiteConfig
+        from megaspeech.config.eval_suite import SuiteConfig
         run = ctx.run
         trained_on = [run / p for p in MIXTURE_PATHS.values()] + [run / "speech_corpus" / "train", run / "speech_qa" / "shards"]
         links = [f"model={ctx.dir('export') / 'hf'}", f"out_dir={ctx.dir('eval') / 'suite'}",
@@ -357,14 +357,14 @@ def eval_configure(ctx: Ctx):
 
 
 def eval_run(ctx: Ctx, spec, extra: dict) -> dict:
-    from megaspeech.pipeline.heldout import heldout_losses
+    from megaspeech.eval.heldout_loss import heldout_losses
     model = ctx.dir("export") / "hf"
     metrics = heldout_losses(model, spec["heldout"], spec["limit"], spec["batch_size"])
     out = {"heldout": spec["heldout"]}
     if spec["suite"] is None:
         metrics["suite"] = "not run: eval.suite is empty"
     else:
-        from megaspeech.eval.config import SuiteConfig
+        from megaspeech.config.eval_suite import SuiteConfig
         from megaspeech.eval.run import evaluate
         suite = build(SuiteConfig, spec["suite"])
         res = evaluate(suite, log=ctx.progress)

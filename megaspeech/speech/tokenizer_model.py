@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.vq import VectorQuantizer
+from megaspeech.kernels.vq import VectorQuantizer
 from megaspeech.speech.asr import Fallback, additive_mask, run_decoder, transcribe_tokens
 
 
@@ -195,7 +195,7 @@ class SpeechTokenizer(nn.Module):
         items with a transcript (a row of text_out all -100 is untranscribed: distillation only; a
         batch without any has no CE term and no "ce" log), where
         teacher float32 [B, 1500, D] is the original encoder's output on the same audio
-        (megaspeech.speech.train_tokenizer.Teacher; the post-VQ states must have the 30 s layout,
+        (megaspeech.speech.tokenizer_training.Teacher; the post-VQ states must have the 30 s layout,
         so distillation needs unpool=repeat). asr_weight=0
         skips the decoder entirely. code_temperature > 0 (training): the layers above read a code
         sampled near each frame's nearest (sample_codes, drawn from `generator`) instead of the

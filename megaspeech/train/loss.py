@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.linear_cross_entropy import linear_cross_entropy
+from megaspeech.kernels.linear_cross_entropy import linear_cross_entropy
 from megaspeech.parallel.layers import token_losses
 
 MODALITIES = ("text", "speech")
@@ -19,7 +19,7 @@ class LMLoss:
     (float64 [2 * modalities]: sum, count per modality) so no micro-batch waits for the host.
 
     Fused mode (`bind_head`, train.fused_loss): the model's Head returns its matmul input
-    [S, B, H] instead of logits and the loss is kernels.linear_cross_entropy of it with the head
+    [S, B, H] instead of logits and the loss is megaspeech.kernels.linear_cross_entropy of it with the head
     weight, in token chunks (same function; no [S, B, V] fp32 logits).
     """
 

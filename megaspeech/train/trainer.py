@@ -20,7 +20,9 @@ from megaspeech.data.loader import build_train_loader
 from megaspeech.data.prefetch import Prefetcher, StepData, read_step
 from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout, MegatronMPU
-from megaspeech.train import checkpoint as ckpt
+from megaspeech.checkpoint import engine as ckpt
+from megaspeech.checkpoint import offline
+from megaspeech.checkpoint import tp_rules
 from megaspeech.train.loss import MODALITIES, LMLoss
 from megaspeech.train.metrics import MetricsLogger, peak_tflops
 from megaspeech.train.schedule import build_optimizer
@@ -46,7 +48,7 @@ class Trainer:
         # task: bridge brings its own model (encoder -> bridge -> LM), joint loss and loader
         self.task = None
         if cfg.task == "bridge":
-            from megaspeech.train.bridge_task import BridgeTask
+            from megaspeech.bridge.task import BridgeTask
             self.task = BridgeTask(cfg, layout)
         model = self.task.model if self.task else build_model(cfg, layout, self.loss_fn)
         if cfg.model.init_from_hf and not self.task:
@@ -90,7 +92,7 @@ class Trainer:
         client = {"trainer": self.state_dict(), "config": dataclasses.asdict(cfg),
                   "vocab": cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout),
                   # TP slicing rules for DeepSpeed's universal-checkpoint converter (resharding)
-                  "universal_checkpoint_info": ckpt.universal_checkpoint_info(cfg.padded_vocab_size(), bridge=cfg.task == "bridge")}
+                  "universal_checkpoint_info": tp_rules.universal_checkpoint_info(cfg.padded_vocab_size(), bridge=cfg.task == "bridge")}
         rank_state = {"rng": ckpt.rng_state(), "data": self.data_state(), "dp_rank": self.layout.dp_rank}
         meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
@@ -104,7 +106,7 @@ class Trainer:
         checkpoint of another TP/PP/DP layout is resharded through a universal checkpoint."""
         policy = self.cfg.run.resume
         if policy == "none":
-            held = ckpt.step_dirs(self.ckpt_root)
+            held = offline.step_dirs(self.ckpt_root)
             if held:  # starting over would mix two runs' checkpoints and let pruning delete the new ones
                 raise ckpt.CheckpointError(
                     f"run.resume=none but {self.ckpt_root} already holds checkpoints ({', '.join(held[:3])}"
@@ -112,17 +114,17 @@ class Trainer:
                     f"fresh in another run.dir (or move {self.ckpt_root} away yourself)")
             return
         if policy == "auto":  # `latest`, else the newest checkpoint that verifies (skips are logged)
-            root, tag = self.ckpt_root, ckpt.find_resumable(self.ckpt_root)
+            root, tag = self.ckpt_root, offline.find_resumable(self.ckpt_root)
             if tag is None:
                 return
         else:  # a step dir, or another run's (checkpoints) dir: its latest
-            step_dir = ckpt.resolve(policy)
+            step_dir = offline.resolve(policy)
             root, tag = step_dir.parent, step_dir.name
-            problems = ckpt.verify_collective(step_dir)
+            problems = offline.verify_collective(step_dir)
             if problems:
                 raise ckpt.CheckpointError(f"run.resume={policy}: {step_dir} does not verify against its "
                                            f"meta.json: {'; '.join(problems)}; resume from another checkpoint")
-        meta = ckpt.read_meta(root / tag)
+        meta = offline.read_meta(root / tag)
         check_compatible(self.cfg, meta, root / tag)  # before any weight is read
         client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
                                        universal_root=self.run_dir / "checkpoints_universal")
@@ -134,7 +136,7 @@ class Trainer:
         # Same DP size: this rank's own position. Another DP size (elastic): every saved DP rank's
         # position, from which the loader deals the unread remainder out to the new ranks.
         self.loader.load_state_dict(rank_state["data"] if saved["dp"] == self.layout.dp
-                                    else ckpt.data_states(root / tag, saved))
+                                    else offline.data_states(root / tag, saved))
         if self.is_logger:
             log.info("resumed from %s at step %d", root / tag, self.step)
 
@@ -190,11 +192,11 @@ class Trainer:
         return out
 
     def validate(self) -> dict:
-        """Held-out loss on the same fixed rows at every call (megaspeech/eval/validation.py), overall
+        """Held-out loss on the same fixed rows at every call (megaspeech/train/validate.py), overall
         and per modality: val_loss, val_loss_text, val_loss_speech. No gradient, no optimizer step;
         the training loader is not touched and the RNG state is restored, so enabling validation
         changes neither the training losses nor the data position."""
-        from megaspeech.eval.validation import validation_batches
+        from megaspeech.train.validate import validation_batches
         lay = self.layout
         if self._val_batches is None:
             self._val_batches = validation_batches(self.cfg, lay.dp_rank, lay.dp, self.grad_accum)
@@ -282,7 +284,7 @@ class Trainer:
         if self.is_logger:
             log.warning("data exhausted after step %d of train.steps=%d (every source finished its epochs): "
                         "checkpoint %s saved, stopping. Add data or raise data.sources[].epochs, then resume",
-                        self.step, cfg.train.steps, self.ckpt_root / ckpt.tag_for(self.step))
+                        self.step, cfg.train.steps, self.ckpt_root / offline.tag_for(self.step))
 
     def _handle_signal(self, signum, frame):
         self._stop_signal = signum
@@ -331,7 +333,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:.0f}", mfu=f"{record['mfu']:.3f}")
             if nonfinite and not cfg.train.skip_nonfinite:
-                latest = ckpt.read_latest(self.ckpt_root)
+                latest = offline.read_latest(self.ckpt_root)
                 raise NonFiniteLoss(
                     f"non-finite loss {out['loss']} at step {self.step}; last good checkpoint: "
                     f"{self.ckpt_root / latest if latest else 'none'} (set train.skip_nonfinite=true to skip such steps)")

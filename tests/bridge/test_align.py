@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import torch
 
-from megaspeech.speech.align import align_pairs, durations, train_ctc_probe, viterbi_path
+from megaspeech.bridge.align import align_pairs, durations, train_ctc_probe, viterbi_path
 
 
 def _collapse(states, labels):

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import PretrainConfig
-from megaspeech.model.bridge_export import SINGLE
-from megaspeech.model.speech_lm import merged_lm
-from megaspeech.train.bridge_task import BridgeTask
+from megaspeech.bridge.export import SINGLE
+from megaspeech.bridge.model import merged_lm
+from megaspeech.bridge.task import BridgeTask
 from megaspeech.train.loss import LMLoss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +95,8 @@ def test_ctc_embed_adds_the_lms_unit_embeddings_by_run_posterior(asr_corpus):
     """bridge.ctc_embed: each compressed vector = projected features + (the run's mean CTC posterior) x
     (the LM's input embeddings of the units' tokens, blank row zero), computed here by hand for one row;
     the speech path's gradient reaches exactly the LM's embedding rows of those tokens."""
-    from megaspeech.model.speech_lm import CTC_CHARS
-    from megaspeech.speech.bridge_data import text_codec
+    from megaspeech.bridge.model import CTC_CHARS
+    from megaspeech.bridge.batches import text_codec
     task = BridgeTask(_cfg(asr_corpus, "bridge.ctc_embed=true", "bridge.reduce=mean", "train.micro_batch=2"), SINGLE)
     model, batch = task.model, task.build_loader().next_batch()
     codec = text_codec(task.cfg.bridge, task.cfg.vocab)
@@ -133,7 +133,7 @@ def test_ctc_units_on_lm_tokens_read_back_the_transcript(asr_corpus):
     """bridge.ctc_units=lm: labels are the LM's tokens + 1 (blank 0); greedy frame labels with repeats
     and blanks decode to the transcript; ctc_embed's table is the identity; the head has text_size + 1
     outputs and the loader's CTC targets are the transcript's tokens."""
-    from megaspeech.speech.bridge_data import ctc_units_for
+    from megaspeech.bridge.batches import ctc_units_for
     cfg = _cfg(asr_corpus, "bridge.ctc_units=lm", "bridge.ctc_embed=true")
     units = ctc_units_for(cfg.bridge, cfg.vocab)
     text = "we must keep the peace"
@@ -165,7 +165,7 @@ def test_benchmarks_convert_smollm2_only_for_its_default_dir(monkeypatch, tmp_pa
     from types import SimpleNamespace
 
     import megaspeech.model.smollm2 as sm
-    from megaspeech.speech.bridge_eval import ensure_smollm2
+    from megaspeech.bridge.evaluate import ensure_smollm2
     monkeypatch.setenv("MEGASPEECH_CACHE", str(tmp_path))
     calls = []
     monkeypatch.setattr(sm, "smollm2_dir", lambda: calls.append(1))
@@ -180,7 +180,7 @@ def test_benchmarks_convert_smollm2_only_for_its_default_dir(monkeypatch, tmp_pa
 def test_lora_trains_only_adapters_and_merged_export_equals_adapted(asr_corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from megaspeech.model.hf_export import write_hf
+    from megaspeech.checkpoint.hf_export import write_hf
     cfg = _cfg(asr_corpus, "bridge.lm_mode=lora", "bridge.lora_rank=4", "bridge.lora_targets=[qkv,proj,down]")
     task = BridgeTask(cfg, SINGLE)
     model = task.model
@@ -208,7 +208,7 @@ def test_lora_trains_only_adapters_and_merged_export_equals_adapted(asr_corpus, 
     assert not any("lora" in n for n in merged.state_dict())
     with torch.no_grad():
         out, _, _ = model.speech(batch)
-        from megaspeech.model.bridge import splice
+        from megaspeech.bridge.layer import splice
         embeds, _ = splice(out, model.embed_text(batch["text_ids"]), batch["text_lengths"])
         adapted = model.lm(None, embeds=embeds)
         with model.lm.disable_adapter():
@@ -244,8 +244,8 @@ def test_loader_resumes_exactly_and_deals_ranks(asr_corpus):
 def test_kv_cached_greedy_generation_equals_full_recompute(asr_corpus):
     """The evaluation decoder (KV cache over the LoRA-merged LM, rows left-padded) picks the same
     tokens as re-running the adapted model on the whole spliced sequence at every step."""
-    from megaspeech.model.bridge import splice
-    from megaspeech.model.speech_lm import greedy_generate
+    from megaspeech.bridge.layer import splice
+    from megaspeech.bridge.model import greedy_generate
     task = BridgeTask(_cfg(asr_corpus, "bridge.lm_mode=lora", "train.micro_batch=3", "train.global_batch=3"), SINGLE)
     model = task.model.eval()
     gen = torch.Generator().manual_seed(0)  # seeded (as LoRA A is, from run.seed): the rows must differ (asserted last)
@@ -276,8 +276,8 @@ def test_bad_bridge_configs_fail_naming_the_field(asr_corpus, tmp_path):
     import pytest
 
     from megaspeech.config.load import ConfigError
-    from megaspeech.speech.bridge_data import BridgeLoader
-    from megaspeech.speech.lasyn import load_synthesizer
+    from megaspeech.bridge.batches import BridgeLoader
+    from megaspeech.bridge.lasyn import load_synthesizer
     cases = {("bridge.lasyn_ratio=0.5",): "bridge.lasyn", ("parallel.pipeline=2",): "parallel.pipeline",
              ("parallel.tensor=2", "parallel.sequence_parallel=true"): "parallel.sequence_parallel",
              ("bridge.lm_mode=adapters",): "bridge.lm_mode", ("bridge.train=",): "bridge.train",
@@ -300,8 +300,8 @@ def test_speech_gain_scores_own_vs_next_utterances_speech(asr_corpus):
     """bridge_eval.speech_gain: batching (padding) does not change the losses; `mismatched` is exactly
     the matched loss of the same transcripts with the audio rolled by one; with one audio for every
     transcript the gain is exactly 0."""
-    from megaspeech.speech.bridge_data import ctc_units_for
-    from megaspeech.speech.bridge_eval import dataset_items, speech_gain
+    from megaspeech.bridge.batches import ctc_units_for
+    from megaspeech.bridge.evaluate import dataset_items, speech_gain
     cfg = _cfg(asr_corpus)
     model = BridgeTask(cfg, SINGLE).model
     codec = ctc_units_for(cfg.bridge, cfg.vocab).codec
@@ -317,7 +317,7 @@ def test_speech_gain_scores_own_vs_next_utterances_speech(asr_corpus):
     same = speech_gain(model, codec, [(items[0][0], t) for _, t in items], *text)
     assert same["speech_gain"] == 0.0 and same["speech_gain_se"] == 0.0
     # the standard error of the ratio estimate over the 5 utterances, from each utterance scored alone
-    from megaspeech.speech.bridge_data import text_row
+    from megaspeech.bridge.batches import text_row
     n_tok = np.array([sum(text_row(codec, text[0], t, text[1])[1]) for _, t in items])
     own = np.array([speech_gain(model, codec, [it], *text)["loss_matched"] for it in items]) * n_tok
     other = np.array([speech_gain(model, codec, [it], *text)["loss_matched"] for it in rolled]) * n_tok

@@ -27,9 +27,9 @@ def test_bridge_run_resumes_exactly_tp2_matches_and_exports(asr_corpus, tmp_path
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from megaspeech.model.bridge import splice
-    from megaspeech.model.bridge_export import SINGLE, export_bridge, load_bridge
-    from megaspeech.train.bridge_task import BridgeTask
+    from megaspeech.bridge.layer import splice
+    from megaspeech.bridge.export import SINGLE, export_bridge, load_bridge
+    from megaspeech.bridge.task import BridgeTask
     ckpt = ref / "checkpoints" / "step00000004"
     model, cfg = load_bridge(ckpt)
     out = export_bridge(ckpt, tmp_path / "export")

@@ -3,7 +3,7 @@ and dual-modality bridge batches (real speech rows + rows synthesized from text 
 import pytest
 import torch
 
-from megaspeech.speech.lasyn import LatentSynthesizer, SynthConfig, load_synthesizer, pad_units, save_synthesizer
+from megaspeech.bridge.lasyn import LatentSynthesizer, SynthConfig, load_synthesizer, pad_units, save_synthesizer
 
 D, FRAMES = 12, 3  # latent dim; frames per unit in the planted data
 
@@ -65,9 +65,9 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
 
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
-    from megaspeech.model.bridge_export import SINGLE
-    from megaspeech.speech.train_lasyn import LaSynTrainConfig, train_lasyn
-    from megaspeech.train.bridge_task import BridgeTask
+    from megaspeech.bridge.export import SINGLE
+    from megaspeech.bridge.lasyn_training import LaSynTrainConfig, train_lasyn
+    from megaspeech.bridge.task import BridgeTask
     from megaspeech.train.loss import LMLoss
     root = Path(__file__).resolve().parents[2]
     path = tmp_path / "synth.pt"
@@ -76,7 +76,7 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
     assert res["pairs"] == 16 and res["final_loss"] < res["first_loss"]
     from dataclasses import replace
 
-    from megaspeech.speech.train_lasyn import trained_summary
+    from megaspeech.bridge.lasyn_training import trained_summary
     assert trained_summary(cfg) == res and trained_summary(replace(cfg, steps=41)) is None  # the benchmark's reuse
     synth = load_synthesizer(path)
     save_synthesizer(synth, tmp_path / "copy.pt")
@@ -111,7 +111,7 @@ def test_trained_synthesizer_feeds_dual_modality_bridge_batches(asr_corpus, tmp_
 def test_benchmark_variant_reused_only_for_the_same_config_and_synthesizer(asr_corpus, tmp_path, monkeypatch):
     from pathlib import Path
 
-    import megaspeech.speech.bridge_eval as be
+    import megaspeech.bridge.evaluate as be
     from megaspeech.config.load import load_config
     from megaspeech.config.schema import PretrainConfig
     trained = []

@@ -6,7 +6,7 @@ import pytest
 from tests.checkpoint.ckpt_runs import COMMON, REPO
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import PretrainConfig
-from megaspeech.train.checkpoint import read_meta
+from megaspeech.checkpoint.offline import read_meta
 from megaspeech.train.trainer import check_compatible
 
 

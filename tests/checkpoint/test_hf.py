@@ -18,13 +18,13 @@ from tests.checkpoint.ckpt_runs import REPO, SP_MODEL, launch, losses
 from tests.checkpoint.ckpt_smollm2 import smollm2_dir
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import ModelConfig, PretrainConfig
-from megaspeech.data.synthetic import SyntheticLoader
+from megaspeech.data.toy_stream import SyntheticLoader
 from megaspeech.model.hf import adapter_for, init_from_hf, tp_slice
-from megaspeech.model.hf_export import speech_token, write_hf
+from megaspeech.checkpoint.hf_export import speech_token, write_hf
 from megaspeech.model.llm import DecoderLM
 from megaspeech.parallel.layers import TorchLayers
 from megaspeech.parallel.state import Layout
-from megaspeech.train.checkpoint import full_state_dict
+from megaspeech.checkpoint.offline import full_state_dict
 from megaspeech.vocab import Vocab
 
 

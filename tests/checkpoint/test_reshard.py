@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.checkpoint.ckpt_runs import STEPS, launch, losses
-from megaspeech.train.checkpoint import full_state_dict
+from megaspeech.checkpoint.offline import full_state_dict
 
 
 @pytest.mark.parametrize("layout", [["parallel.tensor=1", "parallel.pipeline=2"],

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from megaspeech.data.config import DataConfig, SourceConfig
+from megaspeech.config.data import DataConfig, SourceConfig
 from megaspeech.data.loader import build_train_loader
 from megaspeech.data.mixture import sample_id
 from megaspeech.data.packing import format_sample

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megaspeech.data.config import DataConfig, SourceConfig
+from megaspeech.config.data import DataConfig, SourceConfig
 from megaspeech.data.loader import build_train_loader
 from megaspeech.data.shards import open_dataset
 from megaspeech.data.text import TextTokenizer

@@ -60,7 +60,7 @@ def test_sp_offsets_agree_with_piece_table_on_plain_text(sp_tok):
 
 
 def test_text_shards_store_words_for_hf_tokenizer(tmp_path, hf_tok):
-    from megaspeech.data.prep_config import DataPrepConfig, TextPrepConfig
+    from megaspeech.config.prep import DataPrepConfig, TextPrepConfig
     from megaspeech.data.prep_text import prepare_text
     from megaspeech.data.shards import Dataset
     src = tmp_path / "corpus"

@@ -8,7 +8,7 @@ import pytest
 from megaspeech.data.shards import ShardWriter
 from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
-from megaspeech.eval.heldout import heldout_documents
+from megaspeech.eval.contamination import heldout_documents
 from tests.eval.heldout import VOCAB, write_heldout
 from tests.eval.test_suite import N_DOCS, STORIES, suite_cfg
 from tests.eval.test_validation import SMALL

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from megaspeech.eval import tasks
-from megaspeech.eval.heldout import split_sentences
-from megaspeech.eval.report import accuracy, em_f1, markdown, wer_result, wilson
+from megaspeech.eval.contamination import split_sentences
+from megaspeech.eval.scores import accuracy, em_f1, markdown, wer_result, wilson
 
 
 def test_wilson_and_ties():

@@ -19,8 +19,8 @@ import torch
 from megaspeech.data.shards import ShardWriter
 from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
-from megaspeech.eval.config import SuiteConfig
-from megaspeech.eval.heldout import ContaminationError, heldout_documents
+from megaspeech.config.eval_suite import SuiteConfig
+from megaspeech.eval.contamination import ContaminationError, heldout_documents
 from megaspeech.eval.lm import CheckpointLM, HFLM, choice_loglikelihoods
 from megaspeech.eval.run import evaluate
 from tests.eval.heldout import REPO, VOCAB
@@ -159,7 +159,7 @@ def test_thousand_item_task_under_a_minute(planted, docs_dir, tmp_path):
 def test_speech_corpus_never_reads_the_suites_heldout_documents(tmp_path):
     """The TTS corpus's training split and the suite's held-out SOTU addresses are disjoint, and a
     speech corpus written from held-out addresses is refused by the contamination check (its `doc`)."""
-    from megaspeech.eval.heldout import check_not_in_training
+    from megaspeech.eval.contamination import check_not_in_training
     from megaspeech.speech.corpus import CorpusConfig, build_corpus, sotu_sentences
     suite, c = SuiteConfig(), CorpusConfig()
     held = [n for n, _ in heldout_documents(suite.corpus, suite.heldout_docs)]

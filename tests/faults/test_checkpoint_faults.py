@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from megaspeech.train import checkpoint as ckpt
+from megaspeech.checkpoint import engine as ckpt
+
+from megaspeech.checkpoint import offline
 from tests.faults.fault_runs import copy_run, losses, run, tags
 
 
@@ -34,17 +36,17 @@ def test_meta_records_size_and_sha256_of_every_file(base_run):
 def test_same_size_corruption_and_truncation_are_named(base_run, tmp_path):
     run_dir = copy_run(base_run, tmp_path / "run")
     d = run_dir / "checkpoints" / "step00000004"
-    assert ckpt.verify_collective(d) == []
+    assert offline.verify_collective(d) == []
     optim = d / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     flip_byte(optim)
-    problems = ckpt.verify_collective(d)
+    problems = offline.verify_collective(d)
     assert len(problems) == 1 and str(optim) in problems[0] and "sha256" in problems[0]
     model = d / "mp_rank_00_model_states.pt"
     model.write_bytes(model.read_bytes()[:1000])
-    problems = ckpt.verify_collective(d)
+    problems = offline.verify_collective(d)
     assert any(str(model) in p and "1000 bytes" in p for p in problems)
     with pytest.raises(ckpt.CheckpointError, match="mp_rank_00_model_states.pt"):  # export refuses it too
-        ckpt.full_state_dict(d)
+        offline.full_state_dict(d)
 
 
 def test_auto_resume_skips_a_corrupt_latest_and_continues_exactly(base_run, tmp_path):
@@ -59,23 +61,23 @@ def test_auto_resume_skips_a_corrupt_latest_and_continues_exactly(base_run, tmp_
     assert [s for s, _ in redone] == [3, 4]
     for s, loss in redone:  # resumed from step 2 exactly: the same losses as the uninterrupted run
         assert loss == pytest.approx(ref[s], rel=1e-6, abs=0)
-    assert ckpt.verify_collective(run_dir / "checkpoints" / "step00000004") == []  # re-saved, good again
+    assert offline.verify_collective(run_dir / "checkpoints" / "step00000004") == []  # re-saved, good again
 
 
 def test_auto_without_readable_latest_takes_the_newest_verified(base_run, tmp_path):
     root = copy_run(base_run, tmp_path / "run") / "checkpoints"
     (root / "latest").unlink()
-    assert ckpt.find_resumable(root) == "step00000004"
+    assert offline.find_resumable(root) == "step00000004"
     (root / "latest").write_text("step00000099")  # names a deleted directory
-    assert ckpt.find_resumable(root) == "step00000004"
+    assert offline.find_resumable(root) == "step00000004"
     (root / "latest").write_text("step00000002")  # a readable latest comes first
-    assert ckpt.find_resumable(root) == "step00000002"
+    assert offline.find_resumable(root) == "step00000002"
     flip_byte(root / "step00000002" / "rank0.pt", 0.9)
-    assert ckpt.find_resumable(root) == "step00000004"
+    assert offline.find_resumable(root) == "step00000004"
     (root / "step00000004" / "meta.json").write_text("{not json")
     with pytest.raises(ckpt.CheckpointError, match=r"none of the 2 checkpoints.*meta.json: not valid JSON"):
-        ckpt.find_resumable(root)
-    assert ckpt.find_resumable(tmp_path / "empty") is None
+        offline.find_resumable(root)
+    assert offline.find_resumable(tmp_path / "empty") is None
 
 
 def test_resume_none_refuses_a_run_dir_with_checkpoints(base_run, tmp_path):
@@ -99,7 +101,7 @@ def test_pruning_never_deletes_the_new_checkpoint_nor_newer_ones(base_run, tmp_p
     assert p.returncode == 0, p.stderr[-3000:]
     assert tags(run_dir) == ["step00000003", "step00000004"]
     assert (root / "latest").read_text() == "step00000003"
-    assert ckpt.find_resumable(root) == "step00000003"
+    assert offline.find_resumable(root) == "step00000003"
 
 
 def test_disk_full_during_save_names_the_dir_removes_the_partial_and_keeps_latest(base_run, tmp_path):
@@ -115,6 +117,6 @@ def test_disk_full_during_save_names_the_dir_removes_the_partial_and_keeps_lates
     assert not list(root.glob("*.tmp")) and tags(run_dir) == ["step00000002", "step00000004"]
     assert (root / "latest").read_text() == "step00000004"
     assert [s for s, _ in losses(run_dir)][4:] == [5, 6]  # it trained on, then the save failed
-    assert ckpt.find_resumable(root) == "step00000004"  # latest still verifies and loads
-    sd, meta = ckpt.full_state_dict(root / "step00000004")
+    assert offline.find_resumable(root) == "step00000004"  # latest still verifies and loads
+    sd, meta = offline.full_state_dict(root / "step00000004")
     assert meta["step"] == 4 and sd["0.embed.weight"].shape[1] == 64

@@ -11,7 +11,8 @@ import pytest
 
 from megaspeech.config.load import ConfigError, load_config
 from megaspeech.config.schema import PretrainConfig
-from megaspeech.train import checkpoint as ckpt
+from megaspeech.checkpoint import engine as ckpt
+from megaspeech.checkpoint import offline
 from megaspeech.train.trainer import check_compatible
 from tests.faults.fault_runs import REPO
 
@@ -97,7 +98,7 @@ def test_every_shape_changing_field_is_compared_on_resume(field):
 
 
 def test_damaged_meta_json_is_named(tmp_path):
-    from megaspeech.train.ckpt_integrity import CheckpointError
+    from megaspeech.checkpoint.integrity import CheckpointError
     (tmp_path / "meta.json").write_text('{"step": 4, "layout": ')
     with pytest.raises(CheckpointError, match=f"{tmp_path / 'meta.json'}: not valid JSON"):
-        ckpt.read_meta(tmp_path)
+        offline.read_meta(tmp_path)

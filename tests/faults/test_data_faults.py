@@ -13,7 +13,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from megaspeech.data.config import DataConfig, SourceConfig
+from megaspeech.config.data import DataConfig, SourceConfig
 from megaspeech.data.shards import Dataset, ShardError, ShardWriter, read_shard
 from megaspeech.data.stream import ShardLoader
 from megaspeech.vocab import Vocab

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from megaspeech.model.hf_export import export_hf
-from megaspeech.train import checkpoint as ckpt
+from megaspeech.checkpoint.hf_export import export_hf
+from megaspeech.checkpoint import engine as ckpt
+from megaspeech.checkpoint import offline
 from tests.faults.fault_runs import REPO, copy_run
 
 _spec = importlib.util.spec_from_file_location("export_cli", REPO / "launch" / "export_hf.py")
@@ -52,7 +53,7 @@ def test_refuses_out_holding_the_checkpoint(base_run, tmp_path):
     (tmp_path / ".megaspeech-export").write_text("")  # even a marker does not make deleting the checkpoint acceptable
     with pytest.raises(ValueError, match="contains the checkpoint"):
         export_hf(run_dir / "checkpoints" / "step00000004", tmp_path)
-    assert ckpt.verify_collective(run_dir / "checkpoints" / "step00000004") == []
+    assert offline.verify_collective(run_dir / "checkpoints" / "step00000004") == []
 
 
 def test_replaces_a_previous_export(base_run, tmp_path):
@@ -71,7 +72,7 @@ def test_missing_model_file_hint_matches_the_zero_stage(base_run, tmp_path):
     step = copy_run(base_run, tmp_path / "run") / "checkpoints" / "step00000004"
     (step / "mp_rank_00_model_states.pt").unlink()
     with pytest.raises(Exception) as e:
-        ckpt.full_state_dict(step)
+        offline.full_state_dict(step)
     assert "mp_rank_00_model_states.pt is missing" in str(e.value) and "ZeRO-3" not in str(e.value)
     shutil.rmtree(step)
 
@@ -79,7 +80,7 @@ def test_missing_model_file_hint_matches_the_zero_stage(base_run, tmp_path):
 def test_bridge_export_refuses_what_it_did_not_write(base_run, tmp_path):
     """The bridge export (launch/export_bridge.py) follows the same rule as the HF export: a user's
     directory is refused before any checkpoint is read, and left as it was."""
-    from megaspeech.model.bridge_export import export_bridge
+    from megaspeech.bridge.export import export_bridge
     out = user_dir(tmp_path / "mine")
     with pytest.raises(ValueError, match=f"out={out} is not empty and is not a previous export"):
         export_bridge(base_run / "checkpoints" / "step00000004", out)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import pytest
 
-from megaspeech.train import checkpoint as ckpt
+from megaspeech.checkpoint import engine as ckpt
 from tests.faults.fault_runs import copy_run, rewrite_checksums, run
 
 
@@ -59,7 +59,7 @@ def test_resharding_conversion_refuses_a_planted_file(base_run, tmp_path):
 
 
 def test_export_refuses_a_planted_file(base_run, tmp_path):
-    from megaspeech.model.hf_export import export_hf
+    from megaspeech.checkpoint.hf_export import export_hf
     run_dir = copy_run(base_run, tmp_path / "run")
     marker = tmp_path / "marker"
     f = plant(run_dir / "checkpoints" / "step00000004", "mp_rank_00_model_states.pt", marker)
@@ -71,7 +71,7 @@ def test_export_refuses_a_planted_file(base_run, tmp_path):
 
 def test_deepspeed_files_load_under_the_allow_list(base_run):
     """Every file DeepSpeed wrote (ZeRO optimizer state with its LossScaler etc.) loads weights-only."""
-    from megaspeech.train.ckpt_integrity import no_unpickling
+    from megaspeech.checkpoint.integrity import no_unpickling
     d = base_run / "checkpoints" / "step00000004"
     with no_unpickling():
         for f in sorted(d.glob("*.pt")):
@@ -81,7 +81,7 @@ def test_deepspeed_files_load_under_the_allow_list(base_run):
 def test_no_unpickling_nests(base_run):
     """DeepSpeed's engine load (guarded) runs inside the resume's block: leaving the inner block must
     keep the allow-list for the universal loader's direct torch.load calls that follow."""
-    from megaspeech.train.ckpt_integrity import _allowed_globals, no_unpickling
+    from megaspeech.checkpoint.integrity import _allowed_globals, no_unpickling
     f = base_run / "checkpoints" / "step00000004" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     original, before = torch.load, list(torch.serialization.get_safe_globals())
     with no_unpickling():

@@ -3,7 +3,7 @@ reference in values and gradients, edge lengths, dtypes, logits input."""
 import pytest
 import torch
 
-from kernels.ctc_compress import ctc_compress, ctc_compress_reference
+from megaspeech.kernels.ctc_compress import ctc_compress, ctc_compress_reference
 
 BACKENDS = ["triton", "torch"]
 BLANK = 0
@@ -183,7 +183,7 @@ def test_triton_path_never_reads_the_device(seed, monkeypatch):
     """The CUDA path's code with pad_to="input": no .item()/int()/bool()/tolist()/nonzero() on a
     tensor anywhere in the forward and backward (each would be a host synchronization on CUDA).
     Lengths validation on CPU tensors reads them, so this calls past `_prepare`."""
-    import kernels.ctc_compress as cc
+    import megaspeech.kernels.ctc_compress as cc
     b, t, d = 3, 21, 40
     h = torch.randn(b, t, d, requires_grad=True)
     w = (torch.rand(b, t) + 0.05).requires_grad_()

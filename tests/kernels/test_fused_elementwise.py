@@ -4,13 +4,13 @@ the interpreter against their torch references and the fp64 truth, values and gr
 Rules: fp32 equals the reference to float rounding (the kernels may fuse multiply-adds); fp16/bf16
 outputs lie within one unit in the last place of the reference output (two for SwiGLU, whose eager
 reference rounds twice), and gradients within 1.5x the reference's own distance to the fp64 truth.
-Under the interpreter bf16 results go through an fp32 buffer (kernels._triton.store_dtype)."""
+Under the interpreter bf16 results go through an fp32 buffer (megaspeech.kernels._triton.store_dtype)."""
 import pytest
 import torch
 
-from kernels.rmsnorm import rms_norm, rms_norm_reference
-from kernels.rope import apply_rope, apply_rope_reference
-from kernels.swiglu import swiglu, swiglu_reference
+from megaspeech.kernels.rmsnorm import rms_norm, rms_norm_reference
+from megaspeech.kernels.rope import apply_rope, apply_rope_reference
+from megaspeech.kernels.swiglu import swiglu, swiglu_reference
 from megaspeech.model.llm import rope_tables
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from kernels.linear_cross_entropy import (IGNORE_INDEX, linear_cross_entropy,
+from megaspeech.kernels.linear_cross_entropy import (IGNORE_INDEX, linear_cross_entropy,
                                           linear_cross_entropy_reference)
 
 

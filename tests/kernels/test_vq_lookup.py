@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import torch
 
-import kernels.vq_lookup as vql
-from kernels.vq_lookup import vq_lookup, vq_lookup_reference
+import megaspeech.kernels.vq_lookup as vql
+from megaspeech.kernels.vq_lookup import vq_lookup, vq_lookup_reference
 
 BACKENDS = ["triton", "torch"]
 
@@ -137,7 +137,7 @@ def test_bad_input_is_refused():
 
 _MEM_SCRIPT = textwrap.dedent("""
     import torch
-    from kernels.vq_lookup import vq_lookup
+    from megaspeech.kernels.vq_lookup import vq_lookup
 
     def status(field):  # kB values of /proc/self/status
         for line in open("/proc/self/status"):
@@ -192,7 +192,7 @@ def _near_tie_problem(n, cluster, d=64, far=8):
 
 @pytest.mark.parametrize("mode", ["l2", "cosine"])
 def test_fp32_rerank_settles_near_ties_a_bf16_search_gets_wrong(seed, mode):
-    from kernels.vq_rerank import TOP_M, lookup_rerank
+    from megaspeech.kernels.vq_rerank import TOP_M, lookup_rerank
     x, c = _near_tie_problem(64, TOP_M - 1)
     ref = vq_lookup_reference(x, c, mode)
     bf16_idx = vq_lookup_reference(x.bfloat16().float(), c.bfloat16().float(), mode)[0]
@@ -210,7 +210,7 @@ def test_fp32_rerank_settles_near_ties_a_bf16_search_gets_wrong(seed, mode):
 def test_fp32_rerank_falls_back_when_the_bound_is_not_met(seed):
     """More near-tied codes than candidates kept: every row is flagged and the exact kernel
     reruns it; also a bf16 x against the fp32 codebook (mixed: the rerank path too)."""
-    from kernels.vq_rerank import TOP_M, lookup_rerank
+    from megaspeech.kernels.vq_rerank import TOP_M, lookup_rerank
     x, c = _near_tie_problem(40, TOP_M + 3)
     ref = vq_lookup_reference(x, c)
     idx, q, dist = torch.empty_like(ref[0]), torch.empty_like(x), torch.empty_like(ref[2])

@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from kernels.vq import VectorQuantizer, code_stats, code_stats_reference, perplexity
-from kernels.vq_lookup import vq_lookup_reference
+from megaspeech.kernels.vq import VectorQuantizer, code_stats, code_stats_reference, perplexity
+from megaspeech.kernels.vq_lookup import vq_lookup_reference
 
 BACKENDS = ["triton", "torch"]
 

@@ -5,7 +5,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from megaspeech.config.schema import ModelConfig
-from megaspeech.data.synthetic import SyntheticLoader
+from megaspeech.data.toy_stream import SyntheticLoader
 from megaspeech.model.attention import attention_mask, doc_block_mask, document_mask
 from megaspeech.model.llm import DecoderLM, causal_attention
 from megaspeech.parallel.layers import TorchLayers

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from kernels.ctc_compress import ctc_compress_reference
+from megaspeech.kernels.ctc_compress import ctc_compress_reference
 from megaspeech.config.schema import ModelConfig
-from megaspeech.model.bridge import SpeechBridge, splice
+from megaspeech.bridge.layer import SpeechBridge, splice
 from megaspeech.model.llm import DecoderLM
 from megaspeech.parallel.layers import TorchLayers
 
@@ -89,7 +89,7 @@ def test_ctc_bridge_learns_one_vector_per_unit():
         exact += torch.equal(runs[runs != 0], t) and int(out.lengths[i]) == len(t)
     assert exact >= 30, f"{exact}/32 utterances compressed to exactly their units"
     # the compressed vectors (before the projector) are the runs' means: near the prototypes
-    from kernels.ctc_compress import ctc_compress
+    from megaspeech.kernels.ctc_compress import ctc_compress
     x, _ = ctc_compress(h, labels, lens, 0)
     t0 = targets[0]
     cos = torch.nn.functional.cosine_similarity(x[0, :len(t0)], protos[t0], dim=1)

@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_paths_of_consecutive_tools_chain():
-    from megaspeech.data.prep_config import DataPrepConfig
+    from megaspeech.config.prep import DataPrepConfig
     from megaspeech.speech.corpus import CorpusConfig
     from megaspeech.speech.tokenize_corpus import TokenizeConfig
-    from megaspeech.speech.train_tokenizer import Config as SpeechTokConfig
+    from megaspeech.speech.tokenizer_training import Config as SpeechTokConfig
     st = SpeechTokConfig()
     # corpus -> speech tokenizer training -> tokenize_speech
     assert CorpusConfig().out_dir == st.train.data
@@ -35,7 +35,7 @@ def _yaml(name, schema=None):
 
 def test_preset_paths_chain():
     corpus = _yaml("speech_corpus.yaml")["corpus"]["out_dir"]
-    stok = load_config(__import__("megaspeech.speech.train_tokenizer", fromlist=["Config"]).Config,
+    stok = load_config(__import__("megaspeech.speech.tokenizer_training", fromlist=["Config"]).Config,
                        ROOT / "configs/speech_tokenizer_tiny.yaml")
     tok = _yaml("speech_tokenize.yaml")["tokenize"]
     assert stok.train.data == corpus and tok["inputs"] == [corpus]
@@ -76,14 +76,14 @@ def test_9b_trains_on_the_glm4voice_mixture_under_its_data_root():
     again = load_config(PretrainConfig, ROOT / "configs/9b.yaml", ["data.root=rel/root"])
     paths = [s.path for s in again.data.sources]
     import dataclasses
-    from megaspeech.data.config import DataConfig, SourceConfig
+    from megaspeech.config.data import DataConfig, SourceConfig
     d2 = DataConfig(**{**dataclasses.asdict(again.data), "sources": [SourceConfig(**dataclasses.asdict(s))
                                                                      for s in again.data.sources]})
     assert [s.path for s in d2.sources] == paths and all(Path(p).is_absolute() for p in paths)
 
 
 def test_distill_preset_header_matches_what_loads():
-    from megaspeech.speech.train_tokenizer import Config
+    from megaspeech.speech.tokenizer_training import Config
     f = ROOT / "configs/speech_tokenizer_tiny_distill.yaml"
     cfg = load_config(Config, f)
     said = int(re.search(r"split after layer (\d+)", f.read_text()).group(1))

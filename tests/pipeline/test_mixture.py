@@ -1,9 +1,9 @@
-"""GLM-4-Voice mixture weights from the token budget (megaspeech.pipeline.mixture)."""
+"""GLM-4-Voice mixture weights from the token budget (megaspeech.pipeline.mixture_weights)."""
 import math
 
 import pytest
 
-from megaspeech.pipeline.mixture import glm4voice_weights
+from megaspeech.pipeline.mixture_weights import glm4voice_weights
 
 
 def test_one_epoch_of_speech_from_the_budget_rest_interleaved():

@@ -1,4 +1,4 @@
-"""The speech-loss references of the ablation table (megaspeech.pipeline.heldout.speech_ngram_losses):
+"""The speech-loss references of the ablation table (megaspeech.eval.heldout_loss.speech_ngram_losses):
 count unigram / bigram models of training codes, scored on held-out speech positions."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from megaspeech.data.shards import ShardWriter
-from megaspeech.pipeline.heldout import speech_ngram_losses
+from megaspeech.eval.heldout_loss import speech_ngram_losses
 from megaspeech.vocab import Vocab
 
 V = Vocab(text_size=100, speech_size=16)

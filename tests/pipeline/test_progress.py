@@ -83,7 +83,7 @@ def test_tokenizer_eta_after_a_resume(monkeypatch):
     import types
 
     from megaspeech.pipeline import stages
-    from megaspeech.speech import train_tokenizer
+    from megaspeech.speech import tokenizer_training as train_tokenizer
 
     def fake_train(cfg, log):
         log("resumed from RUN/checkpoint.pt at step 500")

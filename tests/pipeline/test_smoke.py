@@ -148,7 +148,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert f"| interleaved share of tokens | {w['interleaved']:.2f} | 0.00 |" in table
     lo, hi = ev["heldout_loss_speech_ci95"]
     assert f"| held-out loss speech (nats) | {ev['heldout_loss_speech']:.3f} [{lo:.3f}, {hi:.3f}] | - |" in table
-    from megaspeech.pipeline.heldout import speech_ngram_losses
+    from megaspeech.eval.heldout_loss import speech_ngram_losses
     ref = speech_ngram_losses(run / "speech_shards/unsup", run / "speech_shards/heldout", ev["heldout_pairs"])
     assert f"| held-out loss speech of a count bigram of the training codes (nats) | {ref['bigram']:.3f} | {ref['bigram']:.3f} |" in table
     # a changed input redoes its stage (and only it, up to --until); upstream stays

@@ -15,7 +15,7 @@ from megaspeech.speech.augment import AugmentConfig
 from megaspeech.speech.tokenize_corpus import TokenizeConfig, tokenize_corpus
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets,
                                          tokenize_audios)
-from megaspeech.speech.train_tokenizer import AudioBatches, Config, RunConfig, TrainConfig, train
+from megaspeech.speech.tokenizer_training import AudioBatches, Config, RunConfig, TrainConfig, train
 from megaspeech.speech.tts import synthesize
 from tests.speech.conftest import librivox_items
 

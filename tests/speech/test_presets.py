@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from megaspeech.config.load import load_config
-from megaspeech.speech.train_tokenizer import Config
+from megaspeech.speech.tokenizer_training import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ import torch
 from megaspeech.config.schema import ModelConfig
 from megaspeech.model.llm import DecoderLM
 from megaspeech.parallel.layers import TorchLayers
-from megaspeech.synth.generate import GenerationConfig, KVCacheLM, SpeechGenerator
+from megaspeech.model.decode import KVCacheLM
+from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
 from megaspeech.vocab import Vocab
 
 VOCAB = Vocab(text_size=96, speech_size=40)

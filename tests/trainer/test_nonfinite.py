@@ -24,7 +24,7 @@ def test_skip_nonfinite_skips_the_update_and_counts_it(tmp_path):
 
 
 def test_end_of_run_saves_step_zero_and_never_saves_a_step_twice(tmp_path):
-    from megaspeech.train.checkpoint import step_dirs
+    from megaspeech.checkpoint.offline import step_dirs
     base = ["data.kind=synthetic", "train.seq_len=64", "checkpoint.interval=2"]
     # train.steps=0 (e.g. an imported model saved as a checkpoint) writes the step-0 checkpoint
     run_pretrain(1, tmp_path / "zero", base + ["train.steps=0"])

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from kernels._triton import interpreting, pick_backend, store_dtype, tl, triton
+from megaspeech.kernels._triton import interpreting, pick_backend, store_dtype, tl, triton
 
 IGNORE_INDEX = -100  # F.cross_entropy's default; such tokens add 0 to the loss and the gradients
 CHUNK_ELEMENTS = 1 << 25  # default chunk: 32M fp32 logits (128 MiB) per chunk

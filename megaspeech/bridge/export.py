@@ -24,8 +24,8 @@ SINGLE = Layout(tp=1, pp=1, dp=1, tp_rank=0, pp_rank=0, dp_rank=0, rank=0, world
 def load_bridge(ckpt_dir: str | Path):
     """(BridgeLM at TP=1 with the checkpoint's weights, its PretrainConfig) from a step directory of any
     TP layout (weights only: weights_only=True reads)."""
-    from megaspeech.train.bridge_task import build_bridge_model
-    from megaspeech.train.checkpoint import full_state_dict
+    from megaspeech.bridge.task import build_bridge_model
+    from megaspeech.checkpoint.offline import full_state_dict
     sd, meta = full_state_dict(Path(ckpt_dir))
     raw = copy.deepcopy(meta["config"])
     if raw.get("task") != "bridge":
@@ -43,8 +43,8 @@ def export_bridge(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     from megaspeech.config.load import to_dict
-    from megaspeech.model.hf_export import MARKER, check_export_target, replace_export, write_hf
-    from megaspeech.model.speech_lm import merged_lm
+    from megaspeech.checkpoint.hf_export import MARKER, check_export_target, replace_export, write_hf
+    from megaspeech.bridge.model import merged_lm
     check_export_target(out_dir, ckpt_dir)  # never replaces what megaspeech did not write
     model, cfg = load_bridge(ckpt_dir)
     out = Path(out_dir)
@@ -56,5 +56,5 @@ def export_bridge(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     save_file(front, str(tmp / "speech.safetensors"))
     d = to_dict(cfg)
     (tmp / "bridge.json").write_text(json.dumps({k: d[k] for k in ("model", "vocab", "bridge", "run")}, indent=1))
-    (tmp / MARKER).write_text("written by megaspeech.model.bridge_export; this directory may be replaced by the next export\n")
+    (tmp / MARKER).write_text("written by megaspeech.bridge.export; this directory may be replaced by the next export\n")
     return replace_export(tmp, out)

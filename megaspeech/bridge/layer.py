@@ -3,7 +3,7 @@ one vector per text unit and maps them into the LM's embedding space.
 
     frames h [B, T, D_speech] (50 Hz encoder states) --ctc_head--> logits [B, T, V_ctc]
       kind "ctc":  runs of equal argmax label -> one vector each (blank runs dropped), the
-                   probability-weighted mean of the run's frames (kernels.ctc_compress), trained
+                   probability-weighted mean of the run's frames (megaspeech.kernels.ctc_compress), trained
                    with a CTC loss on the transcript so the runs follow the text units
       kind "conv": a strided Conv1d (the paper's downsampling alternative; no CTC head)
     -> projector (Linear, GELU, Linear) -> speech embeddings [B, T', H_lm], lengths [B]
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ctc_compress import ctc_compress
+from megaspeech.kernels.ctc_compress import ctc_compress
 
 
 @dataclass

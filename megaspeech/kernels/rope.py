@@ -9,13 +9,13 @@ Backward: the inverse rotation of the fp32 upcast gradient (sin -> -sin), cast t
 
 Triton reads x through its strides (the attention passes strided views of the fused QKV
 output), so the rotation is one read and one write; eager torch makes ~8 passes with fp32
-temporaries. Dispatch as kernels/rmsnorm.py: Triton on CUDA outside torch.compile.
+temporaries. Dispatch as megaspeech/kernels/rmsnorm.py: Triton on CUDA outside torch.compile.
 """
 from __future__ import annotations
 
 import torch
 
-from kernels._triton import pick_backend, store_dtype, tl, triton
+from megaspeech.kernels._triton import pick_backend, store_dtype, tl, triton
 
 
 def apply_rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:

@@ -11,7 +11,7 @@ is fp32 whatever the input dtypes (bf16/fp16 are upcast on load):
 
 Backends: Triton (CUDA, or the CPU interpreter) tiles over K keeping a running min/argmin in
 registers (bf16/fp16: tensor-core dots, exact products; an fp32 operand: by default a bf16
-candidate search with exact fp32 re-ranking, kernels/vq_rerank.py); the torch path (CPU) walks
+candidate search with exact fp32 re-ranking, megaspeech/kernels/vq_rerank.py); the torch path (CPU) walks
 row chunks x code chunks so peak extra memory is one chunk of scores (default 1024 x 2048 fp32 =
 8 MiB) plus the outputs.
 """
@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 
-from kernels._triton import interpreting, pick_backend, tl, triton
-from kernels.vq_rerank import lookup_rerank
+from megaspeech.kernels._triton import interpreting, pick_backend, tl, triton
+from megaspeech.kernels.vq_rerank import lookup_rerank
 
 MODES = ("l2", "cosine")
 _EPS = 1e-12  # same clamp as F.normalize: a zero code or row gets a finite, zero score
@@ -123,7 +123,7 @@ if triton is not None:
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         k_end = K
-        if ONLY_FLAGGED:  # the exact fallback of kernels/vq_rerank.py: blocks without a flag skip
+        if ONLY_FLAGGED:  # the exact fallback of megaspeech/kernels/vq_rerank.py: blocks without a flag skip
             row_ok = row_ok & (tl.load(flag_ptr + rows, mask=row_ok, other=0) != 0)
             k_end = K * tl.max(row_ok.to(tl.int32), axis=0)
         rows64 = rows.to(tl.int64)
@@ -230,7 +230,7 @@ def vq_lookup(x: torch.Tensor, codebook: torch.Tensor, mode: Literal["l2", "cosi
         chunk_rows: rows per chunk (torch) or per kernel launch (Triton); None picks a default.
         fp32_search: Triton with an fp32 operand: "rerank" (bf16 tensor-core candidates, exact
             fp32 re-ranking, exact fallback where the rounding bound is not met; see
-            kernels/vq_rerank.py) or "ieee" (every score an fp32 CUDA-core dot). Same results.
+            megaspeech/kernels/vq_rerank.py) or "ieee" (every score an fp32 CUDA-core dot). Same results.
     Returns:
         indices int64 [N], quantized [N, D] in codebook.dtype (rows of the codebook, bit-equal),
         min_dist float32 [N]. Ties go to the lowest index; see the module docstring.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.bridge import BridgeConfig
-from megaspeech.model.speech_lm import CTC_CHARS, ctc_units, unit_token_ids
+from megaspeech.bridge.model import CTC_CHARS, ctc_units, unit_token_ids
 from megaspeech.speech.audio import HOP, decode_audio, log_mel
 
 
@@ -131,7 +131,7 @@ def text_row(codec: TextCodec, prefix: str, target: str, max_tokens: int) -> tup
 
 
 class BridgeLoader:
-    """Iterable of micro-batch dicts (see megaspeech/model/speech_lm.py BridgeLM.forward):
+    """Iterable of micro-batch dicts (see megaspeech/bridge/model.py BridgeLM.forward):
     feats float32 [B, n_mels, F], feat_lengths int64 [B]; latents [B, T, D], latent_lengths [B] (LaSyn
     rows, else 0); text_ids int64 [B, U], text_lengths [B], loss_mask float32 [B, U]; ctc_targets int64
     [B, C], ctc_lengths [B]; sample_ids int64 [B, 1] (utterance index, -1 - sentence index for syn rows)."""

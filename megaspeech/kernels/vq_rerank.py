@@ -1,7 +1,7 @@
 """fp32 VQ lookup on tensor cores with exact fp32 results: a bf16 candidate search, then an fp32
 re-ranking of the few candidates, then an exact fallback for rows the bound cannot settle.
 
-Why: fp32 inputs must give the fp32 argmin of kernels/vq_lookup.py's definition, but an "ieee"
+Why: fp32 inputs must give the fp32 argmin of megaspeech/kernels/vq_lookup.py's definition, but an "ieee"
 fp32 dot runs on CUDA cores (0.46x cdist on an H100). Here:
 1. `_candidates_kernel`: scores from bf16-rounded x and codes on tensor cores (fp32 accumulate),
    keeping the TOP_M lowest approximate scores of each row (and their codes) in registers.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import interpreting, tl, triton
+from megaspeech.kernels._triton import interpreting, tl, triton
 
 TOP_M = 4
 _U = 2.0 ** -7

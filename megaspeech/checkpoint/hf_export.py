@@ -13,7 +13,7 @@ import torch
 from megaspeech.config.schema import ModelConfig
 from megaspeech.fs import swap_dir
 from megaspeech.model.hf import adapter_for
-from megaspeech.train.checkpoint import full_state_dict
+from megaspeech.checkpoint.offline import full_state_dict
 from megaspeech.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def sentencepiece_tokenizer(sp_model: str | Path):
     proto = import_protobuf().ModelProto()
     proto.ParseFromString(Path(sp_model).read_bytes())
     ns, ts = proto.normalizer_spec, proto.trainer_spec
-    if ts.model_type != 1:  # 1 = UNIGRAM (the kind launch/train_tokenizer.py writes)
+    if ts.model_type != 1:  # 1 = UNIGRAM (the kind launch/train_text_tokenizer.py writes)
         raise NotImplementedError(f"{sp_model}: SentencePiece model type {ts.model_type} is not supported "
                                   f"for export; train a unigram model")
     tok = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=ts.unk_id,
@@ -149,7 +149,7 @@ def write_hf(sd: dict[str, torch.Tensor], m: ModelConfig, vocab: Vocab, out_dir:
         else:
             log.warning("no text tokenizer (vocab.sp_model and model.init_from_hf unset): %s has no tokenizer files", out)
         vocab.save(tmp / "vocab.json")
-        (tmp / MARKER).write_text("written by megaspeech.model.hf_export; this directory may be replaced by the next export\n")
+        (tmp / MARKER).write_text("written by megaspeech.checkpoint.hf_export; this directory may be replaced by the next export\n")
     except BaseException:  # a failed export leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -55,7 +55,7 @@ def ablation_table(run: Path) -> str:
     evals = [st.get("eval", {}).get("metrics", {}) for st in reports.values()]
     heldout, ref = Path(run) / "speech_shards" / "heldout", {}
     if (heldout / "manifest.json").is_file() and any("heldout_loss_speech" in ev for ev in evals):
-        from megaspeech.pipeline.heldout import speech_ngram_losses
+        from megaspeech.eval.heldout_loss import speech_ngram_losses
         limits = {ev["heldout_pairs"] for ev in evals if "heldout_pairs" in ev}
         if len(limits) != 1:
             raise ValueError(f"{run}: the reports scored {sorted(limits)} held-out pairs; rerun their eval "

@@ -7,14 +7,14 @@ in the last place, the fused result being the closer to the exact value. Backwar
 sg = sigmoid(gate):
     d gate = g * up * sg * (1 + gate * (1 - sg)),   d up = g * silu(gate)
 The Triton backward recomputes sigmoid from gate (nothing but the inputs is saved); eager torch
-keeps silu(gate) and runs ~5 elementwise kernels. Dispatch as kernels/rmsnorm.py.
+keeps silu(gate) and runs ~5 elementwise kernels. Dispatch as megaspeech/kernels/rmsnorm.py.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import pick_backend, store_dtype, tl, triton
+from megaspeech.kernels._triton import pick_backend, store_dtype, tl, triton
 
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

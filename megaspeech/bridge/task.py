@@ -1,6 +1,6 @@
 """task: bridge — what the trainer builds instead of the token LM's model, loss and loader.
 
-The model is BridgeLM (megaspeech/model/speech_lm.py): a frame encoder (Whisper tiny.en with its real
+The model is BridgeLM (megaspeech/bridge/model.py): a frame encoder (Whisper tiny.en with its real
 weights, or the small conv encoder), the SpeechBridge (CTC compression or strided conv) and the decoder
 LM built by the same `build_model` as pre-training (plain layers at TP=1, megatron-core TP layers at
 TP>1), initialised from `model.init_from_hf` (SmolLM2-135M) before LoRA adapters (peft) are attached.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from megaspeech.config.schema import PretrainConfig
-from megaspeech.model.bridge import SpeechBridge
-from megaspeech.model.speech_lm import BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode
+from megaspeech.bridge.layer import SpeechBridge
+from megaspeech.bridge.model import BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode
 from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout
 
@@ -50,7 +50,7 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
         from megaspeech.model.hf import init_from_hf
         init_from_hf(lm, cfg, layout)
     encoder = build_encoder(cfg)
-    from megaspeech.speech.bridge_data import ctc_units_for
+    from megaspeech.bridge.batches import ctc_units_for
     units = ctc_units_for(b, cfg.vocab)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed + 7_919)
@@ -63,7 +63,7 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
 
 
 def load_synthesizer(path: str):
-    from megaspeech.speech.lasyn import load_synthesizer as load
+    from megaspeech.bridge.lasyn import load_synthesizer as load
     return load(path)
 
 
@@ -81,7 +81,7 @@ class BridgeTask:
         return {} if m == 1.0 else {"bridge.": m, "encoder.": m}
 
     def build_loader(self):
-        from megaspeech.speech.bridge_data import BridgeLoader, ctc_units_for
+        from megaspeech.bridge.batches import BridgeLoader, ctc_units_for
         cfg, lay = self.cfg, self.layout
         synth = load_synthesizer(cfg.bridge.lasyn) if cfg.bridge.lasyn_ratio > 0 else None
         units = ctc_units_for(cfg.bridge, cfg.vocab)

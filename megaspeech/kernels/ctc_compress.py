@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import interpreting, pick_backend, tl, triton
+from megaspeech.kernels._triton import interpreting, pick_backend, tl, triton
 
 MODES = ("remove_blank", "merge")
 REDUCES = ("mean", "weighted")

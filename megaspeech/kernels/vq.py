@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from kernels._triton import interpreting, pick_backend, tl, triton
-from kernels.vq_lookup import MODES, vq_lookup
+from megaspeech.kernels._triton import interpreting, pick_backend, tl, triton
+from megaspeech.kernels.vq_lookup import MODES, vq_lookup
 
 
 def code_stats_reference(indices: torch.Tensor, x: torch.Tensor, codebook_size: int):

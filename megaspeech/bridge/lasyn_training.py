@@ -1,7 +1,7 @@
-"""Train a LaSyn latent synthesizer (megaspeech/speech/lasyn.py) on (text, real encoder latent) pairs:
+"""Train a LaSyn latent synthesizer (megaspeech/bridge/lasyn.py) on (text, real encoder latent) pairs:
 the utterances of an `audio` dataset (TTS speech of real text) run once through the frozen frame encoder
 the bridge uses (bridge.encoder, same seed for the conv encoder), aligned to their transcripts (`align`:
-ctc, a CTC probe's forced alignment, megaspeech/speech/align.py; uniform, frames split evenly), then
+ctc, a CTC probe's forced alignment, megaspeech/bridge/align.py; uniform, frames split evenly), then
 AdamW on the synthesizer's loss."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.load import check
-from megaspeech.speech.lasyn import LatentSynthesizer, SynthConfig, pad_units, save_synthesizer, uniform_durations
+from megaspeech.bridge.lasyn import LatentSynthesizer, SynthConfig, pad_units, save_synthesizer, uniform_durations
 
 
 @dataclass
@@ -42,7 +42,7 @@ class LaSynTrainConfig:
 @torch.no_grad()
 def encoder_pairs(encoder, audios: list[bytes], texts: list[str], keys: list[str], chunk: int = 8):
     """-> [(units, latents float32 [T, D])] through the frozen encoder, per utterance."""
-    from megaspeech.model.speech_lm import ctc_units
+    from megaspeech.bridge.model import ctc_units
     from megaspeech.speech.audio import HOP, decode_audio, log_mel
     out = []
     for s in range(0, len(audios), chunk):
@@ -66,8 +66,8 @@ def align_durations(pairs, cfg: LaSynTrainConfig, log=print) -> list[list[int]] 
     (fewer frames than their transcript needs) keep an even split."""
     if cfg.align == "uniform":
         return None
-    from megaspeech.model.speech_lm import CTC_CHARS
-    from megaspeech.speech.align import align_pairs, train_ctc_probe
+    from megaspeech.bridge.model import CTC_CHARS
+    from megaspeech.bridge.align import align_pairs, train_ctc_probe
     t0 = time.perf_counter()
     head = train_ctc_probe(pairs, len(CTC_CHARS) + 1, steps=cfg.align_steps, seed=cfg.seed)
     durs, failed = align_pairs(head, pairs)
@@ -93,8 +93,8 @@ def trained_summary(cfg: LaSynTrainConfig) -> dict | None:
 
 
 def train_lasyn(cfg: LaSynTrainConfig, log=print) -> dict:
-    from megaspeech.speech.bridge_data import load_utterances
-    from megaspeech.train.bridge_task import make_encoder
+    from megaspeech.bridge.batches import load_utterances
+    from megaspeech.bridge.task import make_encoder
     torch.set_num_threads(cfg.threads)
     encoder = make_encoder(cfg.encoder, cfg.encoder_dim, cfg.seed).eval()
     audios, texts, keys, skipped = load_utterances(cfg.data, cfg.max_seconds)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megaspeech.model.bridge import BridgeOutput, SpeechBridge, splice
+from megaspeech.bridge.layer import BridgeOutput, SpeechBridge, splice
 from megaspeech.speech.asr import additive_mask
 
 CTC_CHARS = " abcdefghijklmnopqrstuvwxyz'"  # CTC units: index + 1 (0 is the blank)
@@ -213,7 +213,7 @@ class _PrefixKVCache:
     """megaspeech.synth.generate.KVCacheLM prefilled with embeddings (speech + prompt) instead of ids."""
 
     def __init__(self, lm: nn.Module):
-        from megaspeech.synth.generate import KVCacheLM
+        from megaspeech.model.decode import KVCacheLM
         self.kv = KVCacheLM(lm)
 
     def prefill(self, rows: list[torch.Tensor], max_new: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Train the SentencePiece text tokenizer on real corpora; write tokenizer.model + vocab.json.
 
-    python launch/train_tokenizer.py --config configs/data/demo.yaml [tokenizer.vocab_size=8000 ...]
+    python launch/train_text_tokenizer.py --config configs/data/demo.yaml [tokenizer.vocab_size=8000 ...]
 
 The model has no bos/eos of its own (those are unified specials), so its piece ids are exactly the
 unified text ids [0, vocab_size). vocab.json (megaspeech.vocab.Vocab) records the layout.
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.data.prep_config import DataPrepConfig  # noqa: E402
+from megaspeech.config.prep import DataPrepConfig  # noqa: E402
 from megaspeech.data.prep_text import train_sentencepiece  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """CTC forced alignment: which frames of an utterance say which unit of its transcript.
 
-LaSyn's synthesizers (megaspeech/speech/lasyn.py) learn durations (frames per text unit) from
+LaSyn's synthesizers (megaspeech/bridge/lasyn.py) learn durations (frames per text unit) from
 aligned (text, latent) pairs. The alignment comes from a linear CTC probe on the frozen encoder's
 latents (`train_ctc_probe`, the shape of the bridge's CTC head) and the Viterbi path through the CTC
 topology (`viterbi_path`): blank, unit 1, blank, unit 2, ... blank; a repeated unit needs a blank

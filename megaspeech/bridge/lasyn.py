@@ -1,5 +1,5 @@
 """LaSyn (arXiv 2310.05374): a latent synthesizer text -> the speech encoder's latent space, so that
-text-only corpora can feed the bridge model (megaspeech/model/speech_lm.py) as if they were speech.
+text-only corpora can feed the bridge model (megaspeech/bridge/model.py) as if they were speech.
 
 Text is read as the CTC character units (speech_lm.ctc_units). Both forms share a text encoder (unit
 embeddings + convolutions) and a duration predictor (log frames per unit):
@@ -11,7 +11,7 @@ Latents are standardised per dimension with statistics of the training latents (
 forms work in a unit-scale space; `synthesize` returns latents in the encoder's own scale.
 
 Alignment: the duration targets are frames per unit from a CTC forced alignment of the real latents
-(megaspeech/speech/align.py, what launch/train_lasyn.py uses by default), or, given none, each
+(megaspeech/bridge/align.py, what launch/train_lasyn.py uses by default), or, given none, each
 utterance's frames split evenly over its units (`uniform_durations`: the total length is right, the
 timing within the utterance is not).
 """
@@ -28,7 +28,7 @@ from torch import nn
 
 from megaspeech.config.load import check
 from megaspeech.fs import atomic_path
-from megaspeech.model.speech_lm import CTC_CHARS
+from megaspeech.bridge.model import CTC_CHARS
 
 
 @dataclass

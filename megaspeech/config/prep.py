@@ -1,4 +1,4 @@
-"""Config of the data-preparation tools (launch/train_tokenizer.py, launch/prepare_data.py).
+"""Config of the data-preparation tools (launch/train_text_tokenizer.py, launch/prepare_data.py).
 
 One schema for both so a preset (configs/data/*.yaml) names the corpora once:
   corpora      corpus specs (megaspeech.data.corpora): sotu, kjv, shakespeare:PATH, files:GLOB

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megaspeech.model.speech_lm import BridgeLM, greedy_generate
+from megaspeech.bridge.model import BridgeLM, greedy_generate
 from megaspeech.speech.asr import wer
 from megaspeech.speech.audio import HOP, log_mel
 
 def dataset_items(path: str, limit: int | None = None) -> list[tuple[np.ndarray, str]]:
     from megaspeech.speech.audio import decode_audio
-    from megaspeech.speech.bridge_data import load_utterances
+    from megaspeech.bridge.batches import load_utterances
     audio, texts, keys, _ = load_utterances(path, 30.0)
     n = len(audio) if limit is None else min(limit, len(audio))
     return [(decode_audio(audio[i], keys[i]), texts[i]) for i in range(n)]
@@ -30,9 +30,9 @@ def transcribe(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], prom
     """-> {wer, ctc_wer (None for a conv bridge), length_reduction, hyps, ctc_hyps}: greedy decoding, in percent;
     `units` (bridge_data.CTCUnits) reads the CTC head's labels, by default characters."""
     if units is None:
-        from megaspeech.speech.bridge_data import CTCUnits
+        from megaspeech.bridge.batches import CTCUnits
         units = CTCUnits("chars", codec, 0)
-    from megaspeech.speech.bridge_data import collate
+    from megaspeech.bridge.batches import collate
     model.eval()
     hyps, ctc_hyps, frames, positions = [], [], 0, 0
     for s in range(0, len(items), batch):
@@ -70,7 +70,7 @@ def speech_gain(model: BridgeLM, codec, items: list[tuple[np.ndarray, str]], pro
     (`loss_mismatched`, the same transcripts): `speech_gain` = mismatched - matched is > 0 only when
     the speech tells the LM something about its own words (a prior-only LM scores both alike);
     `speech_gain_se` is its standard error over utterances (paired: the same transcript in both)."""
-    from megaspeech.speech.bridge_data import collate, text_row
+    from megaspeech.bridge.batches import collate, text_row
     model.eval()
     n, sums, tokens = len(items), {}, np.zeros(len(items))
     # once per utterance: both passes read them
@@ -185,7 +185,7 @@ def run_variant(name: str, cfg, out: Path, layout, evals: dict[str, list[tuple[n
     config and sets, or another benchmark's variant that is the same run (cache), reuses it; fresh=True
     retrains."""
     from megaspeech.fs import write_atomic
-    from megaspeech.speech.bridge_data import ctc_units_for
+    from megaspeech.bridge.batches import ctc_units_for
     key = variant_key(cfg, evals)
     path, shared = out / name / "result.json", (cache / f"{key}.json" if cache else None)
     wanted = [f"{m}_{s}" for s in evals for m in ("wer", "speech_gain", "speech_gain_se")]

@@ -38,61 +38,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from megaspeech.checkpoint.offline import agree, read_latest_quiet, read_meta, step_dirs, tag_for
 from megaspeech.fs import write_atomic
-from megaspeech.train.ckpt_integrity import (META, CheckpointError, digests, dir_bytes, guard_engine, list_files,
+from megaspeech.checkpoint.integrity import (META, CheckpointError, digests, dir_bytes, guard_engine, list_files,
                                              no_unpickling, read_json, save_file, space_message, verify)
 
 log = logging.getLogger(__name__)
-
-# How a tensor-parallel slice relates to the full parameter (regexes on global parameter names such
-# as `3.attn.proj.weight`, the same at every layout). Declared to DeepSpeed's universal-checkpoint
-# converter the way Megatron-DeepSpeed does, and used by `full_state_dict` for export. Everything
-# not listed is column-parallel: slices concatenate on dim 0 (the fused QKV is laid out per KV group,
-# so its dim-0 slices are whole groups and concatenate back in order).
-BRIDGE_REPLICATED = r"^(encoder|bridge)\."  # task: bridge keeps these whole on every TP rank
-TP_REPLICATED = [r".*norm\.weight$", BRIDGE_REPLICATED]
-TP_ROW_PARALLEL = [r".*attn\.proj\.weight$", r".*mlp\.down\.weight$"]
-TP_VOCAB = [r".*embed\.weight$", r".*out\.weight$"]
-
-
-def universal_checkpoint_info(padded_vocab: int, bridge: bool = False) -> dict:
-    """The `universal_checkpoint_info` client state `ds_to_universal` needs. The padded vocab is the
-    same at every layout (cfg.padded_vocab_size()), so nothing is stripped or re-padded. The converter
-    refuses a pattern that matches no parameter, so the bridge's pattern is declared for its task only."""
-    replicated = [p for p in TP_REPLICATED if bridge or p != BRIDGE_REPLICATED]
-    return {"universal_checkpoint_version": 0.2,
-            "tp_replicated_parameter_patterns": replicated,
-            "parameter_with_row_parallelism_patterns": TP_ROW_PARALLEL,
-            "vocabulary_parameter_patterns": TP_VOCAB,
-            "original_vocab_size": padded_vocab, "padded_vocab_size": padded_vocab}
-
-
-def tag_for(step: int) -> str:
-    return f"step{step:08d}"
-
-
-def read_latest(root: Path) -> str | None:
-    f = root / "latest"
-    if not f.is_file():
-        return None
-    tag = f.read_text().strip()
-    if not (root / tag).is_dir():
-        raise FileNotFoundError(f"{f} names {tag!r}, which does not exist under {root}; "
-                                f"point {f} at an existing checkpoint directory or delete it to start fresh")
-    return tag
-
-
-def resolve(path: str | Path) -> Path:
-    """A step directory (holding meta.json), or the `latest` of a checkpoints dir or of a run dir."""
-    p = Path(path).expanduser()
-    if (p / "meta.json").is_file():
-        return p
-    for root in (p, p / "checkpoints"):
-        tag = read_latest(root) if root.is_dir() else None
-        if tag is not None:
-            return root / tag
-    raise FileNotFoundError(f"{p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
-                            f"pass a step directory written by launch/pretrain.py")
 
 
 def rng_state() -> dict:
@@ -152,15 +103,6 @@ def _saving(model: nn.Module):
             m._ms_saving = False
 
 
-# ---- save / load -----------------------------------------------------------------------------
-def step_dirs(root: Path) -> list[str]:
-    """Complete checkpoint tags under `root` (step directories, no `.tmp`), newest first."""
-    if not Path(root).is_dir():
-        return []
-    return sorted((p.name for p in Path(root).iterdir() if p.is_dir() and re.fullmatch(r"step\d+", p.name)),
-                  reverse=True)
-
-
 def _needed_bytes(engine, root: Path) -> tuple[int, str]:
     """Space a new checkpoint needs: the size of the newest one, else 16 B per parameter (fp32 weights,
     master copy and two Adam moments) times the model-parallel ranks."""
@@ -170,13 +112,6 @@ def _needed_bytes(engine, root: Path) -> tuple[int, str]:
     n = sum(p.numel() for p in engine.module.parameters())
     mp = dist.get_world_size() // max(1, getattr(engine, "dp_world_size", 1))
     return 16 * n * mp, "estimated as 16 bytes per parameter"
-
-
-def _agree(errors: list[str]) -> list[str]:
-    """Every rank's errors, on every rank (a collective: also the barrier between save phases)."""
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, list(errors))
-    return [e for errs in out for e in errs]
 
 
 def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, keep: int,
@@ -197,7 +132,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
             shutil.rmtree(old, ignore_errors=True)
         if shutil.disk_usage(root).free < needed[0]:
             pre.append("not enough free space before writing")
-    pre = _agree(pre)
+    pre = agree(pre)
     if pre:
         raise CheckpointError(f"not saving checkpoint {tag} in {root}: {space_message(root, *needed)}")
     errors = guard_engine(engine)
@@ -206,7 +141,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
     save_file(rank_state, root / tmp / f"rank{rank}.pt", errors)
     if crash_after_write and rank == world - 1:
         os._exit(9)
-    errors = _agree(errors)
+    errors = agree(errors)
     names: list = [None]
     if not errors and rank == 0:
         names = [list_files(root / tmp)]
@@ -238,7 +173,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
             older = [t for t in step_dirs(root) if t < tag]
             for old in older[keep - 1:] if keep > 0 else []:
                 shutil.rmtree(root / old, ignore_errors=True)
-    final = _agree(final)
+    final = agree(final)
     if final:
         prev = read_latest_quiet(root)
         raise CheckpointError(
@@ -247,70 +182,6 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
             f"The partial {root / tmp} was removed; `latest` still names {prev or 'nothing'}")
     log.info("saved checkpoint %s", root / tag)
     return tag
-
-
-def read_latest_quiet(root: Path) -> str | None:
-    try:
-        return read_latest(root)
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def read_meta(ckpt_dir: Path) -> dict:
-    f = Path(ckpt_dir) / META
-    if not f.is_file():
-        raise FileNotFoundError(f"{f} is missing: {ckpt_dir} is not a complete megaspeech checkpoint "
-                                f"(an interrupted save leaves <tag>.tmp); pick a directory named in `latest`")
-    return read_json(f, "checkpoint manifest")
-
-
-def verify_collective(step_dir: Path) -> list[str]:
-    """Problems with `step_dir` (meta.json unreadable, or files that differ from its checksums), the
-    same list on every rank; each rank hashes a share of the files. Outside a process group: all."""
-    try:
-        meta = read_meta(step_dir)
-        files = meta.get("files")
-        problems = [] if isinstance(files, dict) else None
-    except (OSError, CheckpointError) as e:
-        problems, files = [str(e)], None
-    if problems is None:  # written before checksums existed: accepted as it is, with a warning
-        log.warning("%s has no checksums (saved by an older megaspeech): loading it unverified", step_dir)
-        problems = []
-    if not dist.is_available() or not dist.is_initialized():
-        return problems or (verify(step_dir, files) if files else [])
-    if files and not problems:
-        problems = verify(step_dir, files, (dist.get_rank(), dist.get_world_size()))
-    return _agree(problems) if files else problems
-
-
-def find_resumable(root: Path) -> str | None:
-    """The checkpoint `run.resume=auto` continues from: `latest` if it verifies, else the newest step
-    directory that verifies (each one skipped is logged with the reason). None when `root` holds no
-    checkpoint; CheckpointError when it holds some but none verifies."""
-    tags = step_dirs(root)
-    first = None
-    try:
-        first = read_latest(root)
-    except (FileNotFoundError, OSError) as e:
-        log.warning("%s; looking for the newest checkpoint that verifies", e)
-    if first is None and tags and not (root / "latest").is_file():
-        log.warning("%s has checkpoints but no `latest`: looking for the newest one that verifies", root)
-    order = ([first] if first else []) + [t for t in tags if t != first]
-    skipped = []
-    for tag in order:
-        problems = verify_collective(root / tag)
-        if not problems:
-            if skipped:
-                log.warning("resuming from %s; skipped %d checkpoint(s) that do not verify: %s", root / tag,
-                            len(skipped), "; ".join(f"{t}: {p}" for t, p in skipped))
-            return tag
-        skipped.append((tag, problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")))
-        log.warning("skipping checkpoint %s: %s", root / tag, skipped[-1][1])
-    if skipped:
-        raise CheckpointError(f"none of the {len(skipped)} checkpoints in {root} verifies: "
-                              + "; ".join(f"{t}: {p}" for t, p in skipped)
-                              + f". Restore a good copy, or move {root} away to start from step 0")
-    return None
 
 
 def same_layout(saved: dict, layout) -> bool:
@@ -337,17 +208,6 @@ def convert_to_universal(src: Path, dst: Path) -> None:
     (tmp / "source").write_text(source)
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
-
-
-def data_states(step_dir: Path, saved_layout: dict) -> list[dict]:
-    """The data-loader state of every data-parallel rank of a checkpoint, in DP order (saved ranks are
-    numbered TP fastest, then DP: DP index d's first rank is d * tp)."""
-    files = [step_dir / f"rank{d * saved_layout['tp']}.pt" for d in range(saved_layout["dp"])]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint {step_dir} lacks {missing}; it is incomplete, resume from another tag")
-    with no_unpickling():
-        return [torch.load(f)["data"] for f in files]
 
 
 def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[dict, dict]:
@@ -399,49 +259,3 @@ def load(engine, root: Path, tag: str, layout, universal_root: Path) -> tuple[di
         return client_state, torch.load(rank_file)
 
 
-# ---- offline: the full model from a checkpoint of any layout ---------------------------------
-def _merge_tp(name: str, slices: list[torch.Tensor]) -> torch.Tensor:
-    if len(slices) == 1 or any(re.match(p, name) for p in TP_REPLICATED):
-        return slices[0]
-    return torch.cat(slices, dim=1 if any(re.match(p, name) for p in TP_ROW_PARALLEL) else 0)
-
-
-def full_state_dict(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The full (un-sliced) model weights of a checkpoint of any TP/PP layout, keyed by global names
-    (`0.embed.weight`, `1.attn.qkv.weight`, ...), and its meta.json. Reads only tensors
-    (weights_only=True) after checking every file against meta.json; ZeRO-3 checkpoints (weights partitioned over DP) are refused."""
-    ckpt_dir = Path(ckpt_dir)
-    meta = read_meta(ckpt_dir)
-    problems = verify_collective(ckpt_dir)
-    if problems:
-        raise CheckpointError(f"{ckpt_dir} does not verify against its meta.json: {'; '.join(problems)}; "
-                              f"export another checkpoint (e.g. the step directory before it)")
-    tp = meta["layout"]["tp"]
-    zero = meta.get("config", {}).get("parallel", {}).get("zero_stage")
-    per_tp: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
-    with no_unpickling():
-        if meta["layout"]["pp"] == 1:
-            for r in range(tp):
-                f = ckpt_dir / f"mp_rank_{r:02d}_model_states.pt"
-                if not f.is_file():
-                    hint = ("ZeRO-3 checkpoints partition the weights and are not supported here: save with "
-                            "parallel.zero_stage<=2" if zero == 3 else
-                            f"this ZeRO-{zero} checkpoint is incomplete: export another step directory")
-                    raise FileNotFoundError(f"{f} is missing ({hint})")
-                per_tp[r] = torch.load(f, map_location="cpu")["module"]
-        else:  # pipeline: layer_<global idx>-model_<tp rank>-model_states.pt, keys local to the layer
-            files = sorted(glob.glob(str(ckpt_dir / "layer_*-model_states.pt")))
-            if not files:
-                raise FileNotFoundError(f"no layer_*-model_states.pt files in {ckpt_dir}")
-            for f in files:
-                m = re.match(r"layer_(\d+)-model_(\d+)-model_states\.pt$", Path(f).name)
-                if m is None:
-                    raise ValueError(f"unexpected pipeline checkpoint file name {f}")
-                sd = torch.load(f, map_location="cpu")
-                per_tp[int(m.group(2))].update({f"{int(m.group(1))}.{k}": v for k, v in sd.items()})
-    out = {}
-    for name in per_tp[0]:
-        if name.endswith("_extra_state"):
-            continue
-        out[name] = _merge_tp(name, [sd[name] for sd in per_tp])
-    return out, meta
