@@ -21,9 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from megaspeech.fs import write_atomic  # noqa: E402
+from megaspeech.fs import write_atomic
 
 BUDGETS = {  # train utterances, held-out utterances, steps, micro-batch
     "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4),

@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.bridge_asr import ensure_corpus  # noqa: E402
+from benchmarks.bridge_asr import ensure_corpus
 
 
 def main(argv=None) -> int:
@@ -40,7 +38,7 @@ def main(argv=None) -> int:
     from megaspeech.config.schema import PretrainConfig
     from megaspeech.bridge.layer import BridgeOutput, splice
     from megaspeech.bridge.export import SINGLE
-    from megaspeech.model.hf import init_from_hf
+    from megaspeech.checkpoint.hf_import import init_from_hf
     from megaspeech.bridge.model import spliced_targets
     from megaspeech.parallel.parallelize import build_model
     from megaspeech.bridge.batches import CTCUnits, load_utterances, text_codec

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: our atomic DeepSpeed save / load (train/checkpoint.py) vs a plain `torch.save` /
+"""Checkpoint I/O: our atomic DeepSpeed save / load (megaspeech/checkpoint/engine.py) vs a plain `torch.save` /
 `torch.load` of the same state (model + optimizer state dicts) in the same run, same process.
 
     python benchmarks/checkpoint_io.py --config configs/tiny.yaml [model.hidden_size=512 ...] [--reps 3]
@@ -19,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.schema import PretrainConfig
 
 
 def _free_port() -> int:
@@ -54,6 +52,7 @@ def main() -> int:
     from megaspeech.parallel.state import destroy_distributed, init_distributed
     from megaspeech.checkpoint import engine as ckpt
     from megaspeech.checkpoint import offline
+    from megaspeech.train.task_spec import LMTask
     from megaspeech.train.trainer import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="ckpt_io_"))
@@ -61,7 +60,7 @@ def main() -> int:
     cfg.metrics.wandb, cfg.metrics.tensorboard = "disabled", False
     cfg.checkpoint.keep = args.reps + 1  # no pruning inside the timed saves
     layout = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline)
-    tr = Trainer(cfg, layout)
+    tr = Trainer(cfg, layout, LMTask(cfg, layout))
     tr.train_step(tr._next_micro_batches())  # populate the Adam moments
     tr.step = 1
     n_params = sum(p.numel() for p in tr.engine.module.parameters())

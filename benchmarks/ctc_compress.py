@@ -19,13 +19,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+import torch
 
-import torch  # noqa: E402
-
-from megaspeech.kernels.ctc_compress import ctc_compress, ctc_compress_reference  # noqa: E402
+from megaspeech.kernels.ctc_compress import ctc_compress, ctc_compress_reference
 
 BLANK = 0
 METHODS = ("loop", "ours")

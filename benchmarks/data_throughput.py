@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from megaspeech.config.data import DataConfig, SourceConfig  # noqa: E402
-from megaspeech.data.loader import build_train_loader  # noqa: E402
-from megaspeech.data.shards import ShardWriter  # noqa: E402
-from megaspeech.vocab import Vocab  # noqa: E402
+from megaspeech.config.data import DataConfig, SourceConfig
+from megaspeech.data.loader import build_train_loader
+from megaspeech.data.shards import ShardWriter
+from megaspeech.vocab import Vocab
 
 VOCAB = Vocab(text_size=32000, speech_size=16384)
 

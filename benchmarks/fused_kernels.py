@@ -13,21 +13,17 @@
 """
 import argparse
 import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 if __name__ == "__main__" and not __import__("torch").cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported by the kernels
 
-import torch  # noqa: E402
+import torch
 
-from megaspeech.kernels.ctc_compress import ctc_compress  # noqa: E402
-from megaspeech.kernels.rmsnorm import rms_norm  # noqa: E402
-from megaspeech.kernels.rope import apply_rope  # noqa: E402
-from megaspeech.kernels.swiglu import swiglu  # noqa: E402
-from megaspeech.model.llm import rope_tables  # noqa: E402
+from megaspeech.kernels.ctc_compress import ctc_compress
+from megaspeech.kernels.rmsnorm import rms_norm
+from megaspeech.kernels.rope import apply_rope
+from megaspeech.kernels.swiglu import swiglu
+from megaspeech.model.llm import rope_tables
 
 
 def _time(fn, repeat):

@@ -18,13 +18,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+import torch
 
-import torch  # noqa: E402
-
-from megaspeech.kernels.linear_cross_entropy import (linear_cross_entropy,  # noqa: E402
+from megaspeech.kernels.linear_cross_entropy import (linear_cross_entropy,
                                           linear_cross_entropy_reference)
 
 METHODS = {"plain": linear_cross_entropy_reference, "fused": linear_cross_entropy}

@@ -21,10 +21,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.bridge_asr import ensure_corpus  # noqa: E402
-from megaspeech.fs import write_atomic  # noqa: E402
+from benchmarks.bridge_asr import ensure_corpus
+from megaspeech.fs import write_atomic
 
 BUDGETS = {  # train utterances, held-out, bridge steps, micro-batch, synthesizer steps
     "smoke": dict(train_utts=64, heldout_utts=8, steps=8, micro=4, synth_steps=100),
@@ -65,7 +63,7 @@ def main(argv=None) -> int:
     from megaspeech.speech.real_speech import librivox
     from megaspeech.bridge.evaluate import (bench_overrides, dataset_items, run_variant,
                                                start_single_process)
-    from megaspeech.bridge.lasyn import SynthConfig
+    from megaspeech.bridge.lasyn import LaSynConfig
     from megaspeech.bridge.lasyn_training import LaSynTrainConfig, train_lasyn, trained_summary
     data, out = Path(a.data), Path(a.out)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
@@ -83,7 +81,7 @@ def main(argv=None) -> int:
             sc = LaSynTrainConfig(data=str(train), out=str(synth_path), encoder=base.bridge.encoder,
                                   encoder_dim=base.bridge.encoder_dim, seed=base.run.seed, steps=b["synth_steps"],
                                   batch=16, threads=a.threads, align=align or "ctc",
-                                  synth=SynthConfig(kind=kind, hidden=a.synth_hidden))
+                                  synth=LaSynConfig(kind=kind, hidden=a.synth_hidden))
             s = (None if a.fresh else trained_summary(sc)) or train_lasyn(sc)
             print(f"{name}.synth_first_loss={s['first_loss']:.4g}\n{name}.synth_final_loss={s['final_loss']:.4g}", flush=True)
             extra = [f"bridge.lasyn={synth_path}", f"bridge.lasyn_ratio={a.ratio}", f"bridge.lasyn_text={a.text}"]

@@ -13,14 +13,25 @@ Prints speech tokens/s for both, the share of identical greedy codes, and `ratio
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+def load_model(checkpoint: str | None, config: str):
+    """(DecoderLM, its ModelConfig, Vocab, version): a trained checkpoint, or random weights of `config`."""
+    from megaspeech.checkpoint.offline import load_decoder, read_meta, resolve
+    from megaspeech.config.load import build, load_config
+    from megaspeech.config.schema import ModelConfig, PretrainConfig
+    from megaspeech.model.llm import DecoderLM
+    from megaspeech.parallel.layers import TorchLayers
+    if checkpoint:
+        model, vocab, version = load_decoder(checkpoint)
+        return model, build(ModelConfig, read_meta(resolve(checkpoint))["config"]["model"], "model"), vocab, version
+    cfg = load_config(PretrainConfig, config)
+    model = DecoderLM(cfg.model, TorchLayers(), cfg.padded_vocab_size(), seed=cfg.run.seed).eval()
+    return model, cfg.model, cfg.vocab, f"random:{config}"
 
 
 def main() -> None:
@@ -37,25 +48,10 @@ def main() -> None:
 
     import transformers
 
-    from megaspeech.config.load import load_config
-    from megaspeech.config.schema import PretrainConfig
     from megaspeech.model.hf import adapter_for
-    from megaspeech.model.llm import DecoderLM
-    from megaspeech.parallel.layers import TorchLayers
     from megaspeech.synth.generate import GenerationConfig, SpeechGenerator
-    from megaspeech.checkpoint.offline import load_decoder
 
-    if a.checkpoint:
-        model, vocab, version = load_decoder(a.checkpoint)
-        from megaspeech.checkpoint.offline import read_meta
-        from megaspeech.checkpoint.offline import resolve
-        from megaspeech.config.load import build
-        from megaspeech.config.schema import ModelConfig
-        mcfg = build(ModelConfig, read_meta(resolve(a.checkpoint))["config"]["model"], "model")
-    else:
-        cfg = load_config(PretrainConfig, a.config)
-        mcfg, vocab, version = cfg.model, cfg.vocab, f"random:{a.config}"
-        model = DecoderLM(mcfg, TorchLayers(), cfg.padded_vocab_size(), seed=cfg.run.seed).eval()
+    model, mcfg, vocab, version = load_model(a.checkpoint, a.config)
     rows = model.embedding.embed.weight.shape[0]
     rng = np.random.default_rng(0)
     texts = [rng.integers(0, vocab.text_size, max(1, int(rng.integers(a.prompt_words // 2, a.prompt_words * 3 // 2 + 1))))

@@ -22,19 +22,16 @@ librivox_vq_vs_base=] synthetic_...`.
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.tokenizer_wer import batched, bypassed, shards  # noqa: E402
-from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers  # noqa: E402
-from megaspeech.speech.asr import Fallback, transcribe_base, wer  # noqa: E402
-from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text,  # noqa: E402
+from benchmarks.tokenizer_wer import batched, bypassed, shards
+from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers
+from megaspeech.speech.asr import Fallback, transcribe_base, wer
+from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text,
                                          features, tokenize_audios)
-from megaspeech.speech.tokenizer_training import init_bottleneck  # noqa: E402
-from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
+from megaspeech.speech.tokenizer_init import init_bottleneck
+from megaspeech.speech.whisper_ct2 import load_whisper
 
 
 def set_wer(items, hyps, name) -> float:

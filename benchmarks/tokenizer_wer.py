@@ -28,18 +28,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from megaspeech.data.shards import open_dataset  # noqa: E402
-from megaspeech.speech import audio_shards  # noqa: E402
-from megaspeech.speech.asr import Fallback, transcribe_base, transcribe_tokens, wer  # noqa: E402
-from megaspeech.speech.audio import decode_audio  # noqa: E402
-from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers  # noqa: E402
-from megaspeech.speech.tokenizer import decode_tokens_to_text, features, load_tokenizer, tokenize_audios  # noqa: E402
-from megaspeech.speech.whisper_ct2 import load_whisper  # noqa: E402
+from megaspeech.data.shards import open_dataset
+from megaspeech.speech import audio_shards
+from megaspeech.speech.asr import Fallback, transcribe_base, transcribe_tokens, wer
+from megaspeech.speech.audio import decode_audio
+from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers
+from megaspeech.speech.tokenizer import decode_tokens_to_text, features, load_tokenizer, tokenize_audios
+from megaspeech.speech.whisper_ct2 import load_whisper
 
 ROOT = Path(__file__).resolve().parents[1]
 HOW_TO_TRAIN = """no trained speech tokenizer found under runs/. Train one (CPU recipe: 300 steps, ~30-60 min on 2 cores):

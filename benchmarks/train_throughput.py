@@ -21,21 +21,18 @@ import argparse
 import dataclasses
 import gc
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RANK", "0")
 os.environ.setdefault("LOCAL_RANK", "0")
 os.environ.setdefault("WORLD_SIZE", "1")
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("MASTER_PORT", "29533")
 
-import torch  # noqa: E402
+import torch
 
-from megaspeech.config.load import load_config  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
+from megaspeech.config.load import load_config
+from megaspeech.config.schema import PretrainConfig
 
 _ONE_GPU = ["parallel.tensor=1", "parallel.pipeline=1", "parallel.sequence_parallel=false", "parallel.zero_stage=1",
             "train.activation_checkpointing=none", "train.precision=bf16", "checkpoint.interval=0",
@@ -102,6 +99,27 @@ def free() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def cpu_ratios(cfg, layout, steps: int, tokens: int) -> None:
+    """Ours eager and compiled vs HF Llama eager, fp32, on the CPU; prints ratio_eager= and ratio=."""
+    from megaspeech.train.task_spec import LMTask
+    from megaspeech.train.trainer import Trainer
+    with_compile = lambda c: dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=c))  # noqa: E731
+    eager = Trainer(with_compile(False), layout, LMTask(with_compile(False), layout))
+    batches = eager._next_micro_batches()
+    eager.close_data()
+    hf_step, *_ = hf_baseline(cfg, batches, torch.device("cpu"))
+    hf = tokens / time_steps(hf_step, steps)
+    ours = tokens / time_steps(lambda: eager.train_step(batches), steps)
+    compiled = Trainer(with_compile(True), layout, LMTask(with_compile(True), layout))
+    ours_c = tokens / time_steps(lambda: compiled.train_step(batches), steps)
+    hf = (hf + tokens / time_steps(hf_step, steps)) / 2  # baseline measured before and after ours
+    print(f"hf_llama_tokens_per_s={hf:.0f}")
+    print(f"megaspeech_eager_tokens_per_s={ours:.0f}")
+    print(f"megaspeech_compiled_tokens_per_s={ours_c:.0f}")
+    print(f"ratio_eager={ours / hf:.3f}")
+    print(f"ratio={ours_c / hf:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default=None, help="default: configs/tiny.yaml, or the preset's config")
@@ -119,6 +137,7 @@ def main() -> None:
     from megaspeech import accounting
     from megaspeech.parallel.state import destroy_distributed, init_distributed
     from megaspeech.train.metrics import peak_tflops
+    from megaspeech.train.task_spec import LMTask
     from megaspeech.train.trainer import Trainer
     layout = init_distributed(1, 1)
     with_compile = lambda c: dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=c))  # noqa: E731
@@ -128,21 +147,8 @@ def main() -> None:
           f"seq {cfg.train.seq_len}, {tokens} tokens/step, device {args.device}, {torch.get_num_threads()} threads")
 
     if args.device == "cpu":  # as before issue 17: eager and compiled vs HF Llama eager, fp32
-        eager = Trainer(with_compile(False), layout)
-        batches = eager._next_micro_batches()
-        eager.close_data()
-        hf_step, *_ = hf_baseline(cfg, batches, torch.device("cpu"))
-        hf = tokens / time_steps(hf_step, args.steps)
-        ours = tokens / time_steps(lambda: eager.train_step(batches), args.steps)
-        compiled = Trainer(with_compile(True), layout)
-        ours_c = tokens / time_steps(lambda: compiled.train_step(batches), args.steps)
-        hf = (hf + tokens / time_steps(hf_step, args.steps)) / 2  # baseline measured before and after ours
-        print(f"hf_llama_tokens_per_s={hf:.0f}")
-        print(f"megaspeech_eager_tokens_per_s={ours:.0f}")
-        print(f"megaspeech_compiled_tokens_per_s={ours_c:.0f}")
-        print(f"ratio_eager={ours / hf:.3f}")
+        cpu_ratios(cfg, layout, args.steps, tokens)
         destroy_distributed()
-        print(f"ratio={ours_c / hf:.3f}")
         return
 
     dev, sync = torch.device("cuda"), torch.cuda.synchronize
@@ -168,7 +174,7 @@ def main() -> None:
 
     def run_ours(name: str, c) -> None:
         start = torch.cuda.memory_allocated() / 2**30
-        tr = Trainer(with_compile(c), layout)
+        tr = Trainer(with_compile(c), layout, LMTask(with_compile(c), layout))
         torch.cuda.reset_peak_memory_stats()
         tps = tokens / time_steps(lambda: tr.train_step(batches), args.steps, warmup=3, sync=sync)
         results[name] = (tps, mem(), start)

@@ -19,13 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+import torch
 
-import torch  # noqa: E402
-
-from megaspeech.kernels.vq_lookup import vq_lookup  # noqa: E402
+from megaspeech.kernels.vq_lookup import vq_lookup
 
 
 def _inputs(n, k, d, device, dtype=torch.float32):

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
+from megaspeech.config.cli import parse_args
 
 
 @dataclass

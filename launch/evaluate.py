@@ -9,10 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.eval_suite import SuiteConfig  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.eval_suite import SuiteConfig
 
 
 def main(argv: list[str] | None = None) -> int:

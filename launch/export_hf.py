@@ -9,32 +9,15 @@ GlmForCausalLM) and `AutoTokenizer.from_pretrained(out)` (unified ids incl. spee
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.load import check  # noqa: E402
-
-
-@dataclass
-class ExportConfig:
-    checkpoint: str = ""
-    out: str = ""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-    def __post_init__(self):
-        check(bool(self.checkpoint), "checkpoint", "set checkpoint=<step dir | run dir>")
-        check(bool(self.out), "out", "set out=<output directory>")
+from megaspeech.checkpoint.engine import CheckpointError
+from megaspeech.checkpoint.hf_export import ExportConfig, export_hf
+from megaspeech.checkpoint.offline import resolve
+from megaspeech.config.cli import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(ExportConfig, __doc__, argv)
-    from megaspeech.checkpoint.hf_export import export_hf
-    from megaspeech.checkpoint.engine import CheckpointError
-    from megaspeech.checkpoint.offline import resolve
     try:  # refused targets and bad checkpoints: one line naming the path and the fix, no traceback
         src = resolve(cfg.checkpoint)
         out = export_hf(src, cfg.out, cfg.dtype)

@@ -13,11 +13,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
 
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.speech.ingest import IngestConfig, IngestError, ingest  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.speech.ingest import IngestConfig, IngestError, ingest
 
 
 @dataclass

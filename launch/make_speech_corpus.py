@@ -5,14 +5,12 @@
 Re-running skips finished parts (job-array resume rule).
 """
 import os
-import sys
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.speech.corpus import CorpusConfig, build_corpus  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.speech.corpus import CorpusConfig, build_corpus
 
 
 @dataclass

@@ -13,10 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.pipeline import PipelineConfig  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.pipeline import PipelineConfig
 
 
 def main(argv: list[str] | None = None) -> int:

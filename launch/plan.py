@@ -12,14 +12,11 @@ as real overlap is partial. The last line is the headline: the config's layout a
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech import accounting as A  # noqa: E402
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.load import ConfigError, load_config  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
+from megaspeech import accounting as A
+from megaspeech.config.cli import parse_args
+from megaspeech.config.load import ConfigError, load_config
+from megaspeech.config.schema import PretrainConfig
 
 
 def _extra(p):

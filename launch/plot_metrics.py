@@ -16,9 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech.fs import atomic_path  # noqa: E402
+from megaspeech.fs import atomic_path
 
 
 VAL_COLORS = {"val_loss": "tab:brown", "val_loss_text": "tab:cyan", "val_loss_speech": "tab:olive"}

@@ -10,12 +10,9 @@ the same writer (megaspeech.data.shards.ShardWriter) and resume rule (part_done 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.prep import DataPrepConfig  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.prep import DataPrepConfig
 
 COMMANDS = ("text",)
 

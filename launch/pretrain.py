@@ -11,13 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import yaml  # noqa: E402
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.load import ConfigError  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.load import ConfigError
+from megaspeech.config.schema import PretrainConfig
 
 
 def setup_logging(run_dir: Path, rank: int) -> None:
@@ -27,6 +25,16 @@ def setup_logging(run_dir: Path, rank: int) -> None:
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+
+
+def build_task(cfg: PretrainConfig, layout):
+    """The trainer's task for `cfg.task`: lm -> the token LM, bridge -> the speech bridge (encoder ->
+    bridge -> LM); the Task protocol is megaspeech/train/task_spec.py's."""
+    if cfg.task == "bridge":
+        from megaspeech.bridge.task import BridgeTask
+        return BridgeTask(cfg, layout)
+    from megaspeech.train.task_spec import LMTask
+    return LMTask(cfg, layout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             backends = make_backends(cfg.metrics, run_dir, dataclasses.asdict(cfg))
         except ImportError:
             pass
-    Trainer(cfg, layout, backends).fit()
+    Trainer(cfg, layout, build_task(cfg, layout), backends).fit()
     destroy_distributed()
     return 0
 

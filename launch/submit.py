@@ -23,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from megaspeech.config.load import ConfigError, apply_overrides, load_yaml_tree  # noqa: E402
-from megaspeech.fs import write_atomic  # noqa: E402
-from megaspeech.ops.slurm import SlurmJob, render_sbatch  # noqa: E402
+from megaspeech.config.load import ConfigError, apply_overrides, load_yaml_tree
+from megaspeech.fs import write_atomic
+from megaspeech.ops.slurm import SlurmJob, render_sbatch
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,12 +5,9 @@ then train the bridge with `bridge.lasyn=PATH bridge.lasyn_ratio=0.25`.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.bridge.lasyn_training import LaSynTrainConfig, train_lasyn  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.bridge.lasyn_training import LaSynTrainConfig, train_lasyn
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,13 +5,10 @@
 Re-running the same command resumes from RUN_DIR/checkpoint.pt.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.speech.tokenizer_training import Config, train  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig, train
 
 if __name__ == "__main__":
-    cfg, _ = parse_args(Config, __doc__)
+    cfg, _ = parse_args(SpeechTokenizerTrainingConfig, __doc__)
     train(cfg)

@@ -20,12 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
-from megaspeech.data.shards import Dataset, read_shard  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.schema import PretrainConfig
+from megaspeech.data.shards import Dataset, read_shard
 
 
 def check_tts_data(cfg: PretrainConfig) -> list[str]:

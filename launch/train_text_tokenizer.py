@@ -8,14 +8,10 @@ Library side: megaspeech.data.prep_text.train_sentencepiece (also the recipe pip
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from megaspeech.config.cli import parse_args  # noqa: E402
-from megaspeech.config.prep import DataPrepConfig  # noqa: E402
-from megaspeech.data.prep_text import train_sentencepiece  # noqa: E402
+from megaspeech.config.cli import parse_args
+from megaspeech.config.prep import DataPrepConfig
+from megaspeech.data.prep_text import train_sentencepiece
 
 
 def main(argv=None) -> None:

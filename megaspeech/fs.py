@@ -59,3 +59,11 @@ def swap_dir(tmp: Path, out: Path) -> Path:
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def resolve_path(path: str) -> Path:
+    """A config path: `megaspeech:REL` is REL inside the installed package (the demo data), anything
+    else a filesystem path (`~` expanded)."""
+    if path.startswith("megaspeech:"):
+        return Path(__file__).parent / path.split(":", 1)[1]
+    return Path(path).expanduser()

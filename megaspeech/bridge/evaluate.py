@@ -121,10 +121,11 @@ def train_config(cfg, layout) -> tuple[BridgeLM, dict]:
     """Train `cfg` (task: bridge) with the project's Trainer in this process (resuming its run.dir's
     checkpoint, if any) -> (model, summary): time in steps and this call's wall time, trained
     parameters, LM positions per second, last losses."""
+    from megaspeech.bridge.task import BridgeTask
     from megaspeech.train.trainer import Trainer
     ensure_smollm2(cfg)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, layout)
+    trainer = Trainer(cfg, layout, BridgeTask(cfg, layout))
     trainer.fit()
     if trainer.step < cfg.train.steps:  # SIGTERM/SIGUSR1 save and return (the Slurm requeue path)
         raise SystemExit(f"{cfg.run.dir}: training stopped at step {trainer.step} of {cfg.train.steps} "

@@ -32,7 +32,7 @@ from megaspeech.bridge.model import CTC_CHARS
 
 
 @dataclass
-class SynthConfig:
+class LaSynConfig:
     kind: Literal["projection", "diffusion"] = "projection"
     latent_dim: int = 384
     hidden: int = 192
@@ -89,7 +89,7 @@ def expand(h: torch.Tensor, durations: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 class LatentSynthesizer(nn.Module):
-    def __init__(self, cfg: SynthConfig):
+    def __init__(self, cfg: LaSynConfig):
         super().__init__()
         self.cfg, H, D = cfg, cfg.hidden, cfg.latent_dim
         self.dim = D
@@ -195,6 +195,6 @@ def load_synthesizer(path: str | Path) -> LatentSynthesizer:
         raise FileNotFoundError(f"LaSyn synthesizer {path} not found (bridge.lasyn); train one with "
                                 f"launch/train_lasyn.py --config configs/lasyn_tiny.yaml")
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = LatentSynthesizer(SynthConfig(**blob["config"]))
+    model = LatentSynthesizer(LaSynConfig(**blob["config"]))
     model.load_state_dict(blob["state"])
     return model.eval()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.load import check
-from megaspeech.bridge.lasyn import LatentSynthesizer, SynthConfig, pad_units, save_synthesizer, uniform_durations
+from megaspeech.bridge.lasyn import LatentSynthesizer, LaSynConfig, pad_units, save_synthesizer, uniform_durations
 
 
 @dataclass
@@ -31,7 +31,7 @@ class LaSynTrainConfig:
     threads: int = 2
     align: Literal["ctc", "uniform"] = "ctc"  # duration targets: CTC forced alignment, or an even split
     align_steps: int = 300  # training steps of the CTC probe that aligns
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    synth: LaSynConfig = field(default_factory=LaSynConfig)
 
     def __post_init__(self):
         check(bool(self.data), "data", "set data=<audio dataset dir>")
@@ -102,7 +102,7 @@ def train_lasyn(cfg: LaSynTrainConfig, log=print) -> dict:
     pairs = encoder_pairs(encoder, audios, texts, keys)
     log(f"lasyn: {len(pairs)} (text, latent) pairs from {cfg.data} ({skipped} skipped) in {time.perf_counter() - t0:.0f} s")
     durs = align_durations(pairs, cfg, log)
-    synth_cfg = SynthConfig(**{**cfg.synth.__dict__, "latent_dim": pairs[0][1].shape[1]})
+    synth_cfg = LaSynConfig(**{**cfg.synth.__dict__, "latent_dim": pairs[0][1].shape[1]})
     torch.manual_seed(cfg.seed)
     model = LatentSynthesizer(synth_cfg)
     allf = torch.cat([p[1] for p in pairs])

@@ -1,4 +1,5 @@
-"""task: bridge — what the trainer builds instead of the token LM's model, loss and loader.
+"""task: bridge — the trainer's task (megaspeech/train/task_spec.py's Task protocol, as LMTask for the
+token LM): its model, joint loss and loader.
 
 The model is BridgeLM (megaspeech/bridge/model.py): a frame encoder (Whisper tiny.en with its real
 weights, or the small conv encoder), the SpeechBridge (CTC compression or strided conv) and the decoder
@@ -12,13 +13,17 @@ accumulation) computes the same gradient.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from megaspeech.checkpoint import tp_rules
 from megaspeech.config.schema import PretrainConfig
 from megaspeech.bridge.layer import SpeechBridge
 from megaspeech.bridge.model import BridgeLM, ConvFrames, WhisperFrames, apply_lm_mode
 from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout
+from megaspeech.train.loss import LMLoss
 
 N_MELS = 80
 
@@ -47,7 +52,7 @@ def build_bridge_model(cfg: PretrainConfig, layout: Layout) -> BridgeLM:
                          "layers); use lm_mode=full or frozen with tensor parallelism")
     lm = build_model(cfg, layout)
     if cfg.model.init_from_hf:
-        from megaspeech.model.hf import init_from_hf
+        from megaspeech.checkpoint.hf_import import init_from_hf
         init_from_hf(lm, cfg, layout)
     encoder = build_encoder(cfg)
     from megaspeech.bridge.batches import ctc_units_for
@@ -68,12 +73,27 @@ def load_synthesizer(path: str):
 
 
 class BridgeTask:
+    """The Task of megaspeech/train/task_spec.py for task: bridge (pipeline=1: no pipeline items; no
+    held-out validation)."""
+
     def __init__(self, cfg: PretrainConfig, layout: Layout):
         self.cfg, self.layout = cfg, layout
-        self.model = build_bridge_model(cfg, layout)
         grad_accum = cfg.grad_accum_steps(layout.world)
         self.ctc_scale = grad_accum * layout.dp / cfg.train.global_batch  # per-row sum -> global mean
         self.sums = torch.zeros(5, dtype=torch.float64)  # ctc sum, rows; frames, speech positions, positions
+
+    @functools.cached_property
+    def model(self) -> BridgeLM:
+        """Built on first use (the trainer's build_model, or a test's / benchmark's `task.model`)."""
+        return build_bridge_model(self.cfg, self.layout)
+
+    def build_model(self, loss_fn: LMLoss) -> BridgeLM:
+        """The model; its LM loss is applied in micro_loss (no fused head: logits come back)."""
+        return self.model
+
+    def universal_checkpoint_info(self) -> dict:
+        """The LM's TP rules, with the encoder and bridge replicated on every TP rank."""
+        return tp_rules.universal_checkpoint_info(self.cfg.padded_vocab_size(), bridge=True)
 
     def lr_mult(self) -> dict[str, float]:
         """Learning-rate multipliers by parameter-name prefix (build_optimizer): the encoder side."""
@@ -109,3 +129,12 @@ class BridgeTask:
         s = all_reduce(self.sums.clone() if owner else torch.zeros_like(self.sums))
         return {"loss_ctc": float(s[0] / s[1]) if s[1] > 0 else None,
                 "length_reduction": float(s[2] / s[3]) if s[3] > 0 else None, "lm_positions": float(s[4])}
+
+    def pipe_item(self, batch: dict, device, non_blocking: bool = False):
+        raise ValueError("task: bridge runs with parallel.pipeline=1 (TP and DP are supported)")
+
+    def validation_batches(self, grad_accum: int) -> list[list[dict]]:
+        raise ValueError("task: bridge has no held-out loss during training (eval.interval); set eval.interval=0")
+
+    def val_forward(self, engine, batch: dict, device, loss_fn: LMLoss) -> None:
+        raise ValueError("task: bridge has no held-out loss during training; set eval.interval=0")

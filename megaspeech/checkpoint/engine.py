@@ -11,7 +11,7 @@ Save protocol (a crash at any moment leaves `latest` loadable):
   then prunes to the newest `keep` (never the one just written nor a newer one)  ->  barrier.
 A failed write (disk full) on any rank removes `<tag>.tmp` and raises on every rank.
 
-Loading: the files are checked against meta.json first (ckpt_integrity.verify); `run.resume=auto`
+Loading: the files are checked against meta.json first (integrity.verify); `run.resume=auto`
 falls back to the newest checkpoint that verifies. Every torch.load, DeepSpeed's included, runs under
 `no_unpickling()` (weights_only=True with an allow-list): no code runs from a checkpoint file.
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from megaspeech.config.load import check
 from megaspeech.config.schema import ModelConfig
 from megaspeech.fs import swap_dir
 from megaspeech.model.hf import adapter_for
@@ -17,6 +20,18 @@ from megaspeech.checkpoint.offline import full_state_dict
 from megaspeech.vocab import Vocab
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportConfig:
+    """launch/export_hf.py and the recipe's `export` stage (configs/hf/export.yaml)."""
+    checkpoint: str = ""  # a step dir, a run's checkpoints/ dir or a run dir (both: its `latest`)
+    out: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self):
+        check(bool(self.checkpoint), "checkpoint", "set checkpoint=<step dir | run dir>")
+        check(bool(self.out), "out", "set out=<output directory>")
 
 
 def speech_token(code: int) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from megaspeech.config.load import check
+from megaspeech.fs import resolve_path
 
 
 MODALITY_IDS = {"text": 0, "speech": 1}  # the batch's `modality` values
@@ -47,10 +48,7 @@ class SourceConfig:
             self.name = Path(self.path.split(":", 1)[-1]).name
 
     def resolved_path(self) -> Path:
-        if self.path.startswith("megaspeech:"):
-            import megaspeech
-            return Path(megaspeech.__file__).parent / self.path.split(":", 1)[1]
-        return Path(self.path).expanduser()
+        return resolve_path(self.path)
 
 
 @dataclass

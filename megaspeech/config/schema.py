@@ -1,6 +1,6 @@
 """The pre-training config: typed sections, validated when loaded (before any process group).
 
-Field reference (README "Config reference" mirrors this file):
+Field reference (docs/config.md mirrors this file):
   run.*         where outputs go, seed, resume policy
   vocab.*       unified token layout (megaspeech.vocab.Vocab)
   model.*       decoder shape (Llama/GLM family)
@@ -120,7 +120,7 @@ class TrainConfig:
 
     def compile_enabled(self, device_type: str) -> bool:
         """train.compile resolved for a device type ("cuda", "cpu"). auto compiles on CUDA only: on CPU
-        short runs do not repay the compile time (README, train.compile)."""
+        short runs do not repay the compile time (docs/config.md, train.compile)."""
         return self.compile is True or (self.compile == "auto" and device_type == "cuda")
 
     def __post_init__(self):

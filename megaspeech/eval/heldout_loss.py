@@ -1,4 +1,5 @@
-"""Held-out losses of an exported model (the pipeline's eval stage, before and beside megaspeech.eval).
+"""Held-out losses: of an exported model on held-out speech pairs (the pipeline's eval stage), and the
+trainer's validation loss recomputed from a checkpoint (the suite's held-out loss row).
 
 On held-out supervised speech pairs (TTS of SOTU addresses never used for training speech), each pair
 is rendered exactly as training renders it (megaspeech.data.packing.format_sample) and scored by the
@@ -16,10 +17,11 @@ each code occurs; below the bigram one it uses more context than the previous co
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
+
+from megaspeech.eval.scores import ratio_ci
 
 
 def heldout_losses(model_dir: str | Path, data: str | Path, limit: int = 200, batch_size: int = 8) -> dict:
@@ -48,14 +50,41 @@ def heldout_losses(model_dir: str | Path, data: str | Path, limit: int = 200, ba
         seqs["tts"].append((t, m == 1))
     out = {"heldout_pairs": len(seqs["text"])}
     for name, items in seqs.items():
-        per_nll, per_n = _score(model, items, batch_size)
-        mean = per_nll.sum() / per_n.sum()
-        # the ratio estimator's variance over pairs (linearised: residual nll_i - mean * n_i per pair)
-        r = (per_nll - mean * per_n) / per_n.mean()
-        var = np.var(r, ddof=1) / len(r) if len(r) > 1 else 0.0
-        half = 1.96 * math.sqrt(max(var, 0.0))
-        out[f"heldout_loss_{name}"] = float(mean)
-        out[f"heldout_loss_{name}_ci95"] = [float(mean - half), float(mean + half)]
+        mean, ci = ratio_ci(*_score(model, items, batch_size))
+        out[f"heldout_loss_{name}"] = mean
+        out[f"heldout_loss_{name}_ci95"] = ci
+    return out
+
+
+def validation_loss(lm) -> dict | None:
+    """The trainer's validation loss recomputed: the checkpoint's own eval.sources rows (same packing,
+    same eval.batches x train.global_batch rows), token-weighted mean NLL overall and per modality, the
+    interval over the packed rows (ratio_ci)."""
+    import torch
+
+    from megaspeech.checkpoint.offline import read_meta
+    from megaspeech.config.load import build
+    from megaspeech.config.schema import PretrainConfig
+    from megaspeech.eval.lm import token_nll_rows
+    from megaspeech.train.loss import MODALITIES
+    from megaspeech.train.validate import heldout_rows
+    cfg = build(PretrainConfig, read_meta(lm.ckpt)["config"])
+    if not cfg.eval.sources:
+        return None
+    rows = heldout_rows(cfg, cfg.eval.batches * cfg.train.global_batch)
+    sums = torch.zeros(2 * len(MODALITIES), dtype=torch.float64)
+    row_nll, row_tokens = [], []
+    for r in rows:
+        nll = token_nll_rows(lm, r) * r["loss_mask"]
+        idx = r["modality"].reshape(-1) * 2
+        sums.index_add_(0, idx, nll.reshape(-1))
+        sums.index_add_(0, idx + 1, r["loss_mask"].reshape(-1).double())
+        row_nll.append(float(nll.sum()))
+        row_tokens.append(float(r["loss_mask"].sum()))
+    out = {"val_loss": float(sums[0::2].sum() / sums[1::2].sum()), "val_tokens": int(sums[1::2].sum())}
+    for i, name in enumerate(MODALITIES):
+        out[f"val_loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
+    out["ci95"] = ratio_ci(np.array(row_nll), np.array(row_tokens))[1]
     return out
 
 

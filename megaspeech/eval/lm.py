@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megaspeech.model.hf import cache_kwargs, output_cache
 from megaspeech.vocab import Vocab
 
 
@@ -79,8 +80,8 @@ class HFDecoder:
 
     def _run(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = self.model.model(input_ids=ids, attention_mask=self.attn, position_ids=pos,
-                               past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                               **cache_kwargs(self.model.model, self.cache), use_cache=True)
+        self.cache = output_cache(out)
         return out.last_hidden_state[:, -1]
 
     @torch.no_grad()
@@ -108,8 +109,8 @@ class HFDecoder:
         self.attn = torch.cat([self.attn, torch.ones(B, S, dtype=torch.long)], 1)
         pos = self.pos[:, None] + 1 + torch.arange(S)
         out = self.model.model(input_ids=ids, attention_mask=self.attn, position_ids=pos,
-                               past_key_values=self.cache, use_cache=True)
-        self.cache, self.pos = out.past_key_values, pos[:, -1]
+                               **cache_kwargs(self.model.model, self.cache), use_cache=True)
+        self.cache, self.pos = output_cache(out), pos[:, -1]
         return out.last_hidden_state
 
     def keep(self, rows: torch.Tensor) -> None:

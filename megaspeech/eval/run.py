@@ -29,7 +29,8 @@ from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.config.eval_suite import SuiteConfig
 from megaspeech.eval.contamination import check_not_in_training, heldout_documents
-from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm, token_nll_rows
+from megaspeech.eval.heldout_loss import validation_loss
+from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm
 from megaspeech.eval.scores import accuracy, em_f1, markdown, mean_ci, wer_result
 from megaspeech.fs import write_atomic
 
@@ -161,35 +162,6 @@ def tts(ctx: Context, items: list[dict]) -> dict:
             "items_per_s": len(items) / (time.perf_counter() - t0), "examples": r["examples"]}
 
 
-def heldout_loss(lm) -> dict | None:
-    """The trainer's validation loss recomputed: the checkpoint's own eval.sources rows (same packing,
-    same eval.batches x train.global_batch rows), token-weighted mean NLL overall and per modality."""
-    from megaspeech.config.load import build
-    from megaspeech.config.schema import PretrainConfig
-    from megaspeech.train.validate import heldout_rows
-    from megaspeech.checkpoint.offline import read_meta
-    from megaspeech.train.loss import MODALITIES
-    cfg = build(PretrainConfig, read_meta(lm.ckpt)["config"])
-    if not cfg.eval.sources:
-        return None
-    rows = heldout_rows(cfg, cfg.eval.batches * cfg.train.global_batch)
-    sums = torch.zeros(2 * len(MODALITIES), dtype=torch.float64)
-    tok_nll = []
-    for r in rows:
-        nll = token_nll_rows(lm, r) * r["loss_mask"]
-        idx = r["modality"].reshape(-1) * 2
-        sums.index_add_(0, idx, nll.reshape(-1))
-        sums.index_add_(0, idx + 1, r["loss_mask"].reshape(-1).double())
-        tok_nll.append(nll[r["loss_mask"] > 0])
-    x = torch.cat(tok_nll).numpy()
-    out = {"val_loss": float(sums[0::2].sum() / sums[1::2].sum()), "val_tokens": int(sums[1::2].sum())}
-    for i, name in enumerate(MODALITIES):
-        out[f"val_loss_{name}"] = float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None
-    h = 1.959964 * x.std(ddof=1) / np.sqrt(len(x))
-    out["ci95"] = [out["val_loss"] - h, out["val_loss"] + h]
-    return out
-
-
 def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: str | Path | None = None,
              log=print) -> dict:
     """Build the suite's tasks from held-out text, score the model, write OUT/eval.json (every metric,
@@ -252,7 +224,7 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
               "items": {k: len(v) for k, v in items.items()}, "config": dataclasses.asdict(suite),
               "qa_writers": {w: sum(it["writer"] == w for it in items.get("qa", [])) for w in ("template", "lm")}}
     if suite.heldout_loss and lm.kind == "checkpoint":
-        hl = heldout_loss(lm)
+        hl = validation_loss(lm)
         if hl is not None:
             result["heldout_loss"] = hl
             rows.append({"task": "held-out loss (eval.sources)", "direction": "-", "metric": "nats/token",

@@ -5,6 +5,8 @@
                                interval of the per-item mean
   WER (ASR / TTS)              corpus WER (total errors / total reference words); percentile bootstrap
                                over utterances (1,000 resamples, seeded)
+  loss (nats/token)            token-weighted mean NLL of independent units (sequences, packed rows);
+                               the ratio estimator's normal interval over the units (ratio_ci)
 """
 from __future__ import annotations
 
@@ -30,6 +32,17 @@ def wilson(mean: float, n: int) -> list[float]:
 def accuracy(scores: np.ndarray) -> dict:
     m = float(np.mean(scores)) if len(scores) else math.nan
     return {"metric": "accuracy", "value": 100 * m, "n": int(len(scores)), "ci95": wilson(m, len(scores))}
+
+
+def ratio_ci(nll: np.ndarray, tokens: np.ndarray) -> tuple[float, list[float]]:
+    """Token-weighted mean loss sum(nll) / sum(tokens) over units i (nll[i]: a unit's summed NLL,
+    tokens[i]: its scored tokens) and its 95% interval. The tokens of a unit are not independent, so
+    the variance is over units: the linearised ratio estimator, residual (nll_i - mean * tokens_i)."""
+    nll, tokens = np.asarray(nll, np.float64), np.asarray(tokens, np.float64)
+    mean = float(nll.sum() / tokens.sum())
+    r = (nll - mean * tokens) / tokens.mean()
+    half = Z * math.sqrt(max(np.var(r, ddof=1) / len(r), 0.0)) if len(r) > 1 else math.nan
+    return mean, [mean - half, mean + half]
 
 
 def mean_ci(x: np.ndarray, metric: str) -> dict:

@@ -129,7 +129,8 @@ class KVCacheLM:
             self.bias = self.bias.index_select(0, rows)
 
 
-def _choose(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
+def choose(logits: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
+    """Next token per row of logits [B, V]: greedy at cfg.temperature=0, else sampled (top-p)."""
     if cfg.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / cfg.temperature, -1)

@@ -12,6 +12,8 @@ no row permutation is needed.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 from pathlib import Path
@@ -157,3 +159,20 @@ ADAPTERS = {"llama": FamilyAdapter, "glm": GlmAdapter}
 
 def adapter_for(m: ModelConfig) -> FamilyAdapter:
     return ADAPTERS[m.family](m)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_kwargs(module, cache) -> dict:
+    """{name: cache} for calling a transformers model or layer with a KV cache: transformers 5.x renamed
+    `past_key_values` to `cache` (5.0 takes past_key_values, 5.24 cache; layers swallow the other name in
+    **kwargs silently and would run uncached), so the name is read from `module.forward`'s signature."""
+    return {_cache_kwarg(type(module).forward): cache}
+
+
+def output_cache(out):
+    """The KV cache a transformers model returned (`out.cache` in newer 5.x, `out.past_key_values` before)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]

@@ -4,6 +4,12 @@ and `log.txt`. Pre-training configs read the data through `data.root: RUN` and M
 (configs/data/mixture_glm4voice.yaml, configs/9b.yaml)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import megaspeech
+
+ROOT = Path(megaspeech.__file__).resolve().parents[1]  # the repository: configs/ and launch/
+
 STAGES = ("text", "speech_corpus", "tokenizer", "speech_shards", "text_to_token", "interleaved",
           "speech_qa", "pretrain", "export", "eval", "report")
 
@@ -17,3 +23,9 @@ MIXTURE_PATHS = {
 # stages redone per variant (run.variant: RUN/<stage>-<variant>/; the data stages are shared), e.g.
 # the interleaving ablation: run.variant=no_interleaved pretrain.interleaved_scale=0
 VARIANT_STAGES = ("pretrain", "export", "eval")
+
+
+def preset(path: str) -> Path:
+    """A tool preset named in the pipeline config: absolute, relative to the cwd, else to the repository."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else ROOT / p

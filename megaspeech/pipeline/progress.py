@@ -10,16 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import megaspeech
-
-ROOT = Path(megaspeech.__file__).resolve().parents[1]
+from megaspeech.pipeline.layout import ROOT, preset
 
 
 def train_tool(ctx, stage: str, script: str, section, argv: list[str], steps: int) -> list[dict]:
     """Run launch/<script> with the section's preset + argv under torch.distributed.run (section.nproc
     processes); its output goes to the stage log (our stdout), its metrics.jsonl drives the console
     progress. Returns the metrics rows."""
-    from megaspeech.pipeline.stages import preset
     run_dir, root, config = ctx.dir(stage), ROOT, preset(section.config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(section.nproc),
            "--master_port", str(_free_port()), str(root / "launch" / script), "--config",

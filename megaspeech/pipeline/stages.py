@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import megaspeech
+from megaspeech.checkpoint.hf_export import ExportConfig
 from megaspeech.config.load import build, load_config
 from megaspeech.config.pipeline import PipelineConfig, StageSection
-from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES
+from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES, preset
 from megaspeech.pipeline.progress import eta_line, loss_metrics, train_tool
-
-ROOT = Path(megaspeech.__file__).resolve().parents[1]  # the repository: configs/ and launch/
+from megaspeech.synth.interleaved_shards import MakeInterleavedConfig, make_interleaved
+from megaspeech.synth.speech_qa_shards import SpeechQAConfig, make_speech_qa
 
 
 @dataclass
@@ -49,22 +47,6 @@ class Ctx:
         """RUN/<stage>, or RUN/<stage>-<variant> for the stages a variant redoes (run.variant)."""
         v = self.cfg.run.variant
         return self.run / (f"{stage}-{v}" if v and stage in VARIANT_STAGES else stage)
-
-
-def preset(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else ROOT / p
-
-
-def tool(name: str):
-    """launch/<name>.py as a module (the standalone tool, imported, not copied)."""
-    key = f"megaspeech_launch_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "launch" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 def tool_config(schema, section: StageSection, links: list[str]):
@@ -82,8 +64,8 @@ def file_sha(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------- shared links
 def codebook_size(ctx: Ctx) -> int:
-    from megaspeech.speech.tokenizer_training import Config
-    return tool_config(Config, ctx.cfg.tokenizer, []).tokenizer.codebook_size
+    from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
+    return tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, []).tokenizer.codebook_size
 
 
 def hf_dir(ctx: Ctx) -> Path | None:
@@ -160,9 +142,9 @@ def speech_corpus_run(ctx: Ctx, cfgs, extra: dict) -> dict:
 
 
 def tokenizer_configure(ctx: Ctx):
-    from megaspeech.speech.tokenizer_training import Config
+    from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
     d = ctx.run / "tokenizer"
-    return tool_config(Config, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"]), {}
+    return tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"]), {}
 
 
 def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
@@ -248,16 +230,11 @@ def text_to_token_run(ctx: Ctx, cfg, extra: dict) -> dict:
 def interleaved_configure(ctx: Ctx):
     links = [f"input={ctx.run / 'text' / 'shards'}", f"output={ctx.run / 'interleaved' / 'shards'}",
              f"model={ctx.run / 'text_to_token'}"]
-    t = tool("make_interleaved")
-    cfg = tool_config(t.MakeInterleavedConfig, ctx.cfg.interleaved, links)
-    return cfg, {"argv": [*ctx.cfg.interleaved.overrides, *links]}
+    return tool_config(MakeInterleavedConfig, ctx.cfg.interleaved, links), {}
 
 
 def interleaved_run(ctx: Ctx, cfg, extra: dict) -> dict:
-    argv = extra["argv"]
-    code = tool("make_interleaved").main(["--config", str(preset(ctx.cfg.interleaved.config)), *argv])
-    if code:
-        raise RuntimeError(f"make_interleaved exited with {code}")
+    ctx.progress(f"interleaved: {json.dumps(make_interleaved(cfg))}")
     m = manifest(Path(cfg.output))
     return {"outputs": {"shards": cfg.output},
             "metrics": {"docs": m["samples"], "tokens": m["tokens"], "eta": cfg.interleave.eta,
@@ -267,15 +244,11 @@ def interleaved_run(ctx: Ctx, cfg, extra: dict) -> dict:
 def speech_qa_configure(ctx: Ctx):
     links = [f"text_tokenizer={ctx.run / 'text' / 'shards'}", f"speech_tokenizer={ctx.run / 'tokenizer' / 'tokenizer'}",
              f"output={ctx.run / 'speech_qa' / 'shards'}"]
-    cfg = tool_config(tool("make_speech_qa").SpeechQAConfig, ctx.cfg.speech_qa, links)
-    return cfg, {"argv": [*ctx.cfg.speech_qa.overrides, *links]}
+    return tool_config(SpeechQAConfig, ctx.cfg.speech_qa, links), {}
 
 
 def speech_qa_run(ctx: Ctx, cfg, extra: dict) -> dict:
-    argv = extra["argv"]
-    code = tool("make_speech_qa").main(["--config", str(preset(ctx.cfg.speech_qa.config)), *argv])
-    if code:
-        raise RuntimeError(f"make_speech_qa exited with {code}")
+    ctx.progress(f"speech_qa: {json.dumps(make_speech_qa(cfg))}")
     m = manifest(Path(cfg.output))
     return {"outputs": {"shards": cfg.output}, "metrics": {"qa_pairs": m["samples"], "tokens": m["tokens"]}}
 
@@ -321,7 +294,7 @@ def pretrain_run(ctx: Ctx, cfg, extra: dict) -> dict:
 
 
 def export_configure(ctx: Ctx):
-    cfg = tool_config(tool("export_hf").ExportConfig, ctx.cfg.export,
+    cfg = tool_config(ExportConfig, ctx.cfg.export,
                       [f"checkpoint={ctx.dir('pretrain')}", f"out={ctx.dir('export') / 'hf'}"])
     return cfg, {}
 

@@ -1,5 +1,5 @@
 """RUN/report.json + RUN/report.md: every finished stage's metrics, outputs and time (written after each
-pipeline invocation from the stage markers; the ablation table in the README is built from these)."""
+pipeline invocation from the stage markers; the ablation table of docs/recipe.md is built from these)."""
 from __future__ import annotations
 
 import dataclasses

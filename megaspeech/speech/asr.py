@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from megaspeech.model.hf import cache_kwargs
 from megaspeech.speech.audio import log_mel
 
 
@@ -43,8 +44,9 @@ def run_decoder(decoder, ids: torch.Tensor, enc: torch.Tensor, enc_keep: torch.T
     x = decoder.embed_tokens(ids) * getattr(decoder, "embed_scale", 1.0) + decoder.embed_positions.weight[past:past + T]
     causal = torch.full((T, past + T), torch.finfo(x.dtype).min, dtype=x.dtype).triu(past + 1)[None, None]
     cross = None if enc_keep is None else additive_mask(enc_keep, x.dtype)
+    kw = cache_kwargs(decoder.layers[0], cache)
     for layer in decoder.layers:
-        x = layer(x, causal, enc, encoder_attention_mask=cross, cache=cache, use_cache=cache is not None)
+        x = layer(x, causal, enc, encoder_attention_mask=cross, use_cache=cache is not None, **kw)
     return decoder.layer_norm(x)
 
 

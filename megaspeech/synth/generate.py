@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from megaspeech.config.load import check
-from megaspeech.model.decode import KVCacheLM, decode_batch
+from megaspeech.model.decode import KVCacheLM, choose, decode_batch
 from megaspeech.model.llm import DecoderLM
 from megaspeech.vocab import Vocab
 
@@ -82,7 +82,7 @@ class SpeechGenerator:
         lo = torch.tensor([fixed_len if fixed_len else a for a, _ in lims])
         hi = torch.tensor([fixed_len if fixed_len else b for _, b in lims])
         cols = decode_batch(self.lm, [self.prompt(t) for t in texts], lo, hi, torch.tensor([self.eos]),
-                            lambda logits: _choose(logits, cfg, gen), self.rows)
+                            lambda logits: choose(logits, cfg, gen), self.rows)
         return [c.numpy() for c in cols]  # the first speech_size rows are the codes in order
 
     def generate(self, texts: list[np.ndarray], n_words: list[int], batch_id: int = 0) -> list[np.ndarray]:

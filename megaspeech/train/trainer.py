@@ -1,4 +1,6 @@
-"""The trainer: one DeepSpeed engine (plain or pipeline), one data loader, one readable train_step."""
+"""The trainer: one DeepSpeed engine (plain or pipeline), one data loader, one readable train_step.
+What differs between tasks (the model, its data, the forward of a micro-batch) is the task object's
+(megaspeech/train/task_spec.py: LMTask, or the bridge's BridgeTask)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,16 +18,14 @@ import torch.distributed as dist
 from megaspeech import accounting
 from megaspeech.config.deepspeed import deepspeed_config
 from megaspeech.config.schema import PretrainConfig
-from megaspeech.data.loader import build_train_loader
 from megaspeech.data.prefetch import Prefetcher, StepData, read_step
-from megaspeech.parallel.parallelize import build_model
 from megaspeech.parallel.state import Layout, MegatronMPU
 from megaspeech.checkpoint import engine as ckpt
 from megaspeech.checkpoint import offline
-from megaspeech.checkpoint import tp_rules
 from megaspeech.train.loss import MODALITIES, LMLoss
 from megaspeech.train.metrics import MetricsLogger, peak_tflops
 from megaspeech.train.schedule import build_optimizer
+from megaspeech.train.task_spec import Task
 
 log = logging.getLogger(__name__)
 
@@ -35,34 +35,24 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig, layout: Layout, backends=()):
+    def __init__(self, cfg: PretrainConfig, layout: Layout, task: Task, backends=()):
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
-        self.cfg, self.layout = cfg, layout
+        self.cfg, self.layout, self.task = cfg, layout, task
         self.device = torch.device(get_accelerator().current_device_name())
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.grad_accum = cfg.grad_accum_steps(layout.world)
         self.loss_fn = LMLoss(layout.tp)
-        # task: bridge brings its own model (encoder -> bridge -> LM), joint loss and loader
-        self.task = None
-        if cfg.task == "bridge":
-            from megaspeech.bridge.task import BridgeTask
-            self.task = BridgeTask(cfg, layout)
-        model = self.task.model if self.task else build_model(cfg, layout, self.loss_fn)
-        if cfg.model.init_from_hf and not self.task:
-            from megaspeech.model.hf import init_from_hf
-            init_from_hf(model, cfg, layout)
+        model = task.build_model(self.loss_fn)
         # fused AdamW on CUDA: one kernel per step instead of ~a dozen elementwise passes per tensor
         optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps, fused=self.device.type == "cuda",
-                                               lr_mult=self.task.lr_mult() if self.task else None)
+                                               lr_mult=task.lr_mult())
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, layout.world), mpu=MegatronMPU() if layout.pp == 1 else None)
-        self.loader = self.task.build_loader() if self.task else build_train_loader(
-            cfg.data, cfg.vocab, seq_len=cfg.train.seq_len, micro_batch=cfg.train.micro_batch,
-            dp_rank=layout.dp_rank, dp_size=layout.dp, seed=cfg.run.seed)
+        self.loader = task.build_loader()
         self.step = self.consumed_samples = self.consumed_tokens = self.skipped_steps = 0
         self.is_logger = layout.rank == 0
         self.metrics = MetricsLogger(self.run_dir, self.is_logger, backends)
@@ -87,12 +77,12 @@ class Trainer:
             setattr(self, k, sd[k])
 
     def save(self) -> str:
-        """Collective checkpoint of everything needed to continue exactly (see train/checkpoint.py)."""
+        """Collective checkpoint of everything needed to continue exactly (megaspeech/checkpoint/engine.py)."""
         cfg = self.cfg
         client = {"trainer": self.state_dict(), "config": dataclasses.asdict(cfg),
                   "vocab": cfg.vocab.layout(), "layout": dataclasses.asdict(self.layout),
                   # TP slicing rules for DeepSpeed's universal-checkpoint converter (resharding)
-                  "universal_checkpoint_info": tp_rules.universal_checkpoint_info(cfg.padded_vocab_size(), bridge=cfg.task == "bridge")}
+                  "universal_checkpoint_info": self.task.universal_checkpoint_info()}
         rank_state = {"rng": ckpt.rng_state(), "data": self.data_state(), "dp_rank": self.layout.dp_rank}
         meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
@@ -165,28 +155,22 @@ class Trainer:
         self.loss_fn.begin_step(1.0, self.grad_accum, lay.dp)  # zeroes the sums; the scale is set next
         # = grad_accum * dp / max(global_tokens, 1), kept on the device (the loss multiplies by it)
         self.loss_fn.scale = (self.grad_accum * lay.dp) / global_tokens.clamp(min=1.0)
-        if self.task:
-            self.task.begin_step()
+        self.task.begin_step()
         group = self.engine.optimizer.param_groups[0]  # optim.lr's group, or (LM frozen) a multiple of it
         lr = group["lr"] / group.get("lr_mult", 1.0)
         if lay.pp > 1:
-            self.engine.train_batch(data_iter=iter([self._pipe_item(b, non_blocking=True) for b in micro_batches]))
+            items = [self.task.pipe_item(b, self.device, non_blocking=True) for b in micro_batches]
+            self.engine.train_batch(data_iter=iter(items))
         else:
             for b in micro_batches:
-                if self.task:
-                    loss = self.task.micro_loss(self.engine, b, self.device, self.loss_fn)
-                else:
-                    (ids, doc_ids), targets = self._on_device(b, non_blocking=True)
-                    loss = self.loss_fn(self.engine(ids, doc_ids), targets)
+                loss = self.task.micro_loss(self.engine, b, self.device, self.loss_fn)
                 if self.step + 1 == self._nan_step:
                     loss = loss * float("nan")
                     self.loss_fn.sums[0] = float("nan")
                 self.engine.backward(loss)
                 self.engine.step()
         owner, _, mean_loss, per_modality = self._reduced_losses("loss")
-        out = {"loss": mean_loss, "lr": lr, **per_modality}
-        if self.task:
-            out.update(self.task.metrics(self._all_reduce, owner))
+        out = {"loss": mean_loss, "lr": lr, **per_modality, **self.task.metrics(self._all_reduce, owner)}
         gn = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(gn) if gn is not None else None
         return out
@@ -196,36 +180,24 @@ class Trainer:
         and per modality: val_loss, val_loss_text, val_loss_speech. No gradient, no optimizer step;
         the training loader is not touched and the RNG state is restored, so enabling validation
         changes neither the training losses nor the data position."""
-        from megaspeech.train.validate import validation_batches
         lay = self.layout
         if self._val_batches is None:
-            self._val_batches = validation_batches(self.cfg, lay.dp_rank, lay.dp, self.grad_accum)
+            self._val_batches = self.task.validation_batches(self.grad_accum)
         rng = ckpt.rng_state()
         self.loss_fn.begin_step(1.0, 1, 1)  # only the detached per-modality sums are used
         for group in self._val_batches:
             if lay.pp > 1:
-                self.engine.eval_batch(iter([self._pipe_item(b) for b in group]), num_micro_batches=len(group))
+                items = [self.task.pipe_item(b, self.device) for b in group]
+                self.engine.eval_batch(iter(items), num_micro_batches=len(group))
                 continue
             self.engine.module.eval()
             with torch.no_grad():
                 for b in group:
-                    (ids, doc_ids), targets = self._on_device(b)
-                    self.loss_fn(self.engine(ids, doc_ids), targets)
+                    self.task.val_forward(self.engine, b, self.device, self.loss_fn)
         self.engine.module.train()
         ckpt.set_rng_state(rng)
         _, sums, mean_loss, per_modality = self._reduced_losses("val_loss")
         return {"val_loss": mean_loss, "val_tokens": int(sums[1::2].sum()), **per_modality}
-
-    def _on_device(self, b: dict, non_blocking: bool = False):
-        """A micro-batch on the device: (input ids, doc ids or None), (labels, loss mask, modality)."""
-        dev = lambda k: b[k].to(self.device, non_blocking=non_blocking)  # noqa: E731
-        return ((dev("input_ids"), dev("doc_ids") if self.cfg.data.document_mask else None),
-                (dev("labels"), dev("loss_mask"), dev("modality")))
-
-    def _pipe_item(self, b: dict, non_blocking: bool = False):
-        """A micro-batch as the pipeline engine takes it: inputs (ids, or ids and doc ids), targets."""
-        (ids, doc_ids), targets = self._on_device(b, non_blocking)
-        return (ids if doc_ids is None else (ids, doc_ids)), targets
 
     def _reduced_losses(self, name: str) -> tuple[bool, torch.Tensor, float, dict]:
         """The loss function's per-modality sums summed over ranks -> (owner, sums, mean loss,

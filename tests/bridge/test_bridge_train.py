@@ -3,7 +3,7 @@ three launches serve all checks): exact resume of a bridge run, TP=2 equal to on
 export of the run's checkpoint reproducing the trained model."""
 import torch
 
-from tests.trainer.launch_util import read_metrics, run_pretrain
+from tests.helpers.launch import read_metrics, run_pretrain
 
 CFG = "configs/bridge_tiny.yaml"
 

@@ -3,7 +3,7 @@ and dual-modality bridge batches (real speech rows + rows synthesized from text 
 import pytest
 import torch
 
-from megaspeech.bridge.lasyn import LatentSynthesizer, SynthConfig, load_synthesizer, pad_units, save_synthesizer
+from megaspeech.bridge.lasyn import LatentSynthesizer, LaSynConfig, load_synthesizer, pad_units, save_synthesizer
 
 D, FRAMES = 12, 3  # latent dim; frames per unit in the planted data
 
@@ -25,7 +25,7 @@ def test_synthesizer_shapes_training_and_determinism(kind):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     protos = torch.randn(29, D, generator=gen) * 2 + 1
-    model = LatentSynthesizer(SynthConfig(kind=kind, latent_dim=D, hidden=48, layers=2, diffusion_steps=50, sample_steps=8,
+    model = LatentSynthesizer(LaSynConfig(kind=kind, latent_dim=D, hidden=48, layers=2, diffusion_steps=50, sample_steps=8,
                                           duration_weight=1.0))
     units, u, ul, x, fl = _planted(64, gen, protos)
     allf = torch.cat([x[i, :fl[i]] for i in range(len(units))])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoint.ckpt_runs import STEPS, launch, losses
+from tests.helpers.checkpoint_runs import STEPS, launch, losses
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.checkpoint.ckpt_runs import COMMON, REPO
+from tests.helpers.checkpoint_runs import COMMON, REPO
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import PretrainConfig
 from megaspeech.checkpoint.offline import read_meta

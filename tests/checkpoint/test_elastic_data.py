@@ -2,7 +2,7 @@
 the data stream without re-reading what was consumed (the loader gets every DP rank's position)."""
 import json
 
-from tests.checkpoint.ckpt_runs import launch
+from tests.helpers.checkpoint_runs import launch
 
 SHARDS = ["data.kind=shards", "data.sources=[{name: text, path: 'megaspeech:demo/text'}]",
           "train.steps=4", "checkpoint.interval=2", "checkpoint.save_at_end=false"]
@@ -25,8 +25,8 @@ def test_dp2_checkpoint_resumes_at_dp1_without_repeats(tmp_path):
     import os
     import subprocess
     import sys
-    from tests.checkpoint.ckpt_runs import COMMON, REPO
-    from tests.trainer.launch_util import free_port
+    from tests.helpers.checkpoint_runs import COMMON, REPO
+    from tests.helpers.launch import free_port
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEGASPEECH_LOG_SAMPLES": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()),
            "launch/pretrain.py", "--config", "configs/tiny.yaml", *COMMON, *SHARDS, f"run.dir={tmp_path}"]

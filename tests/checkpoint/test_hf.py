@@ -14,12 +14,14 @@ import torch.nn.functional as F
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.checkpoint.ckpt_runs import REPO, SP_MODEL, launch, losses
-from tests.checkpoint.ckpt_smollm2 import smollm2_dir
+from tests.helpers.checkpoint_runs import REPO, SP_MODEL, launch, losses
+from tests.helpers.smollm2 import smollm2_dir
 from megaspeech.config.load import load_config
 from megaspeech.config.schema import ModelConfig, PretrainConfig
 from megaspeech.data.toy_stream import SyntheticLoader
-from megaspeech.model.hf import adapter_for, init_from_hf, tp_slice
+from megaspeech.checkpoint.hf_import import init_from_hf
+from megaspeech.checkpoint.tp_rules import tp_slice
+from megaspeech.model.hf import adapter_for
 from megaspeech.checkpoint.hf_export import speech_token, write_hf
 from megaspeech.model.llm import DecoderLM
 from megaspeech.parallel.layers import TorchLayers

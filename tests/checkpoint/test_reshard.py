@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.checkpoint.ckpt_runs import STEPS, launch, losses
+from tests.helpers.checkpoint_runs import STEPS, launch, losses
 from megaspeech.checkpoint.offline import full_state_dict
 
 

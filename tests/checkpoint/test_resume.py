@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tests.checkpoint.ckpt_runs import STEPS, launch, losses, samples
+from tests.helpers.checkpoint_runs import STEPS, launch, losses, samples
 
 TP2 = ["parallel.tensor=2", "parallel.pipeline=1", "checkpoint.interval=2", "checkpoint.keep=3"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megaspeech.data.prefetch import Prefetcher, read_step
-from tests.data.test_stream import cfg_for, loaders, make_sources, same
+from tests.helpers.streams import cfg_for, loaders, make_sources, same
 
 ACCUM = 2
 

@@ -1,21 +1,24 @@
 """Tokenizer training, text shard preparation (with the job-array resume rule), the demo data."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from megaspeech.config.data import DataConfig, SourceConfig
+from megaspeech.config.load import load_config
+from megaspeech.config.prep import DataPrepConfig
 from megaspeech.data.loader import build_train_loader
+from megaspeech.data.prep_text import prepare_text, train_sentencepiece
 from megaspeech.data.shards import open_dataset
 from megaspeech.data.text import TextTokenizer
 from megaspeech.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "launch"))
-import prepare_data  # noqa: E402
-import train_tokenizer  # noqa: E402
+
+
+def _prep_config(overrides: list[str]) -> DataPrepConfig:
+    return load_config(DataPrepConfig, ROOT / "configs/data/demo.yaml", overrides)
 
 DOCS = {
     "a": "It was the best of times, it was the worst of times, it was the age of wisdom.\n" * 3,
@@ -32,9 +35,8 @@ def _corpus(tmp_path):
 
 def test_train_tokenizer_writes_model_and_vocab(tmp_path):
     corpus = _corpus(tmp_path)
-    train_tokenizer.main(["--config", str(ROOT / "configs/data/demo.yaml"), f"corpora=[\"{corpus}\"]",
-                          f"tokenizer.out_dir={tmp_path}/tok", "tokenizer.vocab_size=300",
-                          "tokenizer.speech_size=64"])
+    train_sentencepiece(_prep_config([f"corpora=[\"{corpus}\"]", f"tokenizer.out_dir={tmp_path}/tok",
+                                      "tokenizer.vocab_size=300", "tokenizer.speech_size=64"]))
     vocab = Vocab.load(tmp_path / "tok" / "vocab.json")
     assert (vocab.text_size, vocab.speech_size) == (300, 64)
     # stored relative to vocab.json, resolved against its dir on load
@@ -49,14 +51,14 @@ def test_train_tokenizer_writes_model_and_vocab(tmp_path):
 def test_prepare_text_parts_resume_and_round_trip(tmp_path):
     corpus = _corpus(tmp_path)
     out = tmp_path / "shards"
-    args = ["text", "--config", str(ROOT / "configs/data/demo.yaml"), f"corpora=[\"{corpus}\"]",
+    args = [f"corpora=[\"{corpus}\"]",
             f"text.out_dir={out}", f"text.tokenizer={ROOT}/megaspeech/demo/tokenizer", "text.max_tokens=null",
             "text.max_tokens_per_sample=16", "text.parts=3", "text.num_workers=2"]
-    prepare_data.main(args + ["text.worker=1"])  # part 2 only: no dataset manifest yet
+    prepare_text(_prep_config(args + ["text.worker=1"]))  # part 2 only: no dataset manifest yet
     assert not (out / "manifest.json").exists() and (out / "part-00002.manifest.json").exists()
     done = (out / "part-00002-000000.tar").stat().st_mtime_ns
-    prepare_data.main(args + ["text.worker=0"])  # parts 0, 1; now every part is finished
-    prepare_data.main(args + ["text.worker=1"])  # re-run: part 2 is skipped, not rewritten
+    prepare_text(_prep_config(args + ["text.worker=0"]))  # parts 0, 1; now every part is finished
+    prepare_text(_prep_config(args + ["text.worker=1"]))  # re-run: part 2 is skipped, not rewritten
     assert (out / "part-00002-000000.tar").stat().st_mtime_ns == done
     tok = TextTokenizer.from_dir(out)  # vocab.json beside the shards finds the model
     ds = open_dataset(out, tok.vocab, kind="text")

@@ -11,7 +11,7 @@ import pytest
 from megaspeech.data.text import TextTokenizer, hf_vocab
 from megaspeech.synth.spans import word_bounds, word_start_table
 from megaspeech.vocab import Vocab, VocabMismatch
-from tests.synth.conftest import DEMO
+from tests.helpers.synth_data import DEMO
 
 TEXT = ("Four score and seven years ago,\nour fathers brought forth   on this continent\tа new nation — "
         "conceived in Liberty (1776), wörld's €100 “quotes”.\n\nThe end")

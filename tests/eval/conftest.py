@@ -9,10 +9,10 @@ from megaspeech.data.shards import ShardWriter
 from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.eval.contamination import heldout_documents
-from tests.eval.heldout import VOCAB, write_heldout
-from tests.eval.test_suite import N_DOCS, STORIES, suite_cfg
-from tests.eval.test_validation import SMALL
-from tests.trainer.launch_util import run_pretrain
+from tests.helpers.heldout_data import VOCAB, write_heldout
+from tests.helpers.suite import N_DOCS, STORIES, suite_cfg
+from tests.helpers.suite import SMALL
+from tests.helpers.launch import run_pretrain
 
 
 @pytest.fixture(scope="session")

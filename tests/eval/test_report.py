@@ -50,7 +50,7 @@ def test_story_and_word_items_on_real_text():
     assert tasks.word_items(docs, 50, 0) == words  # seeded
     # matched in length for the model's tokenizer (else the scoring rule decides, not the model)
     from megaspeech.data.text import TextTokenizer
-    from tests.eval.heldout import VOCAB
+    from tests.helpers.heldout_data import VOCAB
     tok = TextTokenizer(VOCAB)
     pieces = lambda w: len(tok.encode(w))  # noqa: E731
     assert sum(pieces(it["endings"][0]) != pieces(it["endings"][1]) for it in words) > 10  # unmatched today

@@ -12,7 +12,7 @@ import pytest
 from megaspeech.config.load import ConfigError
 from megaspeech.eval.lm import load_lm
 from megaspeech.eval.run import Context, evaluate
-from tests.eval.test_suite import suite_cfg
+from tests.helpers.suite import suite_cfg
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,9 @@ from megaspeech.config.eval_suite import SuiteConfig
 from megaspeech.eval.contamination import ContaminationError, heldout_documents
 from megaspeech.eval.lm import CheckpointLM, HFLM, choice_loglikelihoods
 from megaspeech.eval.run import evaluate
-from tests.eval.heldout import REPO, VOCAB
-from tests.trainer.launch_util import read_metrics
-
-N_DOCS, STORIES = 6, 60
-
-
-def suite_cfg(docs_dir, **kw) -> SuiteConfig:
-    base = dict(corpus=f"files:{docs_dir}/*.txt", heldout_docs=N_DOCS, story_items=STORIES, story_context=2,
-                story_directions=["T->T"], word_items=0, qa_items=0, asr_items=0, tts_items=0,
-                text_tokenizer=str(VOCAB.sp_model), batch_size=16)
-    return SuiteConfig(**{**base, **kw})
+from tests.helpers.heldout_data import REPO, VOCAB
+from tests.helpers.launch import read_metrics
+from tests.helpers.suite import N_DOCS, STORIES, suite_cfg
 
 
 def test_scorer_equals_brute_force(planted):

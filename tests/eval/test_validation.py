@@ -9,15 +9,9 @@ import pytest
 
 from megaspeech.config.load import ConfigError, load_config
 from megaspeech.config.schema import PretrainConfig
-from tests.eval.heldout import SP_MODEL, write_heldout
-from tests.trainer.launch_util import ROOT, read_metrics, run_pretrain
-
-STEPS = 8
-SMALL = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128", "model.num_heads=4",
-         "model.num_kv_heads=2", "train.seq_len=64", "train.global_batch=8", "metrics.wandb=disabled",
-         "metrics.tensorboard=false", f"vocab.sp_model={SP_MODEL}", "parallel.zero_stage=1",
-         f"train.steps={STEPS}", "checkpoint.interval=4", "checkpoint.keep=2", "optim.warmup_steps=2",
-         "data.open_shards=1"]  # training data: tiny.yaml's demo text shards
+from tests.helpers.heldout_data import write_heldout
+from tests.helpers.launch import ROOT, read_metrics, run_pretrain
+from tests.helpers.suite import SMALL
 
 
 @pytest.fixture(scope="module")

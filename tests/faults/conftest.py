@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.fault_runs import losses, run
+from tests.helpers.fault_runs import losses, run
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from megaspeech.checkpoint import engine as ckpt
 
 from megaspeech.checkpoint import offline
-from tests.faults.fault_runs import copy_run, losses, run, tags
+from tests.helpers.fault_runs import copy_run, losses, run, tags
 
 
 def flip_byte(f: Path, offset_frac: float = 0.5) -> None:
@@ -107,7 +107,7 @@ def test_pruning_never_deletes_the_new_checkpoint_nor_newer_ones(base_run, tmp_p
 def test_disk_full_during_save_names_the_dir_removes_the_partial_and_keeps_latest(base_run, tmp_path):
     run_dir = copy_run(base_run, tmp_path / "run")
     root = run_dir / "checkpoints"
-    p = run(run_dir, ["train.steps=6"], script="tests/faults/enospc_pretrain.py",
+    p = run(run_dir, ["train.steps=6"], script="tests/helpers/enospc_pretrain.py",
             env={"MEGASPEECH_TEST_ENOSPC": "step00000006.tmp/zero_pp_rank"})
     assert p.returncode != 0
     err = p.stderr

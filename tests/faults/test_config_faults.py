@@ -14,7 +14,7 @@ from megaspeech.config.schema import PretrainConfig
 from megaspeech.checkpoint import engine as ckpt
 from megaspeech.checkpoint import offline
 from megaspeech.train.trainer import check_compatible
-from tests.faults.fault_runs import REPO
+from tests.helpers.fault_runs import REPO
 
 TINY = REPO / "configs" / "tiny.yaml"
 

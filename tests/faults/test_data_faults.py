@@ -17,9 +17,9 @@ from megaspeech.config.data import DataConfig, SourceConfig
 from megaspeech.data.shards import Dataset, ShardError, ShardWriter, read_shard
 from megaspeech.data.stream import ShardLoader
 from megaspeech.vocab import Vocab
-from tests.faults.fault_runs import losses, run, tags
+from tests.helpers.fault_runs import losses, run, tags
 
-V = Vocab(text_size=4096, speech_size=4096)  # fault_runs.SMALL's
+V = Vocab(text_size=4096, speech_size=4096)  # tests/helpers/fault_runs.SMALL's
 
 
 def text_dataset(path, n_shards=3, per_shard=4, length=40):

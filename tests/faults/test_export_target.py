@@ -13,7 +13,7 @@ import pytest
 from megaspeech.checkpoint.hf_export import export_hf
 from megaspeech.checkpoint import engine as ckpt
 from megaspeech.checkpoint import offline
-from tests.faults.fault_runs import REPO, copy_run
+from tests.helpers.fault_runs import REPO, copy_run
 
 _spec = importlib.util.spec_from_file_location("export_cli", REPO / "launch" / "export_hf.py")
 export_cli = sys.modules["export_cli"] = importlib.util.module_from_spec(_spec)

@@ -8,7 +8,7 @@ import torch
 import pytest
 
 from megaspeech.checkpoint import engine as ckpt
-from tests.faults.fault_runs import copy_run, rewrite_checksums, run
+from tests.helpers.fault_runs import copy_run, rewrite_checksums, run
 
 
 class Payload:

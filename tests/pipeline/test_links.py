@@ -3,6 +3,8 @@ the 9B config trains on the GLM-4-Voice mixture, preset headers say what loads."
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,8 @@ def test_default_paths_of_consecutive_tools_chain():
     from megaspeech.config.prep import DataPrepConfig
     from megaspeech.speech.corpus import CorpusConfig
     from megaspeech.speech.tokenize_corpus import TokenizeConfig
-    from megaspeech.speech.tokenizer_training import Config as SpeechTokConfig
-    st = SpeechTokConfig()
+    from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
+    st = SpeechTokenizerTrainingConfig()
     # corpus -> speech tokenizer training -> tokenize_speech
     assert CorpusConfig().out_dir == st.train.data
     assert TokenizeConfig().tokenizer == f"{st.run.dir}/tokenizer"
@@ -35,7 +37,7 @@ def _yaml(name, schema=None):
 
 def test_preset_paths_chain():
     corpus = _yaml("speech_corpus.yaml")["corpus"]["out_dir"]
-    stok = load_config(__import__("megaspeech.speech.tokenizer_training", fromlist=["Config"]).Config,
+    stok = load_config(__import__("megaspeech.speech.tokenizer_training", fromlist=["SpeechTokenizerTrainingConfig"]).SpeechTokenizerTrainingConfig,
                        ROOT / "configs/speech_tokenizer_tiny.yaml")
     tok = _yaml("speech_tokenize.yaml")["tokenize"]
     assert stok.train.data == corpus and tok["inputs"] == [corpus]
@@ -83,9 +85,9 @@ def test_9b_trains_on_the_glm4voice_mixture_under_its_data_root():
 
 
 def test_distill_preset_header_matches_what_loads():
-    from megaspeech.speech.tokenizer_training import Config
+    from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
     f = ROOT / "configs/speech_tokenizer_tiny_distill.yaml"
-    cfg = load_config(Config, f)
+    cfg = load_config(SpeechTokenizerTrainingConfig, f)
     said = int(re.search(r"split after layer (\d+)", f.read_text()).group(1))
     assert cfg.tokenizer.split_layer == said == 2
 
@@ -94,9 +96,10 @@ def test_convert_smollm2_tool_reuses_the_cache_and_never_overwrites_foreign_dirs
     from megaspeech.model.smollm2 import smollm2_dir
     cached = smollm2_dir()  # converted once per machine (~1-2 min), then cached
     capsys.readouterr()  # what a first conversion printed
-    from megaspeech.pipeline.stages import tool
-    assert tool("convert_smollm2").main(["--config", str(ROOT / "configs/hf/convert_smollm2.yaml"), f"out={cached}"]) == 0
-    assert capsys.readouterr().out.strip() == str(cached)
+    out = subprocess.run([sys.executable, str(ROOT / "launch/convert_smollm2.py"), "--config",
+                          str(ROOT / "configs/hf/convert_smollm2.yaml"), f"out={cached}"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(cached)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

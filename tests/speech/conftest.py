@@ -1,22 +1,7 @@
 """Shared fixtures: the converted Whisper tiny.en (converted once per session into a temp cache)
 and the held-out LibriVox utterances of pocketsphinx-testdata (real human speech)."""
-from pathlib import Path
 
 import pytest
-
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-
-
-def librivox_items() -> list[tuple[Path, str]]:
-    """[(wav path, transcript)] from `apt-get install pocketsphinx-testdata`; fails (never skips) without it."""
-    trans = LIBRIVOX / "transcription"
-    assert trans.is_file(), f"{trans} missing: `apt-get install pocketsphinx-testdata` (CI installs it)"
-    items = []
-    for line in trans.read_text().splitlines():
-        text, _, key = line.rpartition("(")
-        text = text.replace("<s>", "").replace("</s>", "").strip()
-        items.append((LIBRIVOX / f"{key.strip(') ')}.wav", text))
-    return items
 
 
 @pytest.fixture(scope="session")

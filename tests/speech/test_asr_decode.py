@@ -5,7 +5,7 @@ import torch
 
 from megaspeech.speech.asr import Fallback, compression_ratio, decode, run_decoder, transcribe_tokens
 from megaspeech.speech.audio import decode_audio, log_mel
-from tests.speech.conftest import librivox_items
+from tests.helpers.speech_data import librivox_items
 
 
 def _encode(whisper, audios):

@@ -52,7 +52,7 @@ def test_effects_on_planted_signals():
 
 
 def test_augment_is_deterministic_per_seed_epoch_item():
-    from tests.speech.conftest import librivox_items
+    from tests.helpers.speech_data import librivox_items
     from megaspeech.speech.audio import decode_audio
     x = decode_audio(librivox_items()[0][0])[:3 * SR]
     cfg = AugmentConfig(enabled=True, p_speed=1, p_pitch=1, p_reverb=1, p_noise=1, p_telephone=1, p_codec=1)

@@ -11,7 +11,7 @@ from megaspeech.speech.asr import greedy_decode
 from megaspeech.speech.audio import AudioError, decode_audio, max_token_samples
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text, features,
                                          tokenize_audios)
-from tests.speech.conftest import librivox_items
+from tests.helpers.speech_data import librivox_items
 
 
 @pytest.mark.parametrize("pool,hz", [(1, 50.0), (2, 25.0), (8, 6.25)])

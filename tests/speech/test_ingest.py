@@ -16,7 +16,7 @@ from megaspeech.speech import ingest as ing
 from megaspeech.speech.asr import wer
 from megaspeech.speech.audio import decode_audio
 from megaspeech.speech.ingest import IngestConfig, IngestError, ingest
-from tests.speech.conftest import librivox_items
+from tests.helpers.speech_data import librivox_items
 
 ROOT = Path(__file__).resolve().parents[2]
 

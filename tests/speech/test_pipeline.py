@@ -11,13 +11,15 @@ import torch
 from megaspeech.data.shards import ShardWriter, open_dataset
 from megaspeech.speech import audio_shards  # noqa: F401
 from megaspeech.speech.audio import decode_audio, encode_flac
+from megaspeech.speech.audio_batches import AudioBatches
 from megaspeech.speech.augment import AugmentConfig
 from megaspeech.speech.tokenize_corpus import TokenizeConfig, tokenize_corpus
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, features, save_tokenizer, text_targets,
                                          tokenize_audios)
-from megaspeech.speech.tokenizer_training import AudioBatches, Config, RunConfig, TrainConfig, train
+from megaspeech.speech.tokenizer_training import (SpeechTokenizerRunConfig, SpeechTokenizerTrainConfig,
+                                                  SpeechTokenizerTrainingConfig, train)
 from megaspeech.speech.tts import synthesize
-from tests.speech.conftest import librivox_items
+from tests.helpers.speech_data import librivox_items
 
 TEXTS = ["To be prepared for war is one of the most effectual means of preserving peace.",
          "The people of this country have a right to know.",
@@ -53,12 +55,13 @@ ALL_EFFECTS = AugmentConfig(enabled=True, p_speed=1, p_pitch=1, p_reverb=1, p_no
 def _cfg(tmp_path, steps, whisper_cache, recipe="cached_pre_vq"):
     tok_kw, train_kw = RECIPES[recipe]
     tok = TokenizerConfig(split_layer=3, codebook_size=32, whisper_cache=str(whisper_cache), **tok_kw)
-    return Config(run=RunConfig(dir=str(tmp_path / "run"), seed=3),
-                  tokenizer=tok,
-                  train=TrainConfig(data=str(tmp_path / "audio"), steps=steps, batch_size=2, lr=1e-4,
-                                    warmup_steps=0, min_lr_ratio=1.0, checkpoint_every=2, log_every=1,
-                                    **train_kw),
-                  augment=ALL_EFFECTS if recipe.startswith("augmented") else AugmentConfig())
+    return SpeechTokenizerTrainingConfig(
+        run=SpeechTokenizerRunConfig(dir=str(tmp_path / "run"), seed=3),
+        tokenizer=tok,
+        train=SpeechTokenizerTrainConfig(data=str(tmp_path / "audio"), steps=steps, batch_size=2, lr=1e-4,
+                                         warmup_steps=0, min_lr_ratio=1.0, checkpoint_every=2, log_every=1,
+                                         **train_kw),
+        augment=ALL_EFFECTS if recipe.startswith("augmented") else AugmentConfig())
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))

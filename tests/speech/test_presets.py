@@ -6,13 +6,13 @@ from pathlib import Path
 import yaml
 
 from megaspeech.config.load import load_config
-from megaspeech.speech.tokenizer_training import Config
+from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tokenizer_codebook_matches_speech_vocab():
-    sizes = {name: load_config(Config, ROOT / "configs" / name).tokenizer.codebook_size
+    sizes = {name: load_config(SpeechTokenizerTrainingConfig, ROOT / "configs" / name).tokenizer.codebook_size
              for name in ("speech_tokenizer_tiny.yaml", "speech_tokenizer_tiny_e2e.yaml",
                           "speech_tokenizer_tiny_distill.yaml")}
     vocab = {name: yaml.safe_load((ROOT / "configs" / name).read_text())[key]["speech_size"]
@@ -23,5 +23,5 @@ def test_tokenizer_codebook_matches_speech_vocab():
     vocab["demo/text/manifest.json"] = json.loads(
         (ROOT / "megaspeech/demo/text/manifest.json").read_text())["vocab"]["speech_size"]
     assert set(sizes.values()) == set(vocab.values()) == {4096}, (sizes, vocab)
-    e2e = load_config(Config, ROOT / "configs/speech_tokenizer_tiny_e2e.yaml")
+    e2e = load_config(SpeechTokenizerTrainingConfig, ROOT / "configs/speech_tokenizer_tiny_e2e.yaml")
     assert e2e.augment.enabled and e2e.tokenizer.frame_rate == 12.5

@@ -8,8 +8,8 @@ from megaspeech.speech.audio import decode_audio, log_mel
 from megaspeech.speech.tokenizer import (TokenizerConfig, build_tokenizer, decode_tokens_to_text, features,
                                          load_tokenizer, save_tokenizer, text_targets, tokenize_audios)
 from megaspeech.speech.tokenizer_model import sample_codes
-from megaspeech.speech.tokenizer_training import Teacher
-from tests.speech.conftest import librivox_items
+from megaspeech.speech.tokenizer_init import Teacher
+from tests.helpers.speech_data import librivox_items
 
 
 def _speech(seconds: float) -> np.ndarray:

@@ -5,7 +5,7 @@ import torch
 from megaspeech.speech.asr import transcribe_base
 from megaspeech.speech.audio import decode_audio, log_mel
 from megaspeech.speech.whisper_ct2 import default_ct2_dir, load_whisper, read_ct2
-from tests.speech.conftest import librivox_items
+from tests.helpers.speech_data import librivox_items
 
 
 def test_encoder_and_greedy_text_match_faster_whisper(whisper):

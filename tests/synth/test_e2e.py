@@ -13,8 +13,8 @@ import numpy as np
 from megaspeech.data.shards import Dataset, read_shard
 from megaspeech.synth.interleave import split_interleaved
 from megaspeech.vocab import Vocab
-from tests.synth.conftest import DEMO, write_pair_dataset, write_text_dataset
-from tests.trainer.launch_util import ROOT, free_port, read_metrics, run_pretrain
+from tests.helpers.synth_data import DEMO, write_pair_dataset, write_text_dataset
+from tests.helpers.launch import ROOT, free_port, read_metrics, run_pretrain
 
 SMALL = ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidden_size=256", "model.num_heads=4",
          "train.seq_len=128", "train.micro_batch=4", "train.global_batch=4", "checkpoint.interval=0",

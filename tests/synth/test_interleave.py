@@ -9,7 +9,7 @@ from megaspeech.data.shards import Dataset, open_dataset, part_done
 from megaspeech.synth.interleave import InterleaveConfig, run_worker, split_interleaved
 from megaspeech.synth.spans import doc_rng, sample_spans, word_bounds
 from megaspeech.vocab import Vocab
-from tests.synth.conftest import DEMO, ReversibleCodec, write_text_dataset
+from tests.helpers.synth_data import DEMO, ReversibleCodec, write_text_dataset
 
 
 def _vocab(demo_tok) -> Vocab:

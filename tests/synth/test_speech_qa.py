@@ -3,19 +3,23 @@ the launcher with the real speech tokenizer architecture (Whisper tiny.en split 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from megaspeech.config.load import load_config
 from megaspeech.data.shards import ShardWriter, open_dataset
 from megaspeech.speech.asr import normalize_text, wer
 from megaspeech.synth.speech_qa import QAConfig, filter_pair, template_pairs, words
+from megaspeech.synth.speech_qa_shards import SpeechQAConfig
+from megaspeech.synth.speech_qa_shards import make_speech_qa as run_speech_qa
 from megaspeech.vocab import Vocab
-from tests.synth.conftest import DEMO
+from tests.helpers.synth_data import DEMO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "launch"))
-import make_speech_qa  # noqa: E402
+
+def make_speech_qa(overrides: list[str]) -> dict:
+    """The job of launch/make_speech_qa.py on configs/speech_qa_tiny.yaml with `overrides`."""
+    return run_speech_qa(load_config(SpeechQAConfig, "configs/speech_qa_tiny.yaml", overrides))
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 PASSAGES = """The Congress has been asked to consider the condition of the public roads and the harbors
@@ -49,8 +53,8 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
     (tmp_path / "doc.txt").write_text(PASSAGES)
     out = tmp_path / "qa_tts"
     common = [f"speech_tokenizer={speech_tokenizer}", "threads=1", "batch_size=4"]
-    assert make_speech_qa.main(["--config", "configs/speech_qa_tiny.yaml", f"input=files:{tmp_path}/doc.txt",
-                                f"output={out}", "part_size=2", "context.words=[20, 40]"] + common) == 0
+    assert make_speech_qa([f"input=files:{tmp_path}/doc.txt", f"output={out}", "part_size=2",
+                           "context.words=[20, 40]"] + common)["kept"] > 0
     ds = open_dataset(out, vocab, kind="interleaved")
     assert ds.manifest["meta"]["qa_generator"] == "template" and len(ds.shards) == 2
     user, ast = vocab.special("<|user|>"), vocab.special("<|assistant|>")
@@ -78,8 +82,7 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
         for wav in sorted(LIBRIVOX.glob("*.wav"))[:2]:
             w.write(wav.stem.replace(".", "_"), {"audio.flac": encode_flac(decode_audio(wav)), "duration": 1.0})
     out2 = tmp_path / "qa_asr"
-    assert make_speech_qa.main(["--config", "configs/speech_qa_tiny.yaml", "source=audio_unlabeled",
-                                f"input={audio_dir}", f"output={out2}"] + common) == 0
+    assert make_speech_qa(["source=audio_unlabeled", f"input={audio_dir}", f"output={out2}"] + common)["kept"] > 0
     got = {s["context"] for _, s in open_dataset(out2, vocab, kind="interleaved")}
     assert got and all(s["origin"] == "asr:whisper-tiny.en" for _, s in open_dataset(out2, vocab))
     ref_texts = [r.replace("<s>", "").replace("</s>", "").strip() for k, r in refs.items()]

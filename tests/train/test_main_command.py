@@ -1,7 +1,7 @@
 """Acceptance 4: the README's main command trains the tiny config on 2 CPU ranks."""
 import math
 
-from tests.trainer.launch_util import read_metrics, run_pretrain
+from tests.helpers.launch import read_metrics, run_pretrain
 
 FIELDS = ("step", "loss", "loss_text", "loss_speech", "lr", "grad_norm", "tokens_per_s", "mfu", "consumed_samples")
 
@@ -30,6 +30,6 @@ def test_deepspeed_launcher_tiny_30_steps(tmp_path):
     assert [h["loss"] for h in history] == [r["loss"] for r in rows]
     import subprocess
     import sys
-    from tests.trainer.launch_util import ROOT
+    from tests.helpers.launch import ROOT
     subprocess.run([sys.executable, "launch/plot_metrics.py", str(tmp_path)], cwd=ROOT, check=True, timeout=300)
     assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

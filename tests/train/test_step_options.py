@@ -6,7 +6,7 @@ import torch
 from megaspeech.config.load import ConfigError, load_config
 from megaspeech.config.schema import OptimConfig, PretrainConfig
 from megaspeech.train.schedule import build_optimizer
-from tests.trainer.launch_util import ROOT
+from tests.helpers.launch import ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
 

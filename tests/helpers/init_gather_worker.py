@@ -1,19 +1,16 @@
 """Run by test_init_gather.py under torchrun: build the tiny model at TP=world, gather every
 TP-sliced parameter, compare with the TP=1 model built from the same seed. Exit code 0 = equal."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+import torch.distributed as dist
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from megaspeech.config.load import load_config  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
-from megaspeech.model.llm import DecoderLM  # noqa: E402
-from megaspeech.parallel.layers import TorchLayers  # noqa: E402
-from megaspeech.parallel.parallelize import build_model  # noqa: E402
-from megaspeech.parallel.state import destroy_distributed, init_distributed  # noqa: E402
+from megaspeech.config.load import load_config
+from megaspeech.config.schema import PretrainConfig
+from megaspeech.model.llm import DecoderLM
+from megaspeech.parallel.layers import TorchLayers
+from megaspeech.parallel.parallelize import build_model
+from megaspeech.parallel.state import destroy_distributed, init_distributed
 
 
 def main():

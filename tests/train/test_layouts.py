@@ -7,7 +7,7 @@ of the fused chunked one (train.fused_loss, the default, used by every other run
 """
 import pytest
 
-from tests.trainer.launch_util import losses, run_pretrain
+from tests.helpers.launch import losses, run_pretrain
 
 COMMON = ["data.kind=synthetic", "train.steps=10", "train.global_batch=8", "train.seq_len=64",
           "checkpoint.save_at_end=false", "parallel.zero_stage=1"]

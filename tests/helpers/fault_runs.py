@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.trainer.launch_util import free_port
+from tests.helpers.launch import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SP_MODEL = REPO / "megaspeech" / "demo" / "tokenizer" / "tokenizer.model"

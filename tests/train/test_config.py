@@ -7,7 +7,7 @@ import pytest
 from megaspeech.config.deepspeed import deepspeed_config
 from megaspeech.config.load import ConfigError, load_config
 from megaspeech.config.schema import PretrainConfig
-from tests.trainer.launch_util import ROOT
+from tests.helpers.launch import ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
 

@@ -1,5 +1,5 @@
 """NaN/inf loss: halt naming the step and last checkpoint (default), or skip and count it."""
-from tests.trainer.launch_util import read_metrics, run_pretrain
+from tests.helpers.launch import read_metrics, run_pretrain
 
 COMMON = ["data.kind=synthetic", "train.steps=5", "train.seq_len=64", "checkpoint.interval=2",
           "checkpoint.save_at_end=false"]

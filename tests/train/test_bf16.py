@@ -1,6 +1,6 @@
 """bf16 (the 9B config's precision) with pipeline parallelism: trains, checkpoints, and resumes
 exactly (DeepSpeed's bf16 optimizer with fp32 gradient accumulation, ZeRO-1)."""
-from tests.trainer.launch_util import losses, run_pretrain
+from tests.helpers.launch import losses, run_pretrain
 
 COMMON = ["data.kind=synthetic", "train.seq_len=64", "train.micro_batch=2", "train.precision=bf16",
           "parallel.pipeline=2", "checkpoint.interval=2", "metrics.wandb=disabled"]

@@ -9,18 +9,16 @@ Exit code 0 = equal; prints `max_diff=` and `unmasked_diff=` per path."""
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+import torch.distributed as dist
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from megaspeech.config.load import load_config  # noqa: E402
-from megaspeech.config.schema import PretrainConfig  # noqa: E402
-from megaspeech.model.llm import Attention  # noqa: E402
-from megaspeech.parallel.state import destroy_distributed, init_distributed  # noqa: E402
-from megaspeech.train.trainer import Trainer  # noqa: E402
+from megaspeech.config.load import load_config
+from megaspeech.config.schema import PretrainConfig
+from megaspeech.model.llm import Attention
+from megaspeech.parallel.state import destroy_distributed, init_distributed
+from megaspeech.train.task_spec import LMTask
+from megaspeech.train.trainer import Trainer
 
 
 def check(logits_of, batch, attn, layout, tp) -> bool:
@@ -64,7 +62,7 @@ def main():
         "data.document_mask=true", "train.seq_len=160", "train.micro_batch=2", "train.global_batch=2",
         f"run.dir={run_dir}", "train.progress_bar=false"])
     layout = init_distributed(tp, pp)
-    trainer = Trainer(cfg, layout)
+    trainer = Trainer(cfg, layout, LMTask(cfg, layout))
     engine = trainer.engine
     engine.eval()
     from megatron.core import parallel_state as ps
