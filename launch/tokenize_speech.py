@@ -3,6 +3,8 @@
     python launch/tokenize_speech.py --config configs/speech_tokenize.yaml \
         tokenize.tokenizer=runs/speech_tokenizer_tiny/tokenizer 'tokenize.inputs=[data/wavs]' \
         tokenize.out_dir=runs/speech_tokens/train tokenize.workers=2
+GLM-4-Voice's released tokenizer works the same way, read as downloaded (docs/speech_tokenizer.md):
+    tokenize.tokenizer=/models/glm-4-voice-tokenizer tokenize.tokenizer_format=glm4voice
 Finished parts are skipped on re-run; for a job array pass --worker I --num_workers N
 (e.g. SLURM_ARRAY_TASK_ID) and run once more (or any worker) to merge the manifest.
 """

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,3 +69,64 @@ def resolve_path(path: str) -> Path:
     if path.startswith("megaspeech:"):
         return Path(__file__).parent / path.split(":", 1)[1]
     return Path(path).expanduser()
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id runs on this host (ours included)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temps(directory: str | Path, name: str = r"[^/]+", dead_only: bool = True) -> list[Path]:
+    """The leftovers of `atomic_path` / `ShardWriter` in `directory`: files `.NAME.tmpPID[suffix]`
+    whose NAME matches the regex `name`, and (dead_only) whose writer PID no longer runs on this host.
+    Only this tool's own temp-name pattern is ever matched; the caller removes what it may."""
+    pat = re.compile(rf"\.(?:{name})\.tmp(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?")
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.iterdir()):
+        m = pat.fullmatch(p.name)
+        if m and p.is_file() and not (dead_only and (int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])))):
+            out.append(p)
+    return out
+
+
+def remove_stale_temps(directory: str | Path, name: str = r"[^/]+", dead_only: bool = True) -> list[Path]:
+    """Remove `stale_temps(...)`; returns what was removed."""
+    found = stale_temps(directory, name, dead_only)
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def try_lock(path: str | Path, record: str):
+    """Take an exclusive flock on `path` (created if missing) without waiting and write `record` into
+    it: returns (the open file, None); keep the file open for as long as the lock is to be held (the
+    kernel releases it when the file is closed or the process dies, so a crash leaves no stale lock).
+    If another process holds it: (None, the holder's record as it wrote it)."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        for _ in range(20):  # the holder writes its record right after taking the lock
+            f.seek(0)
+            holder = f.read().strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        f.close()
+        return None, holder
+    f.seek(0)
+    f.truncate()
+    f.write(record)
+    f.flush()
+    os.fsync(f.fileno())
+    return f, None

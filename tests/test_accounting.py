@@ -12,7 +12,7 @@ from megaspeech import accounting as A
 from megaspeech.config.load import ConfigError, build, load_config
 from megaspeech.config.schema import PretrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg_9b(**over):

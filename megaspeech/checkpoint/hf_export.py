@@ -3,6 +3,7 @@ generation_config.json and tokenizer files whose ids are the unified token space
 `<|speech_N|>` per speech code, then the specials)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -15,6 +16,8 @@ import torch
 from megaspeech.config.load import check
 from megaspeech.config.schema import ModelConfig
 from megaspeech.fs import swap_dir
+from megaspeech.checkpoint.hf_files import (MARKER, TMP_MARKER, copy_text_tokenizer, remove_stale_exports,  # noqa: F401
+                                            write_checksums)
 from megaspeech.model.hf import adapter_for
 from megaspeech.checkpoint.offline import full_state_dict
 from megaspeech.vocab import Vocab
@@ -63,10 +66,17 @@ def sentencepiece_tokenizer(sp_model: str | Path):
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
+def text_pad_token(row: int) -> str:
+    return f"<|text_pad_{row}|>"
+
+
 def unified_tokenizer(vocab: Vocab, hf_source: str | None):
-    """The text tokenizer (vocab.sp_model, else the tokenizer of the HF model we started from) plus
-    speech and special tokens at their unified ids; None when there is no text tokenizer."""
+    """The text tokenizer (vocab.sp_model, else vocab.hf_tokenizer, else the tokenizer of the HF model we
+    started from) plus speech and special tokens at their unified ids; None when there is no text
+    tokenizer. A tokenizer shorter than vocab.text_size (GLM-4: 151,343 tokens, 151,552 embedding rows)
+    gets `<|text_pad_N|>` for the padding rows, so speech codes and specials land at their ids."""
     from tokenizers import AddedToken
+    hf_source = str(Path(vocab.hf_tokenizer or hf_source).expanduser()) if vocab.hf_tokenizer or hf_source else None
     if vocab.sp_model:
         if not Path(vocab.sp_model).is_file():
             raise FileNotFoundError(f"vocab.sp_model={vocab.sp_model} not found; run from the directory the "
@@ -77,12 +87,16 @@ def unified_tokenizer(vocab: Vocab, hf_source: str | None):
         tok = AutoTokenizer.from_pretrained(hf_source)
     else:
         return None
-    if len(tok) != vocab.text_size:
+    if len(tok) > vocab.text_size:
         raise ValueError(f"the text tokenizer has {len(tok)} tokens but vocab.text_size={vocab.text_size}")
+    pads = [text_pad_token(i) for i in range(len(tok), vocab.text_size)]
+    tok.add_tokens([AddedToken(t, normalized=False, special=True) for t in pads], special_tokens=True)
     tok.add_tokens([AddedToken(speech_token(i), normalized=False) for i in range(vocab.speech_size)])
     tok.add_special_tokens({"additional_special_tokens": list(vocab.specials)}, replace_extra_special_tokens=False)
     tok.bos_token, tok.eos_token, tok.pad_token = "<|bos|>", "<|eos|>", "<|pad|>"
     expect = {speech_token(0): vocab.speech_offset, **{s: vocab.special(s) for s in vocab.specials}}
+    if pads:  # fewer text pieces than embedding rows
+        expect.update({pads[0]: vocab.text_size - len(pads), pads[-1]: vocab.text_size - 1})
     if vocab.speech_size:
         expect[speech_token(vocab.speech_size - 1)] = vocab.special_offset - 1
     got = {t: tok.convert_tokens_to_ids(t) for t in expect}
@@ -92,7 +106,7 @@ def unified_tokenizer(vocab: Vocab, hf_source: str | None):
     return tok
 
 
-MARKER = ".megaspeech-export"  # written into every export: only such a directory is ever replaced
+# MARKER: written into every export: only such a directory is ever replaced (megaspeech/checkpoint/hf_files.py)
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -153,18 +167,27 @@ def write_hf(sd: dict[str, torch.Tensor], m: ModelConfig, vocab: Vocab, out_dir:
         eos += [e for e in (src_eos if isinstance(src_eos, list) else [src_eos]) if e is not None and e not in eos]
     model.generation_config = GenerationConfig(bos_token_id=vocab.bos_id, eos_token_id=eos, pad_token_id=vocab.pad_id)
 
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    if out.is_symlink():  # through a link: the export replaces the link's target, the link stays
+        out = out.resolve()
+    remove_stale_exports(out)  # temp dirs of killed exports (their pid is dead)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        tmp.mkdir(parents=True)
+        (tmp / TMP_MARKER).write_text(f"{os.getpid()}\n")  # lets the next export remove it if we are killed
         model.save_pretrained(tmp, safe_serialization=True)
-        tok = unified_tokenizer(vocab, src)
+        own = copy_text_tokenizer(vocab, tmp)  # the export is self-contained: vocab.json names files inside it
+        tok = unified_tokenizer(dataclasses.replace(vocab, sp_model=str(tmp / own.sp_model)) if own.sp_model
+                                else vocab, src)
         if tok is not None:
             tok.save_pretrained(tmp)
         else:
             log.warning("no text tokenizer (vocab.sp_model and model.init_from_hf unset): %s has no tokenizer files", out)
-        vocab.save(tmp / "vocab.json")
+        own.save(tmp / "vocab.json")
         (tmp / MARKER).write_text("written by megaspeech.checkpoint.hf_export; this directory may be replaced by the next export\n")
+        (tmp / TMP_MARKER).unlink()
+        write_checksums(tmp)  # last: size + sha256 of every file, verified wherever the export is read
     except BaseException:  # a failed export leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,9 +22,17 @@ def load_hf_state_dict(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], obj
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {hf_dir} (model.init_from_hf): save the model with "
                                 f"save_pretrained(safe_serialization=True)")
+    from safetensors import SafetensorError
+
+    from megaspeech.checkpoint.hf_files import verify_export
+    verify_export(hf_dir)  # a megaspeech export is checked against its checksums.json; a plain HF dir is not
     sd = {}
     for f in files:
-        sd.update(load_file(hf_dir / f))
+        try:
+            sd.update(load_file(hf_dir / f))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{hf_dir / f}: cannot be loaded ({type(e).__name__}: {e}); the file is damaged or "
+                             f"truncated: download or export it again") from None
     return sd, AutoConfig.from_pretrained(str(hf_dir))
 
 
@@ -39,10 +47,12 @@ def extend_vocab(w: torch.Tensor, rows: int) -> torch.Tensor:
 @torch.no_grad()
 def init_from_hf(model: torch.nn.Module, cfg, layout) -> None:
     """Overwrite `model`'s parameters (a DecoderLM or this stage of a PipelineModule, TP-sliced or
-    not) with the HF Llama-family model at cfg.model.init_from_hf. Its vocabulary must be the text
-    part of ours (vocab.text_size = HF vocab_size); speech codes, specials and padding rows are added
-    as the mean of the existing embeddings (and output rows). A model exported by launch/export_hf.py
-    (vocab_size = our padded vocab) is loaded as is."""
+    not) with the HF model at cfg.model.init_from_hf (Llama, Qwen2, Mistral, GLM-4). Its embedding rows
+    are the text part of ours (vocab.text_size = config.json vocab_size, padding rows past its
+    tokenizer included); speech codes, specials and our padding rows are added as the mean of the
+    existing embeddings (and output rows), so greedy decoding of text never picks them (a mean logit
+    is never above the max). A model exported by launch/export_hf.py (vocab_size = our padded vocab)
+    is loaded as is."""
     src = str(Path(cfg.model.init_from_hf).expanduser())
     hf, hf_cfg = load_hf_state_dict(src)
     ad = adapter_for(cfg.model)
@@ -51,7 +61,8 @@ def init_from_hf(model: torch.nn.Module, cfg, layout) -> None:
     rows, L = cfg.padded_vocab_size(), cfg.model.num_layers
     if v_hf not in (cfg.vocab.text_size, rows):
         raise ValueError(f"model.init_from_hf={src} has {v_hf} embedding rows but vocab.text_size="
-                         f"{cfg.vocab.text_size}; set vocab.text_size={v_hf} (its tokenizer is our text part)")
+                         f"{cfg.vocab.text_size}; set vocab.text_size={v_hf} or leave it out (the embedding "
+                         f"rows are the text ids)")
     full = ad.from_hf(hf)
     if v_hf != rows:  # a text LLM: append speech codes, specials, padding (else: our own export, unified already)
         for k in ("0.embed.weight", f"{L + 1}.out.weight"):

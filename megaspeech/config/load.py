@@ -183,7 +183,8 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
 
 def load_config(schema: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     tree = apply_overrides(load_yaml_tree(path), list(overrides or []))
-    return build(schema, tree)
+    prepare = getattr(schema, "prepare_tree", None)  # a schema's fill-in of unset keys (PretrainConfig: init_from_hf)
+    return build(schema, prepare(tree) if prepare else tree)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -23,6 +23,7 @@ from typing import Literal
 from megaspeech.config.bridge import BridgeConfig
 from megaspeech.config.load import ConfigError, check
 from megaspeech.config.data import DataConfig
+from megaspeech.config.hf_shape import resolve_init_from_hf
 from megaspeech.config.validation import EvalConfig
 from megaspeech.vocab import Vocab
 
@@ -33,10 +34,15 @@ class RunConfig:
     seed: int = 1234
     resume: str = "auto"  # auto: resume from RUN_DIR/checkpoints/latest if present; none; or a checkpoint dir
     name: str = "megaspeech"
+    # a resume whose data plan (seed, sources' datasets, weights, epochs) differs from the checkpoint's:
+    # refuse (naming the change), or restart: start the data position over (the model state is kept)
+    data_plan_change: Literal["refuse", "restart"] = "refuse"
 
     def __post_init__(self):
         check(0 <= self.seed < 2**32, "run.seed", f"must be in [0, 2^32), got {self.seed}")
         check(bool(self.resume), "run.resume", "must be auto, none or a checkpoint directory")
+        check(self.data_plan_change in ("refuse", "restart"), "run.data_plan_change",
+              f"must be refuse or restart, got {self.data_plan_change!r}")
 
 
 def _positive(value: float, field: str) -> None:
@@ -44,8 +50,36 @@ def _positive(value: float, field: str) -> None:
 
 
 @dataclass
+class RopeScaling:
+    """model.rope_scaling: none, or Llama-3.1's `llama3` frequency scaling (transformers'
+    _compute_llama3_parameters; the values of config.json's rope_parameters)."""
+    type: Literal["none", "llama3"] = "none"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        for k in ("factor", "low_freq_factor", "high_freq_factor"):
+            _positive(getattr(self, k), f"model.rope_scaling.{k}")
+        check(self.high_freq_factor > self.low_freq_factor, "model.rope_scaling.high_freq_factor",
+              f"must be > low_freq_factor={self.low_freq_factor}")
+        check(self.original_max_position_embeddings >= 1, "model.rope_scaling.original_max_position_embeddings",
+              "must be >= 1")
+
+    def key(self) -> tuple | None:
+        """Hashable parameters for the RoPE tables (None: plain RoPE)."""
+        if self.type == "none":
+            return None
+        return (self.factor, self.low_freq_factor, self.high_freq_factor, self.original_max_position_embeddings)
+
+
+@dataclass
 class ModelConfig:
-    family: Literal["llama", "glm"] = "llama"
+    """The decoder's shape. With model.init_from_hf set, every field config.json defines (family to
+    rope_scaling) is read from it when the YAML leaves it out, and must agree when the YAML sets it
+    (megaspeech/config/hf_shape.py)."""
+    family: Literal["llama", "qwen2", "mistral", "glm"] = "llama"
     num_layers: int = 4
     hidden_size: int = 256
     ffn_hidden_size: int = 688
@@ -53,6 +87,7 @@ class ModelConfig:
     num_kv_heads: int = 2
     rope_theta: float = 10000.0
     rope_fraction: float = 1.0  # GLM rotates half of each head (0.5); Llama all of it (1.0)
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     norm_eps: float = 1e-5
     qkv_bias: bool = False
     tie_embeddings: bool = False
@@ -60,9 +95,14 @@ class ModelConfig:
     vocab_multiple: int = 128  # embedding rows padded to a multiple of this (layout-independent; % tensor == 0)
     # auto: flash-attn (plain causal) / FlexAttention (document mask) on CUDA, SDPA on CPU; flex: FlexAttention
     attention: Literal["auto", "sdpa", "flash", "flex"] = "auto"
-    init_from_hf: str | None = None  # HF Llama-family dir: weights loaded, vocab extended
+    # HF dir (Llama, Qwen2, Mistral, GLM-4): shape read, weights loaded, speech codes + specials appended
+    init_from_hf: str | None = None
 
     def __post_init__(self):
+        if isinstance(self.rope_scaling, dict):  # ModelConfig(**saved_dict)
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        check(not (self.family == "mistral" and self.qkv_bias), "model.qkv_bias",
+              "MistralForCausalLM has no attention biases; use family llama (attention_bias) or qwen2")
         check(self.num_layers > 0, "model.num_layers", "must be > 0")
         for k in ("hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", "vocab_multiple"):
             check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
@@ -194,6 +234,9 @@ class PretrainConfig:
     task: Literal["lm", "bridge"] = "lm"
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # load_config's fill-in before typing: model.* and vocab.text_size from model.init_from_hf's config.json
+    prepare_tree = staticmethod(resolve_init_from_hf)
 
     def __post_init__(self):
         m, p, t = self.model, self.parallel, self.train

@@ -6,7 +6,8 @@ or a Hugging Face tokenizer dir itself, e.g. model.init_from_hf's), each sample 
 (token indices where words begin, from the tokenizer's offsets), split into samples of at most `text.max_tokens_per_sample` tokens and
 written through `ShardWriter`. Work is split into `text.parts` parts by document index (part =
 doc_index % parts); a job-array worker handles `parts_for_worker(...)` and skips finished parts,
-and whoever finds every part finished writes the dataset manifest.
+and whoever finds every part finished writes the dataset manifest. The temp files a killed run left
+(`.part-<i>-*.tar.tmpPID`, and with one worker `.vocab.json.tmpPID`) are removed before parts are redone.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import numpy as np
 
 from megaspeech.data.corpora import interleave_corpora
 from megaspeech.config.prep import DataPrepConfig
-from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker
+from megaspeech.data.shards import merge_parts, part_done, part_prefix, part_writer, parts_for_worker
 from megaspeech.data.text import TextTokenizer
-from megaspeech.fs import write_atomic
+from megaspeech.fs import remove_stale_temps, write_atomic
 from megaspeech.vocab import Vocab
 
 
@@ -50,6 +51,7 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
     # vocab.json beside the shards names the tokenizer relative to the data dir
     vocab = tok.vocab_for(t.out_dir)
     todo = [p for p in parts_for_worker(t.parts, t.worker, t.num_workers) if not part_done(t.out_dir, p)]
+    _remove_temps(t.out_dir, todo, t.num_workers, log)
     if todo:
         writers = {p: part_writer(t.out_dir, "text", vocab, p, max_bytes=t.max_shard_bytes,
                                   meta={"corpora": cfg.corpora, "tokenizer": str(tok.path),
@@ -78,6 +80,19 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
         return m
     log("other parts still running; the last worker to finish writes manifest.json")
     return None
+
+
+def _remove_temps(out_dir, parts: list[int], num_workers: int, log) -> None:
+    """Temp files a killed run left: those of the parts this worker is about to redo (no other worker
+    writes them) and, when this is the only worker, those of the shared files (vocab.json, manifest)
+    whose writer is dead. Only the writers' own `.NAME.tmpPID` names are touched."""
+    names = [rf"{part_prefix(p)}(-\d+\.tar|\.manifest\.json)" for p in parts]
+    if num_workers == 1:
+        names.append(r"vocab\.json|manifest\.json")
+    if names:
+        gone = remove_stale_temps(out_dir, "|".join(names))
+        if gone:
+            log(f"removed {len(gone)} temp files of an interrupted run from {out_dir}")
 
 
 def _lines(corpora: list[str]):

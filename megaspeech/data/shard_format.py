@@ -9,7 +9,7 @@ import json
 import math
 import re
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -231,7 +231,19 @@ def read_manifest(path: Path) -> dict:
                          f"for this dataset (finished shards are kept) or restore the file") from None
     if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
         raise ShardError(f"{path}: not a megaspeech manifest (no `shards` list); re-run the prep tool")
+    for s in m["shards"]:
+        check_shard_name(s.get("name") if isinstance(s, dict) else s, path)
     return m
+
+
+def check_shard_name(name, manifest: Path) -> None:
+    """A shard entry must name a file inside the dataset's own directory: a relative path with no `..`
+    component and not absolute, so a manifest never makes a reader open files elsewhere."""
+    if not isinstance(name, str) or not name.strip("/") or PurePosixPath(name).is_absolute() \
+            or ".." in PurePosixPath(name).parts:
+        raise ShardError(f"{manifest}: shard entry {name!r} escapes the dataset directory {Path(manifest).parent} "
+                         f"(shard names must be relative paths inside it, no `..` or absolute paths); "
+                         f"fix the manifest or re-run the prep tool")
 
 
 def load_shard_bytes(path: Path, sha256: str | None = None, size: int | None = None) -> bytes:

@@ -70,9 +70,9 @@ class TextTokenizer:
         else:
             raise ValueError("the vocab names no text tokenizer: set vocab.sp_model (SentencePiece, written by "
                              "launch/train_text_tokenizer.py) or vocab.hf_tokenizer (a Hugging Face tokenizer dir)")
-        if n != vocab.text_size:
+        if n > vocab.text_size:  # fewer is fine: an LLM's embedding rows past its tokenizer (GLM-4, Qwen2.5)
             raise ValueError(f"{self.path} has {n} tokens but vocab.text_size={vocab.text_size}; "
-                             f"set vocab.text_size={n}")
+                             f"set vocab.text_size >= {n} (the LLM's embedding rows)")
 
     @staticmethod
     def _resolve(p: str, base_dir, field: str) -> Path:
@@ -177,6 +177,11 @@ def load_hf_tokenizer(path: str | Path):
 
 def hf_vocab(tokenizer_dir: str | Path, speech_size: int) -> Vocab:
     """The unified vocabulary over a Hugging Face tokenizer: its ids (added tokens included) are the
-    text ids, then `speech_size` codes, then the default specials."""
+    text ids, then `speech_size` codes, then the default specials. In a model dir (config.json beside
+    the tokenizer) the text part is the model's embedding rows, `vocab_size`, when it has more rows than
+    the tokenizer has tokens (GLM-4: 151,552 rows, 151,343 tokens): the ids model.init_from_hf keeps."""
+    import json
     n = load_hf_tokenizer(tokenizer_dir).get_vocab_size(with_added_tokens=True)
-    return Vocab(text_size=n, speech_size=speech_size, hf_tokenizer=str(Path(tokenizer_dir).resolve()))
+    config = Path(tokenizer_dir) / "config.json"
+    rows = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    return Vocab(text_size=max(n, rows or 0), speech_size=speech_size, hf_tokenizer=str(Path(tokenizer_dir).resolve()))

@@ -28,11 +28,13 @@ def heldout_losses(model_dir: str | Path, data: str | Path, limit: int = 200, ba
     import torch
     from transformers import AutoModelForCausalLM
 
+    from megaspeech.checkpoint.hf_files import verify_export
     from megaspeech.data.packing import format_sample
     from megaspeech.data.shards import Dataset
     from megaspeech.vocab import Vocab
     vocab = Vocab.load(Path(data) / "vocab.json")
     ds = Dataset(data, vocab, kind="speech")
+    verify_export(model_dir)  # a megaspeech export: every file against its checksums.json
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     seqs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"text": [], "speech": [], "asr": [], "tts": []}
     for n, (_, s) in enumerate(ds):

@@ -49,9 +49,15 @@ class HFLM:
     kind = "hf"
 
     def __init__(self, path: str | Path):
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
         path = Path(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        except (SafetensorError, OSError) as e:  # a plain HF dir (no checksums) with a damaged weight file
+            files = ", ".join(str(p) for p in sorted(path.glob("*.safetensors"))) or f"{path}/*.safetensors"
+            raise ValueError(f"{files}: cannot be loaded ({type(e).__name__}: {e}); the weights are damaged or "
+                             f"truncated: re-export them (launch/export_hf.py) or restore the directory") from None
         self.vocab = Vocab.load(path / "vocab.json")
         self.version = f"hf:{path.resolve()}"
 
@@ -134,6 +140,8 @@ def load_lm(path: str | Path):
         if not (p / "vocab.json").is_file():
             raise FileNotFoundError(f"{p}: a Hugging Face dir without vocab.json; export it with launch/export_hf.py "
                                     f"(which writes the token layout beside the weights)")
+        from megaspeech.checkpoint.hf_files import verify_export
+        verify_export(p)  # a megaspeech export: every file against its checksums.json, naming a bad one
         return HFLM(p)
     return CheckpointLM(p)
 

@@ -25,14 +25,14 @@ class KVCacheLM:
         self.blocks = model.blocks
         a = self.blocks[0].attn
         self.kv, self.group, self.heads, self.hd = a.kv, a.group, a.heads, a.hd
-        self.rot_dim, self.theta, self.interleaved = a.rot_dim, a.theta, a.interleaved
+        self.rot_dim, self.theta, self.interleaved, self.scaling = a.rot_dim, a.theta, a.interleaved, a.scaling
         w = model.head.out.weight
         self.w_out = w if out_rows is None else w.detach()[out_rows].contiguous()
 
     # -- internals ---------------------------------------------------------------------------
     def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pos int64 [B, S] -> cos, sin [B, 1, S, rot/2]."""
-        cos, sin = rope_tables(self.max_len, self.rot_dim, self.theta, pos.device)
+        cos, sin = rope_tables(self.max_len, self.rot_dim, self.theta, pos.device, self.scaling)
         return cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)
 
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, t0: int, mask: torch.Tensor | None,

@@ -5,21 +5,20 @@ Our names (global, the same at every TP/PP layout, see model/llm.py):
   0.embed.weight [V_pad, H]; i.attn_norm.weight; i.attn.qkv.weight (fused per KV group:
   [q heads of group g, k_g, v_g] x head_dim rows) and .bias; i.attn.proj.weight; i.mlp_norm.weight;
   i.mlp.{gate,up,down}.weight for blocks i = 1..L; L+1.norm.weight; L+1.out.weight [V_pad, H].
-HF Llama (LlamaForCausalLM) / GLM (GlmForCausalLM): model.embed_tokens, model.layers.{i-1}.*
-(q/k/v/o_proj; Llama gate/up/down_proj, GLM gate_up_proj fused [gate; up]), model.norm, lm_head.
-RoPE conventions already agree (Llama rotates halves, GLM interleaved pairs of a head fraction), so
-no row permutation is needed.
+HF Llama (LlamaForCausalLM), Qwen2 (Qwen2ForCausalLM), Mistral (MistralForCausalLM), GLM-4
+(GlmForCausalLM): model.embed_tokens, model.layers.{i-1}.* (q/k/v/o_proj; gate/up/down_proj, GLM
+gate_up_proj fused [gate; up]), model.norm, lm_head. RoPE conventions already agree (Llama, Qwen2 and
+Mistral rotate halves, GLM interleaved pairs of a head fraction), so no row permutation is needed.
+Which config.json options are supported (and which refused) is megaspeech/config/hf_shape.py's.
 """
 from __future__ import annotations
 
 import functools
 import inspect
-import json
-import math
-from pathlib import Path
 
 import torch
 
+from megaspeech.config.hf_shape import ARCHITECTURES, hf_model_fields, same
 from megaspeech.config.schema import ModelConfig
 
 
@@ -101,7 +100,18 @@ class FamilyAdapter:
 
     # configs
     def rope_parameters(self) -> dict:
-        return {"rope_type": "default", "rope_theta": self.m.rope_theta}
+        m, rope = self.m, {"rope_type": "default", "rope_theta": self.m.rope_theta}
+        if m.rope_fraction != 1.0:
+            rope["partial_rotary_factor"] = m.rope_fraction
+        if m.rope_scaling.type == "llama3":
+            r = m.rope_scaling
+            rope.update(rope_type="llama3", factor=r.factor, low_freq_factor=r.low_freq_factor,
+                        high_freq_factor=r.high_freq_factor,
+                        original_max_position_embeddings=r.original_max_position_embeddings)
+        return rope
+
+    def family_kwargs(self) -> dict:
+        return {"attention_bias": self.m.qkv_bias, "mlp_bias": False}
 
     def hf_config(self, vocab_rows: int, **tokens):
         """transformers config for our ModelConfig; `tokens`: bos/eos/pad_token_id."""
@@ -111,30 +121,47 @@ class FamilyAdapter:
             self.model_type, architectures=[self.architecture], vocab_size=vocab_rows, hidden_size=m.hidden_size,
             intermediate_size=m.ffn_hidden_size, num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
             num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim, hidden_act="silu", rms_norm_eps=m.norm_eps,
-            rope_parameters=self.rope_parameters(), attention_bias=m.qkv_bias, tie_word_embeddings=m.tie_embeddings,
-            max_position_embeddings=8192, **tokens)
+            rope_parameters=self.rope_parameters(), tie_word_embeddings=m.tie_embeddings,
+            max_position_embeddings=max(8192, m.rope_scaling.original_max_position_embeddings),
+            **self.family_kwargs(), **tokens)
 
     def check_hf_config(self, c, where: str) -> None:
-        """Fail naming the model.* field that differs from the HF config `c`."""
-        m = self.m
-        rope = getattr(c, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
-        frac = rope.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0))
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        pairs = [("family", self.family, c.model_type), ("hidden_size", m.hidden_size, c.hidden_size),
-                 ("num_layers", m.num_layers, c.num_hidden_layers), ("num_heads", m.num_heads, c.num_attention_heads),
-                 ("num_kv_heads", m.num_kv_heads, c.num_key_value_heads),
-                 ("ffn_hidden_size", m.ffn_hidden_size, c.intermediate_size), ("head_dim", m.head_dim, head_dim),
-                 ("rope_theta", m.rope_theta, theta), ("rope_fraction", m.rope_fraction, frac),
-                 ("norm_eps", m.norm_eps, c.rms_norm_eps), ("tie_embeddings", m.tie_embeddings, c.tie_word_embeddings),
-                 ("qkv_bias", m.qkv_bias, bool(getattr(c, "attention_bias", False)))]
-        for name, ours, theirs in pairs:
-            same = math.isclose(ours, theirs, rel_tol=1e-6) if isinstance(ours, float) else ours == theirs
-            if not same:
+        """Fail naming the model.* field that differs from the HF config `c` (or the HF option that is
+        not supported)."""
+        for name, theirs in hf_model_fields(c, where).items():
+            ours = getattr(self.m, name)
+            if name == "rope_scaling":
+                ours = {"type": "none"} if ours.type == "none" else vars(ours)
+            if not same(ours, theirs):
                 raise ValueError(f"{where} has {name}={theirs!r} but model.{name}={ours!r}; "
-                                 f"set model.{name}: {theirs!r} in the config")
-        if getattr(c, "hidden_act", "silu") != "silu":
-            raise ValueError(f"{where} uses hidden_act={c.hidden_act!r}; megaspeech models use SwiGLU (silu)")
+                                 f"set model.{name}: {theirs!r} in the config (or leave it out)")
+
+
+class Qwen2Adapter(FamilyAdapter):
+    """Qwen2/Qwen2.5: q/k/v always biased (zeros exported when ours has none), o_proj never."""
+    family, architecture, model_type = "qwen2", "Qwen2ForCausalLM", "qwen2"
+
+    def to_hf(self, sd):
+        out = super().to_hf(sd)
+        if not self.m.qkv_bias:
+            for i in range(self.m.num_layers):
+                for p in ("q", "k", "v"):
+                    w = out[f"model.layers.{i}.self_attn.{p}_proj.weight"]
+                    out[f"model.layers.{i}.self_attn.{p}_proj.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
+        return out
+
+    def o_bias_to_hf(self, p, o_weight):
+        return {}
+
+    def family_kwargs(self):
+        return {"use_sliding_window": False, "sliding_window": None}
+
+
+class MistralAdapter(FamilyAdapter):
+    family, architecture, model_type = "mistral", "MistralForCausalLM", "mistral"
+
+    def family_kwargs(self):
+        return {"sliding_window": None}
 
 
 class GlmAdapter(FamilyAdapter):
@@ -151,10 +178,14 @@ class GlmAdapter(FamilyAdapter):
         return {}  # GLM's attention_bias covers q/k/v only
 
     def rope_parameters(self):
-        return {"rope_type": "default", "rope_theta": self.m.rope_theta, "partial_rotary_factor": self.m.rope_fraction}
+        return {**super().rope_parameters(), "partial_rotary_factor": self.m.rope_fraction}
+
+    def family_kwargs(self):
+        return {"attention_bias": self.m.qkv_bias}
 
 
-ADAPTERS = {"llama": FamilyAdapter, "glm": GlmAdapter}
+ADAPTERS = {"llama": FamilyAdapter, "qwen2": Qwen2Adapter, "mistral": MistralAdapter, "glm": GlmAdapter}
+assert set(ADAPTERS) == set(ARCHITECTURES) and all(ADAPTERS[k].architecture == v for k, v in ARCHITECTURES.items())
 
 
 def adapter_for(m: ModelConfig) -> FamilyAdapter:

@@ -1,4 +1,5 @@
-"""Decoder-only LM of the Llama / GLM family: RMSNorm, RoPE, SwiGLU, GQA, optional QKV bias.
+"""Decoder-only LM of the Llama / Qwen2 / Mistral / GLM family: RMSNorm, RoPE (optionally Llama-3.1
+scaled), SwiGLU, GQA, optional QKV bias.
 
 No parallelism code lives here. Every linear / embedding comes from a `LayerFactory` (see
 megaspeech/parallel/layers.py): plain torch layers at TP=1, megatron-core tensor-parallel layers
@@ -14,6 +15,7 @@ a TP split on dim 0 then hands each rank whole groups.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn as nn
@@ -41,10 +43,29 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)  # fp32 math; fused Triton kernel on CUDA
 
 
-@functools.lru_cache(maxsize=8)
-def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [seq_len, rot_dim // 2] (fp32); cached, every layer uses the same tables."""
+def rope_inv_freq(rot_dim: int, theta: float, scaling: tuple | None = None, device=None) -> torch.Tensor:
+    """Inverse frequencies [rot_dim // 2] (fp32). `scaling` (RopeScaling.key()): Llama-3.1's
+    (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings), computed as
+    transformers' _compute_llama3_parameters: long wavelengths divided by factor, short ones kept,
+    the band between interpolated."""
     inv = 1.0 / theta ** (torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim)
+    if scaling is None:
+        return inv
+    factor, low, high, old_len = scaling
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+@functools.lru_cache(maxsize=8)
+def rope_tables(seq_len: int, rot_dim: int, theta: float, device=None,
+                scaling: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [seq_len, rot_dim // 2] (fp32); cached, every layer uses the same tables."""
+    inv = rope_inv_freq(rot_dim, theta, scaling, device)
     ang = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
     return ang.cos(), ang.sin()
 
@@ -85,6 +106,7 @@ class Attention(nn.Module):
         self.group = self.heads // self.kv
         self.rot_dim = int(self.hd * cfg.rope_fraction)
         self.theta, self.interleaved = cfg.rope_theta, cfg.family == "glm"
+        self.scaling = cfg.rope_scaling.key()
         self.impl = cfg.attention
         width = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.hd
         self.qkv = f.column(cfg.hidden_size, width, bias=cfg.qkv_bias, std=cfg.init_std)
@@ -95,7 +117,7 @@ class Attention(nn.Module):
         S, B = qkv.shape[:2]
         qkv = qkv.view(S, B, self.kv, self.group + 2, self.hd).permute(1, 2, 3, 0, 4)  # [B, kv, g+2, S, hd]
         tables = rope_tables.__wrapped__ if torch.compiler.is_compiling() else rope_tables  # no cache in graphs
-        cos, sin = tables(S, self.rot_dim, self.theta, x.device)
+        cos, sin = tables(S, self.rot_dim, self.theta, x.device, self.scaling)
         # RoPE on the strided views writes fresh contiguous tensors, so the head reshape is free.
         q = apply_rope(qkv[:, :, : self.group], cos, sin, self.interleaved).reshape(B, self.heads, S, self.hd)
         k = apply_rope(qkv[:, :, self.group], cos, sin, self.interleaved)

@@ -7,6 +7,11 @@ hashes of the stages it reads. Then:
   started.json with the same hash, no marker -> resumed: the tools skip finished parts and the
                                                 trainers continue from their latest checkpoint
   started.json with another hash             -> its partial outputs are removed, then it runs
+  a damaged (garbled) marker                  -> a warning names it; the stage counts as not finished
+                                                (both markers damaged: restarted whole)
+On resume the killed writers' temp files (`.NAME.tmpPID`, pid dead) are removed from the stage dir.
+A stage whose tool trains a model keeps it as part of its finished state (the text stage reuses its
+trained SentencePiece model), so finished parts never change vocabulary under a resume.
 `--from STAGE` redoes STAGE and every later stage (earlier ones must be done); `--until STAGE` stops
 after it. A stage dir is only ever removed when it holds the pipeline's own started.json/stage.json.
 Each stage logs to RUN/<stage>/log.txt (its tools' output, subprocesses included); the console gets
@@ -26,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from megaspeech.fs import file_lock, write_atomic
+from megaspeech.fs import file_lock, remove_stale_temps, write_atomic
 from megaspeech.config.pipeline import PipelineConfig
 from megaspeech.pipeline.layout import STAGES
 from megaspeech.pipeline.summary import write_report
@@ -40,11 +45,24 @@ class PipelineError(RuntimeError):
     pass
 
 
-def _read(path: Path) -> dict | None:
+def _read(path: Path, say=None) -> dict | None:
+    """A marker as a dict; None when missing, or when damaged (garbled JSON, not an object): then a
+    warning names the file and the stage counts as not finished."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        obj, why = None, f"not valid JSON ({e})"
+    else:
+        why = None if isinstance(obj, dict) and isinstance(obj.get("hash"), str) else "not a pipeline marker"
+    if why is None:
+        return obj
+    msg = f"warning: {path} is damaged ({why}); the stage is treated as not finished"
+    logging.getLogger(__name__).warning(msg)
+    if say is not None:
+        say(msg)
+    return None
 
 
 def _write(path: Path, obj: dict) -> None:
@@ -62,6 +80,15 @@ def _wipe(d: Path) -> None:
         raise PipelineError(f"{d} exists but was not written by the pipeline (no started.json/stage.json): "
                             f"move it away or choose another run.dir")
     shutil.rmtree(d)
+
+
+def _remove_temps(d: Path, say) -> None:
+    """The `.NAME.tmpPID` files the interrupted run's writers left anywhere in the stage dir (their pid
+    is dead; the stage lock is held, so no live writer of this stage is running)."""
+    gone = [p for sub, _, _ in os.walk(d) for p in remove_stale_temps(sub)]
+    if gone:
+        say(f"removed {len(gone)} temp files of the interrupted run: " + ", ".join(str(p) for p in gone[:5])
+            + (" ..." if len(gone) > 5 else ""))
 
 
 @contextlib.contextmanager
@@ -117,7 +144,11 @@ def _run_stage(ctx: Ctx, stage: str, d: Path, tag: str, forced: bool, say) -> No
     spec = {"config": _jsonable(cfg_obj), "extra": extra,
             "upstream": {u: ctx.done[u]["hash"] for u in needs if u not in extra.get("unread", ())}}
     h = _hash(spec)
-    marker, started = _read(d / "stage.json"), _read(d / "started.json")
+    marker, started = _read(d / "stage.json", say), _read(d / "started.json", say)
+    if marker is None and started is None and ((d / "stage.json").exists() or (d / "started.json").exists()):
+        # damaged markers: nothing tells which inputs made what is there, so the stage restarts whole
+        say(f"{tag} restart: its markers are damaged")
+        _wipe(d)
     if marker is not None and marker.get("hash") == h and not forced:
         ctx.done[stage] = marker
         say(f"{tag} skip: done, inputs unchanged ({marker['seconds']:.0f}s when run)")
@@ -130,6 +161,7 @@ def _run_stage(ctx: Ctx, stage: str, d: Path, tag: str, forced: bool, say) -> No
         _wipe(d)
     elif started is not None:
         say(f"{tag} resume: an interrupted run with the same inputs")
+        _remove_temps(d, say)
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "started.json").exists():
         _write(d / "started.json", {"hash": h, "started_at": time.time()})
@@ -173,7 +205,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, until: str | Non
             d = ctx.dir(stage)
             tag = f"[{i + 1}/{n} {stage}]"
             if i < i0:
-                marker = _read(d / "stage.json")
+                marker = _read(d / "stage.json", say)
                 if marker is None:
                     raise PipelineError(f"--from {start}: earlier stage {stage} is not done ({d / 'stage.json'} "
                                         f"missing); run without --from first")

@@ -112,8 +112,17 @@ def text_configure(ctx: Ctx):
 
 def text_run(ctx: Ctx, cfg, extra: dict) -> dict:
     from megaspeech.data.prep_text import prepare_text, train_sentencepiece
-    if hf_dir(ctx) is None:  # from scratch: SentencePiece on the same corpora (launch/train_text_tokenizer.py)
-        train_sentencepiece(cfg)
+    from megaspeech.fs import remove_stale_temps
+    tok = Path(cfg.tokenizer.out_dir)
+    remove_stale_temps(tok, r"tokenizer\.model|vocab\.json")  # a killed run's (the stage lock is held)
+    # from scratch: SentencePiece on the same corpora (launch/train_text_tokenizer.py). A trained
+    # tokenizer is part of the stage's finished state (vocab.json is written after tokenizer.model):
+    # a resumed run keeps it, so parts finished before an interruption stay in its vocabulary
+    if hf_dir(ctx) is None:
+        if (tok / "vocab.json").is_file() and (tok / "tokenizer.model").is_file():
+            print(f"{tok}: reusing the tokenizer an interrupted run trained", flush=True)
+        else:
+            train_sentencepiece(cfg)
     m = prepare_text(cfg)
     v = text_vocab(ctx)
     return {"outputs": {"shards": cfg.text.out_dir},
@@ -171,6 +180,9 @@ def speech_shards_configure(ctx: Ctx):
                                                           field(default_factory=TokenizeConfig))])
     tok, corpus, d = ctx.run / "tokenizer" / "tokenizer", ctx.run / "speech_corpus", ctx.run / "speech_shards"
     vocab = ctx.run / "text" / "shards" / "vocab.json"
+    own = tool_config(schema, ctx.cfg.speech_shards, []).tokenize
+    if own.tokenizer_format == "glm4voice":  # GLM-4-Voice's released tokenizer (the section's tokenize.tokenizer)
+        tok = Path(own.tokenizer).expanduser().resolve()
 
     def one(inputs, out, vocab_file):
         return tool_config(schema, ctx.cfg.speech_shards, [
@@ -182,7 +194,8 @@ def speech_shards_configure(ctx: Ctx):
     cfgs = {"pairs": one([corpus / "train"], d / "pairs", vocab),
             "unsup": one([corpus / "train", *real], d / "unsup", "null"),
             "heldout": one([corpus / "heldout"], d / "heldout", vocab)}
-    return cfgs, {"tokenizer_model": file_sha(tok / "model.pt"), "real_audio": {p: _fingerprint(p) for p in real}}
+    from megaspeech.speech.tokenizer import tokenizer_fingerprint
+    return cfgs, {"tokenizer_model": tokenizer_fingerprint(tok), "real_audio": {p: _fingerprint(p) for p in real}}
 
 
 def _fingerprint(path: str) -> str:

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from megaspeech.config.load import check
+from megaspeech.data.shard_format import read_manifest
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker, read_shard
 from megaspeech.fs import write_atomic
 from megaspeech.speech import audio_shards
@@ -36,6 +37,9 @@ class TokenizeConfig:
     # defaults chain the tools: launch/train_speech_tokenizer.py writes runs/speech_tokenizer/tokenizer,
     # launch/make_speech_corpus.py runs/speech/train; the text-to-token preset reads runs/speech_tokens/train
     tokenizer: str = "runs/speech_tokenizer/tokenizer"  # dir from launch/train_speech_tokenizer.py
+    # what that dir is: "megaspeech" (trained here), "glm4voice" (THUDM/glm-4-voice-tokenizer as
+    # distributed: config.json + safetensors), "auto" = told apart by its files
+    tokenizer_format: Literal["auto", "megaspeech", "glm4voice"] = "auto"
     inputs: list[str] = field(default_factory=lambda: ["runs/speech/train"])  # audio files, dirs, globs, `audio` shard dirs
     out_dir: str = "runs/speech_tokens/train"
     vocab_file: str | None = None  # vocab.json; with sp_model set, transcripts are also stored as ids
@@ -48,6 +52,8 @@ class TokenizeConfig:
         check(self.files_per_part > 0, "tokenize.files_per_part", "must be > 0")
         check(self.batch_size > 0, "tokenize.batch_size", "must be > 0")
         check(self.workers > 0, "tokenize.workers", "must be > 0")
+        check(self.tokenizer_format in ("auto", "megaspeech", "glm4voice"), "tokenize.tokenizer_format",
+              "must be auto, megaspeech or glm4voice")
 
 
 def plan_parts(inputs: list[str], files_per_part: int) -> list[dict]:
@@ -56,7 +62,7 @@ def plan_parts(inputs: list[str], files_per_part: int) -> list[dict]:
     for inp in inputs:
         p = Path(inp)
         if p.is_dir() and (p / "manifest.json").is_file():
-            m = json.loads((p / "manifest.json").read_text())
+            m = read_manifest(p / "manifest.json")  # shard names confined to the dataset
             if m["kind"] != "audio":
                 raise ValueError(f"{p}: shards of kind {m['kind']!r}; tokenize_speech reads `audio` shards")
             parts.extend({"shard": str(p / s["name"]), "sha256": s["sha256"]} for s in m["shards"])
@@ -92,10 +98,11 @@ class Tokenizer:
 
     def __init__(self, cfg: TokenizeConfig):
         import torch
-        from megaspeech.speech.tokenizer import load_tokenizer
+        from megaspeech.speech.tokenizer import load_tokenizer, tokenizer_format
         from megaspeech.vocab import Vocab
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        self.model, self.whisper, self.tcfg = load_tokenizer(cfg.tokenizer)
+        self.format = tokenizer_format(cfg.tokenizer, cfg.tokenizer_format)
+        self.model, self.whisper, self.tcfg = load_tokenizer(cfg.tokenizer, self.format)
         # paths inside vocab.json are relative to that file (Vocab.load resolves them)
         self.vocab = Vocab.load(cfg.vocab_file) if cfg.vocab_file else None
         self.text_tok = None
@@ -125,8 +132,8 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
     """Tokenize one work unit into part-<index>-*.tar + its manifest. Returns (samples, bad list)."""
     bad, n = [], 0
     with part_writer(cfg.out_dir, "speech", tok.vocab, index,
-                     meta={"tokenizer": str(cfg.tokenizer), "codebook_size": tok.model.vq.codebook_size,
-                           "frame_rate_hz": tok.tcfg.frame_rate}) as w:
+                     meta={"tokenizer": str(cfg.tokenizer), "tokenizer_format": tok.format,
+                           "codebook_size": tok.tcfg.codebook_size, "frame_rate_hz": tok.tcfg.frame_rate}) as w:
         batch = []
 
         def flush():

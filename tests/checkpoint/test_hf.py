@@ -146,11 +146,15 @@ def test_smollm2_import_export_round_trip(tmp_path):
 
 
 def test_init_from_hf_names_the_mismatched_field():
-    cfg = load_config(PretrainConfig, str(REPO / "configs" / "hf" / "smollm2_135m.yaml"),
-                      [f"model.init_from_hf={smollm2_dir()}", "model.rope_theta=10000.0"])
-    ours = torch.nn.Module()
+    """The YAML's value and config.json's, both named, when the config is loaded (before any process
+    group); and again when the weights are loaded into a config built another way."""
+    path, src = str(REPO / "configs" / "hf" / "smollm2_135m.yaml"), smollm2_dir()
+    with pytest.raises(ValueError, match=re.escape("model.rope_theta=10000.0 in the config") + ".*100000.0"):
+        load_config(PretrainConfig, path, [f"model.init_from_hf={src}", "model.rope_theta=10000.0"])
+    cfg = load_config(PretrainConfig, path, [f"model.init_from_hf={src}"])
+    cfg.model.rope_theta = 10000.0
     with pytest.raises(ValueError, match=re.escape("model.rope_theta")):
-        init_from_hf(ours, cfg, Layout(1, 1, 1, 0, 0, 0, 0, 1))
+        init_from_hf(torch.nn.Module(), cfg, Layout(1, 1, 1, 0, 0, 0, 0, 1))
 
 
 def test_init_from_hf_in_a_pp2_run(exported, tmp_path):
