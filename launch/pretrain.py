@@ -60,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from megaspeech.parallel.state import destroy_distributed, init_distributed
+    from megaspeech.train.run_lock import RunDirInUse, claim_run_dir
     from megaspeech.train.trainer import Trainer
 
     layout = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline)
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before anything is written into run.dir: one training per run dir
+        claim_run_dir(run_dir)
+    except RunDirInUse as e:
+        print(f"error: {e}", file=sys.stderr)
+        destroy_distributed()
+        return 3
     setup_logging(run_dir, layout.rank)
     backends = []
     if layout.rank == 0:
@@ -74,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             backends = make_backends(cfg.metrics, run_dir, dataclasses.asdict(cfg))
         except ImportError:
             pass
-    Trainer(cfg, layout, build_task(cfg, layout), backends).fit()
+    from megaspeech.checkpoint.integrity import CheckpointError
+    try:
+        Trainer(cfg, layout, build_task(cfg, layout), backends).fit()
+    except CheckpointError as e:  # named on every rank (agreed): the message is the fix, no traceback
+        logging.getLogger("megaspeech").error("%s: %s", type(e).__name__, e)
+        return 1
     destroy_distributed()
     return 0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import json
 import logging
@@ -114,6 +115,26 @@ def _needed_bytes(engine, root: Path) -> tuple[int, str]:
     return 16 * n * mp, "estimated as 16 bytes per parameter"
 
 
+def _prepare(root: Path, tmp: str, needed: int) -> list[str]:
+    """Rank 0, before a save: remove leftovers of crashed saves (the caller owns the run directory:
+    megaspeech/train/run_lock.py, so a `step*.tmp` here is a dead run's; one save runs at a time),
+    check the free space, and create `<tag>.tmp` (so a directory we may not write is named now, not
+    as DeepSpeed's "Parent directory ... does not exist"). ["space"] or [a message] on failure."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.glob("step*.tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+        if shutil.disk_usage(root).free < needed:
+            return ["space"]
+        (root / tmp).mkdir()
+    except OSError as e:
+        why = "permission denied" if isinstance(e, PermissionError) else \
+            "read-only filesystem" if e.errno == errno.EROFS else e.strerror or str(e)
+        return [f"cannot write into {root} ({why}: {e.filename or root}); make it writable by this user "
+                f"(chmod/chown, or remount read-write), or set run.dir to a writable directory, and resume"]
+    return []
+
+
 def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, keep: int,
          meta: dict | None = None, crash_after_write: bool = False) -> str:
     """Save a checkpoint of `step` collectively; returns its tag. `meta` (JSON-able: layout, config,
@@ -127,14 +148,11 @@ def save(engine, root: Path, step: int, client_state: dict, rank_state: dict, ke
     needed = _needed_bytes(engine, root)
     pre = []
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for old in root.glob("step*.tmp"):  # leftovers of crashed saves (one save runs at a time)
-            shutil.rmtree(old, ignore_errors=True)
-        if shutil.disk_usage(root).free < needed[0]:
-            pre.append("not enough free space before writing")
+        pre = _prepare(root, tmp, needed[0])
     pre = agree(pre)
     if pre:
-        raise CheckpointError(f"not saving checkpoint {tag} in {root}: {space_message(root, *needed)}")
+        raise CheckpointError(f"not saving checkpoint {tag} in {root}: {pre[0]}" if pre[0] != "space" else
+                              f"not saving checkpoint {tag} in {root}: {space_message(root, *needed)}")
     errors = guard_engine(engine)
     with _saving(engine.module):
         engine.save_checkpoint(str(root), tag=tmp, client_state=client_state, save_latest=False)

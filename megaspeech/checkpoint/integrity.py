@@ -13,7 +13,8 @@ torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD for direct callers) with an allow-list of 
 classes its optimizer files hold; anything else is refused with an error naming the file.
 
 Failed writes. `GuardedCheckpointEngine` (DeepSpeed's torch engine, installed by `guard_engine`)
-records a failed `torch.save` (ENOSPC, EIO, ...) and removes the partial file instead of raising
+records a failed `torch.save` (an OSError: ENOSPC, EIO, ...; or torch's zip-writer RuntimeError, which is
+what a full disk raises in most trials: `write_failure`) and removes the partial file instead of raising
 inside DeepSpeed's save, whose barriers every rank must still reach; `save` then agrees on the
 failure collectively and removes the whole `<tag>.tmp`.
 """
@@ -169,8 +170,11 @@ def _guarded_engine_class():
         def save(self, state_dict, path: str):
             try:
                 super().save(state_dict, path)
-            except OSError as e:
-                self.errors.append(f"writing {path}: {e.strerror or e}" + (" (ENOSPC)" if e.errno == errno.ENOSPC else ""))
+            except Exception as e:
+                why = write_failure(e, path)
+                if why is None:
+                    raise
+                self.errors.append(why)
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 
@@ -201,10 +205,42 @@ def save_file(obj, path: Path, errors: list) -> None:
     """torch.save that records an OSError in `errors` (partial file removed) instead of raising."""
     try:
         torch.save(obj, path)
-    except OSError as e:
-        errors.append(f"writing {path}: {e.strerror or e}")
+    except Exception as e:
+        why = write_failure(e, path)
+        if why is None:
+            raise
+        errors.append(why)
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+# torch's zip writer (caffe2/serialize/inline_container.cc) reports a failed or short write as a
+# RuntimeError, e.g. "[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 58", or
+# "PytorchStreamWriter failed writing file ...": on a full disk that is what torch.save raises.
+_ZIP_WRITE = ("inline_container.cc", "PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def write_failure(e: BaseException, path) -> str | None:
+    """One line for an exception of a checkpoint write that means the write failed (an OSError, or
+    torch's zip-writer RuntimeError, anywhere in the exception chain), naming `path` and, when the
+    disk is full (ENOSPC / EDQUOT, or no free space left), saying so; None for any other exception."""
+    chain, seen = [], e
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    oserr = next((x for x in chain if isinstance(x, OSError)), None)
+    zip_err = next((x for x in chain if isinstance(x, RuntimeError) and any(k in str(x) for k in _ZIP_WRITE)), None)
+    if oserr is None and zip_err is None:
+        return None
+    full = oserr is not None and oserr.errno in (errno.ENOSPC, errno.EDQUOT)
+    with contextlib.suppress(OSError):
+        full = full or shutil.disk_usage(Path(path).parent).free < (1 << 20)
+    if oserr is not None:
+        detail = f"{oserr.strerror or oserr}"
+    else:
+        detail = f"the write stopped short (torch: {str(zip_err).strip().splitlines()[0][:160]})"
+    return f"writing {path}: {detail}" + (" (No space left on device: the disk is full)" if full and "No space" not in detail
+                                          else "")
 
 
 def space_message(root: Path, needed: int, basis: str) -> str:

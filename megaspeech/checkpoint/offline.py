@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megaspeech.checkpoint.integrity import META, CheckpointError, no_unpickling, read_json, verify
+from megaspeech.checkpoint.integrity import META, CheckpointError, list_files, no_unpickling, read_json, verify
 from megaspeech.checkpoint.tp_rules import merge_tp
 from megaspeech.config.load import build
 from megaspeech.config.schema import ModelConfig
@@ -30,7 +30,11 @@ def read_latest(root: Path) -> str | None:
     f = root / "latest"
     if not f.is_file():
         return None
-    tag = f.read_text().strip()
+    raw = f.read_bytes().strip()
+    tag = raw.decode("ascii", errors="replace")
+    if not re.fullmatch(r"step\d+", tag):
+        raise CheckpointError(f"{f} does not hold a checkpoint name (step<N>) but {raw[:40]!r}: it is damaged; "
+                              f"delete it (resume then takes the newest checkpoint that verifies)")
     if not (root / tag).is_dir():
         raise FileNotFoundError(f"{f} names {tag!r}, which does not exist under {root}; "
                                 f"point {f} at an existing checkpoint directory or delete it to start fresh")
@@ -43,7 +47,13 @@ def resolve(path: str | Path) -> Path:
     if (p / "meta.json").is_file():
         return p
     for root in (p, p / "checkpoints"):
-        tag = read_latest(root) if root.is_dir() else None
+        if not root.is_dir():
+            continue
+        try:
+            tag = read_latest(root)
+        except (FileNotFoundError, OSError, CheckpointError) as e:  # like run.resume=auto: newest that verifies
+            log.warning("%s; taking the newest checkpoint in %s that verifies", e, root)
+            tag = find_resumable(root)
         if tag is not None:
             return root / tag
     raise FileNotFoundError(f"{p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
@@ -61,7 +71,7 @@ def step_dirs(root: Path) -> list[str]:
 def read_latest_quiet(root: Path) -> str | None:
     try:
         return read_latest(root)
-    except (FileNotFoundError, OSError):
+    except (FileNotFoundError, OSError, CheckpointError):
         return None
 
 
@@ -74,22 +84,36 @@ def read_meta(ckpt_dir: Path) -> dict:
 
 
 def verify_collective(step_dir: Path) -> list[str]:
-    """Problems with `step_dir` (meta.json unreadable, or files that differ from its checksums), the
-    same list on every rank; each rank hashes a share of the files. Outside a process group: all."""
+    """Problems with `step_dir` (meta.json unreadable, its `files` table missing, empty or not listing
+    every file on disk, or files that differ from its checksums), the same list on every rank; each rank
+    hashes a share of the files. Outside a process group: all. A table that cannot vouch for every file
+    is a failure like a bad checksum (before, a missing table loaded unverified with a warning)."""
     try:
         meta = read_meta(step_dir)
         files = meta.get("files")
-        problems = [] if isinstance(files, dict) else None
+        problems = unlisted(step_dir, files)
     except (OSError, CheckpointError) as e:
         problems, files = [str(e)], None
-    if problems is None:  # written before checksums existed: accepted as it is, with a warning
-        log.warning("%s has no checksums (saved by an older megaspeech): loading it unverified", step_dir)
-        problems = []
     if not dist.is_available() or not dist.is_initialized():
-        return problems or (verify(step_dir, files) if files else [])
-    if files and not problems:
+        return problems or verify(step_dir, files)
+    if not problems:
         problems = verify(step_dir, files, (dist.get_rank(), dist.get_world_size()))
-    return agree(problems) if files else problems
+    return agree(problems)
+
+
+def unlisted(step_dir: Path, files) -> list[str]:
+    """A `files` table that cannot vouch for the checkpoint: missing, empty, or not listing every file
+    on disk (each unchecked file could hold anything). [] when it lists them all."""
+    where = Path(step_dir) / META
+    if not isinstance(files, dict) or not files:
+        what = "no `files` table" if files is None else "an empty `files` table" if not files else "a damaged `files` table"
+        return [f"{where} has {what}: nothing in {step_dir} can be verified (a save that never finished its "
+                f"checksums, or an edited meta.json); resume from another checkpoint"]
+    extra = [n for n in list_files(step_dir) if n not in files]
+    if extra:
+        return [f"{where} does not list {len(extra)} file(s) on disk, which cannot be verified: "
+                f"{', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}; resume from another checkpoint"]
+    return []
 
 
 def agree(errors: list[str]) -> list[str]:
@@ -107,7 +131,7 @@ def find_resumable(root: Path) -> str | None:
     first = None
     try:
         first = read_latest(root)
-    except (FileNotFoundError, OSError) as e:
+    except (FileNotFoundError, OSError, CheckpointError) as e:
         log.warning("%s; looking for the newest checkpoint that verifies", e)
     if first is None and tags and not (root / "latest").is_file():
         log.warning("%s has checkpoints but no `latest`: looking for the newest one that verifies", root)

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -22,9 +21,12 @@ from megaspeech.data.prefetch import Prefetcher, StepData, read_step
 from megaspeech.parallel.state import Layout, MegatronMPU
 from megaspeech.checkpoint import engine as ckpt
 from megaspeech.checkpoint import offline
+from megaspeech.train.data_plan import current_plan, keep_data_position
 from megaspeech.train.loss import MODALITIES, LMLoss
 from megaspeech.train.metrics import MetricsLogger, peak_tflops
+from megaspeech.train.run_lock import claim_run_dir
 from megaspeech.train.schedule import build_optimizer
+from megaspeech.train.stop import StopRequests
 from megaspeech.train.task_spec import Task
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Trainer:
         self.cfg, self.layout, self.task = cfg, layout, task
         self.device = torch.device(get_accelerator().current_device_name())
         self.run_dir = Path(cfg.run.dir)
+        claim_run_dir(self.run_dir)  # one training per run dir (launch/pretrain.py took it already)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.grad_accum = cfg.grad_accum_steps(layout.world)
         self.loss_fn = LMLoss(layout.tp)
@@ -58,7 +61,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, self.is_logger, backends)
         self.flops_per_token = accounting.flops_per_token(cfg)
         self.peak = peak_tflops(cfg.train.peak_tflops) * 1e12
-        self._stop_signal = 0
+        self._stop = StopRequests()  # SIGTERM / SIGINT / SIGUSR1 / the launcher's exit
         self._saved_step = None  # the step whose checkpoint this run dir holds (no second save at the end)
         # Fault-injection hook for tests: a NaN loss at this step (pipeline=1 only).
         self._nan_step = int(os.environ.get("MEGASPEECH_INJECT_NAN_STEP", "0"))
@@ -84,7 +87,8 @@ class Trainer:
                   # TP slicing rules for DeepSpeed's universal-checkpoint converter (resharding)
                   "universal_checkpoint_info": self.task.universal_checkpoint_info()}
         rank_state = {"rng": ckpt.rng_state(), "data": self.data_state(), "dp_rank": self.layout.dp_rank}
-        meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"]}
+        meta = {"step": self.step, "layout": client["layout"], "config": client["config"], "vocab": client["vocab"],
+                "data_plan": current_plan(cfg)}  # what the saved data position means (compared on resume)
         crash = os.environ.get("MEGASPEECH_CRASH_IN_SAVE") == str(self.step)
         tag = ckpt.save(self.engine, self.ckpt_root, self.step, client, rank_state, cfg.checkpoint.keep,
                         meta=meta, crash_after_write=crash)
@@ -116,6 +120,7 @@ class Trainer:
                                            f"meta.json: {'; '.join(problems)}; resume from another checkpoint")
         meta = offline.read_meta(root / tag)
         check_compatible(self.cfg, meta, root / tag)  # before any weight is read
+        keep_data = keep_data_position(self.cfg, meta, root / tag, self.is_logger)
         client, rank_state = ckpt.load(self.engine, root, tag, self.layout,
                                        universal_root=self.run_dir / "checkpoints_universal")
         self.load_state_dict(client["trainer"])
@@ -125,8 +130,9 @@ class Trainer:
         saved = meta["layout"]
         # Same DP size: this rank's own position. Another DP size (elastic): every saved DP rank's
         # position, from which the loader deals the unread remainder out to the new ranks.
-        self.loader.load_state_dict(rank_state["data"] if saved["dp"] == self.layout.dp
-                                    else offline.data_states(root / tag, saved))
+        if keep_data:
+            self.loader.load_state_dict(rank_state["data"] if saved["dp"] == self.layout.dp
+                                        else offline.data_states(root / tag, saved))
         if self.is_logger:
             log.info("resumed from %s at step %d", root / tag, self.step)
 
@@ -258,19 +264,35 @@ class Trainer:
                         "checkpoint %s saved, stopping. Add data or raise data.sources[].epochs, then resume",
                         self.step, cfg.train.steps, self.ckpt_root / offline.tag_for(self.step))
 
-    def _handle_signal(self, signum, frame):
-        self._stop_signal = signum
+    def _save_due(self) -> bool:
+        c = self.cfg
+        return bool(c.checkpoint.interval and self.step % c.checkpoint.interval == 0) or \
+            (self.step == c.train.steps and c.checkpoint.save_at_end)
+
+    def _save_then_log(self, record: dict | None, due: bool) -> None:
+        """The step's record goes to metrics.jsonl after its checkpoint (when one is due): a kill inside
+        the save leaves no record of a step that was never saved (a resume redoes it and logs it once).
+        A save that fails cleanly (CheckpointError, on every rank) still logs the step it trained."""
+        try:
+            if due:
+                self.save()
+        except ckpt.CheckpointError:
+            if record is not None:
+                self.metrics.log(record)
+            raise
+        if record is not None:
+            self.metrics.log(record)
 
     def fit(self) -> None:
         try:
             self._fit()
-        finally:  # also on errors (non-finite loss, data errors): stop the prefetch thread
+        finally:  # also on errors (non-finite loss, data errors): stop the prefetch and launcher threads
             self.close_data()
+            self._stop.close()
 
     def _fit(self) -> None:
         cfg = self.cfg
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle_signal)
+        self._stop.install()
         self.maybe_resume()
         bar = None
         if self.is_logger and cfg.train.progress_bar:
@@ -299,19 +321,18 @@ class Trainer:
             record.update(data.stats)  # the loader's counters as of this step's batches
             if cfg.eval.interval and self.step % cfg.eval.interval == 0:
                 record.update(self.validate())
-            if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.steps or "val_loss" in record:
-                self.metrics.log(record)
+            log_it = self.step % cfg.train.log_interval == 0 or self.step == cfg.train.steps or "val_loss" in record
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:.0f}", mfu=f"{record['mfu']:.3f}")
             if nonfinite and not cfg.train.skip_nonfinite:
-                latest = offline.read_latest(self.ckpt_root)
+                self.metrics.log(record)
+                latest = offline.read_latest_quiet(self.ckpt_root)
                 raise NonFiniteLoss(
                     f"non-finite loss {out['loss']} at step {self.step}; last good checkpoint: "
                     f"{self.ckpt_root / latest if latest else 'none'} (set train.skip_nonfinite=true to skip such steps)")
-            stop = self._all_reduce(torch.tensor([self._stop_signal]), op=dist.ReduceOp.MAX).item()
-            if stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
-                self.save()
+            stop = self._all_reduce(torch.tensor([self._stop.signal]), op=dist.ReduceOp.MAX).item()
+            self._save_then_log(record if log_it else None, due=bool(stop) or self._save_due())
             if stop:
                 log.warning("signal %d: checkpoint saved at step %d, exiting for requeue", stop, self.step)
                 break
