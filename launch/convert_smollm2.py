@@ -1,4 +1,4 @@
-"""Build the SmolLM2-135M transformers dir that `model.init_from_hf` and the text tokenizer use.
+"""Build the SmolLM2-135M-Instruct transformers dir that `model.init_from_hf` and the text tokenizer use.
 
     python launch/convert_smollm2.py --config configs/hf/convert_smollm2.yaml [out=DIR]
 

@@ -109,7 +109,7 @@ def start_single_process() -> object:
 
 
 def ensure_smollm2(cfg) -> None:
-    """Convert SmolLM2-135M once (launch/convert_smollm2.py's function) when the config's LM or text
+    """Convert SmolLM2-135M-Instruct once (launch/convert_smollm2.py's function) when the config's LM or text
     tokenizer is its default directory and that is not there yet (a fresh machine)."""
     from megaspeech.model.smollm2 import default_dir, smollm2_dir
     wanted = {str(Path(p).expanduser()) for p in (cfg.model.init_from_hf, cfg.bridge.text_tokenizer) if p}

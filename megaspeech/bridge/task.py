@@ -4,7 +4,7 @@ token LM): its model, joint loss and loader.
 The model is BridgeLM (megaspeech/bridge/model.py): a frame encoder (Whisper tiny.en with its real
 weights, or the small conv encoder), the SpeechBridge (CTC compression or strided conv) and the decoder
 LM built by the same `build_model` as pre-training (plain layers at TP=1, megatron-core TP layers at
-TP>1), initialised from `model.init_from_hf` (SmolLM2-135M) before LoRA adapters (peft) are attached.
+TP>1), initialised from `model.init_from_hf` (SmolLM2-135M-Instruct) before LoRA adapters (peft) are attached.
 
 Loss per micro-batch = the LM loss of megaspeech/train/loss.py on the answer/transcript tokens (scaled
 by the global token count, as pre-training) + bridge.ctc_weight x the CTC loss of each row (divided by

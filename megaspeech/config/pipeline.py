@@ -7,7 +7,7 @@ output paths under run.dir, the vocabulary derived from the speech tokenizer's c
   run.dir            RUN: every stage writes RUN/<stage>/ (megaspeech.pipeline.layout)
   run.variant        pretrain/export/eval into RUN/<stage>-<variant>/ (ablations over the same data)
   init_from_hf       null: from scratch (SentencePiece trained by the text stage, the pretrain preset's
-                     model); `smollm2`: SmolLM2-135M (megaspeech.model.smollm2, built once) or any HF
+                     model); `smollm2`: SmolLM2-135M-Instruct (megaspeech.model.smollm2, built once) or any HF
                      Llama-family dir: text shards in its tokenizer's vocabulary, pretrain initialised from it
   text.heldout_text  not used for training: the eval stage's held-out speech pairs carry their own text
   speech_shards.real_audio  real audio for the unsupervised speech set (codes only), beside the TTS corpus

@@ -9,7 +9,7 @@ transformers model:
   asr     speech then transcript                          loss over the transcript given the speech
   tts     transcript then speech                          loss over the codes given the transcript
 Each is the mean per-token cross-entropy (nats) over all pairs, with a 95% interval from the
-per-pair losses (normal approximation over pairs, weighted by tokens).
+per-pair losses (scores.ratio_ci: the ratio estimator over pairs, as the suite's row over rows).
 
 `speech_ngram_losses` gives the speech loss a scale: count unigram and bigram models of the training
 codes scored on the same held-out positions. A model at the unigram figure has learnt only how often

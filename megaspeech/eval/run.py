@@ -31,7 +31,7 @@ from megaspeech.config.eval_suite import SuiteConfig
 from megaspeech.eval.contamination import check_not_in_training, heldout_documents
 from megaspeech.eval.heldout_loss import validation_loss
 from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm
-from megaspeech.eval.scores import accuracy, em_f1, markdown, mean_ci, wer_result
+from megaspeech.eval.scores import accuracy, em_f1, markdown, mean_ci, proportion, wer_result
 from megaspeech.fs import write_atomic
 
 
@@ -115,7 +115,7 @@ def qa(ctx: Context, items: list[dict], direction: str) -> tuple[list[dict], lis
         preds = [p.split("\n")[0].strip() for p in preds]
     em, f1 = np.array([em_f1(p, it["answer"]) for p, it in zip(preds, items)]).T
     ips = len(items) / (time.perf_counter() - t0)
-    return [{**mean_ci(em, "exact match"), "items_per_s": ips}, {**mean_ci(f1, "token F1"), "items_per_s": ips}], preds
+    return [{**proportion(em, "exact match"), "items_per_s": ips}, {**mean_ci(f1, "token F1"), "items_per_s": ips}], preds
 
 
 def asr(ctx: Context, items: list[dict]) -> tuple[dict, list[str]]:
@@ -153,19 +153,129 @@ class GreedySpeech:
 
 
 def tts(ctx: Context, items: list[dict]) -> dict:
-    from megaspeech.synth.text_to_token_eval import generated_wer
+    """WER of the speech tokenizer's ASR path on the codes the model generates (what
+    synth.text_to_token_eval.generated_wer scores), per utterance, so the interval is wer_result's
+    bootstrap like ASR's."""
+    from megaspeech.speech.asr import word_errors
+    from megaspeech.speech.tokenizer import decode_tokens_to_text, load_tokenizer
     t0 = time.perf_counter()
-    r = generated_wer(GreedySpeech(ctx.lm, ctx.suite.batch_size), ctx.tok, ctx.suite.speech_tokenizer,
-                      [it["text"] for it in items])
-    # generated_wer gives no per-utterance errors: the interval is not bootstrapped here
-    return {"metric": "WER", "value": r["wer"], "n": r["utterances"], "ci95": [float("nan")] * 2,
-            "items_per_s": len(items) / (time.perf_counter() - t0), "examples": r["examples"]}
+    refs = [it["text"] for it in items]
+    model, whisper, _ = load_tokenizer(ctx.suite.speech_tokenizer)
+    codes = GreedySpeech(ctx.lm, ctx.suite.batch_size).generate([ctx.tok.encode(r) for r in refs],
+                                                                [max(1, len(r.split())) for r in refs])
+    hyps = []
+    for i in range(0, len(codes), 16):
+        chunk = [c if len(c) else np.zeros(1, np.int64) for c in codes[i:i + 16]]
+        cap = 3 * max(len(r.split()) for r in refs[i:i + 16]) + 16  # ~1.3 Whisper tokens per word
+        hyps += decode_tokens_to_text(model, whisper, chunk, max_new_tokens=cap)
+    errs = np.array([word_errors(r, h) for r, h in zip(refs, hyps)])
+    return {**wer_result(errs[:, 0], errs[:, 1], ctx.suite.seed), "items_per_s": len(refs) / (time.perf_counter() - t0),
+            "examples": list(zip(refs[:3], hyps[:3]))}
+
+
+NO_SPEECH = "no speech_tokenizer set (spoken items need one)"
+
+
+class Rows:
+    """The suite's result rows: every requested (task, direction, metric) appears, as a value or as
+    {"skipped": reason}; `note` records a substitution or fewer items than asked."""
+
+    def __init__(self, ctx: Context, log):
+        self.ctx, self.log, self.rows = ctx, log, []
+
+    def add(self, task: str, direction: str, res: dict, note: str = "") -> None:
+        self.rows.append({"task": task, "direction": direction, **res, **({"note": note} if note else {})})
+        if "value" in res:
+            self.log(f"{task} {direction}: {res['metric']} {res['value']:.1f} (n={res['n']})"
+                     + (f" [{note}]" if note else ""))
+        else:
+            self.log(f"{task} {direction}: skipped: {res['skipped']}")
+
+    def runnable(self, task: str, directions: list[str], metrics: tuple[str, ...]) -> list[str]:
+        """The directions that can run; the others are added as skipped rows (one per metric)."""
+        can = [d for d in directions if "S" not in d or self.ctx.speech is not None]
+        for d in directions:
+            if d not in can:
+                for m in metrics:
+                    self.add(task, d, {"metric": m, "skipped": NO_SPEECH})
+        return can
+
+
+def short(built: int, asked: int) -> str:
+    return f"{built} of {asked} requested items could be built" if built < asked else ""
+
+
+def two_choice_tasks(ctx: Context, docs, items: dict, rows: Rows) -> None:
+    suite = ctx.suite
+    if suite.story_items:
+        for hard in (False, True):
+            name = "story (hard: same document)" if hard else "story (easy: other document)"
+            items[name] = tasks.story_items(docs, suite.story_items, suite.story_context, suite.seed, hard)
+            for d in rows.runnable(name, suite.story_directions, ("accuracy",)):
+                rows.add(name, d, two_choice(ctx, items[name], d), short(len(items[name]), suite.story_items))
+    if suite.word_items:
+        lexicon = tasks.tokenizer_words(ctx.tok) | tasks.dictionary_words(suite.dictionary)
+        items["word"] = tasks.word_items(docs, suite.word_items, suite.seed, lexicon,
+                                         n_pieces=lambda w: len(ctx.tok.encode(w)))
+        for d in rows.runnable("word vs non-word", suite.word_directions, ("accuracy",)):
+            rows.add("word vs non-word", d, two_choice(ctx, items["word"], d), short(len(items["word"]), suite.word_items))
+
+
+def qa_task(ctx: Context, docs, items: dict, examples: dict, rows: Rows) -> None:
+    suite = ctx.suite
+    writer = None
+    if suite.qa_writer != "template":
+        from megaspeech.synth.speech_qa import LMQuestionWriter, QAConfig
+        writer = LMQuestionWriter(QAConfig(generator="lm", lm=suite.qa_writer, pairs_per_context=1, seed=suite.seed))
+    items["qa"] = tasks.qa_items(docs, suite.qa_items, suite.qa_context, suite.seed, writer)
+    notes = [short(len(items["qa"]), suite.qa_items)]
+    if writer is not None:  # qa_items asks the writer for half; template questions fill what it missed
+        want, got = suite.qa_items // 2, sum(it["writer"] == "lm" for it in items["qa"])
+        notes.append(f"{want - got} of {want} {suite.qa_writer} questions replaced by template ones" if got < want
+                     else f"{got} questions written by {suite.qa_writer}")
+    note = "; ".join(x for x in notes if x)
+    for d in rows.runnable("spoken QA", suite.qa_directions, ("exact match", "token F1")):
+        res, preds = qa(ctx, items["qa"], d)
+        for r in res:
+            rows.add("spoken QA", d, r, note)
+        examples[f"qa {d}"] = [(it["question"], it["answer"], p) for it, p in zip(items["qa"][:5], preds[:5])]
+
+
+def speech_tasks(ctx: Context, docs, items: dict, examples: dict, rows: Rows) -> None:
+    suite = ctx.suite
+    for tag, n, task, d in (("asr", suite.asr_items, "ASR", "S->T"), ("tts", suite.tts_items, "TTS", "T->S")):
+        if not n or not rows.runnable(task, [d], ("WER",)):
+            continue
+        items[tag] = tasks.sentence_items(docs, n, suite.seed, tag)
+        if tag == "asr":
+            res, hyps = asr(ctx, items[tag])
+            examples[tag] = [(it["text"], h) for it, h in zip(items[tag][:5], hyps[:5])]
+        else:
+            res = tts(ctx, items[tag])
+            examples[tag] = res.pop("examples")
+        rows.add(task, d, res, short(len(items[tag]), n))
+
+
+def heldout_row(suite: SuiteConfig, lm, result: dict, rows: Rows) -> None:
+    task = "held-out loss (eval.sources)"
+    if not suite.heldout_loss:
+        return
+    if lm.kind != "checkpoint":
+        rows.add(task, "-", {"metric": "nats/token", "skipped": "an export has no eval.sources: needs a checkpoint"})
+        return
+    hl = validation_loss(lm)
+    if hl is None:
+        rows.add(task, "-", {"metric": "nats/token", "skipped": "the checkpoint's config has no eval.sources"})
+        return
+    result["heldout_loss"] = hl
+    rows.add(task, "-", {"metric": "nats/token", "value": hl["val_loss"], "n": hl["val_tokens"], "ci95": hl["ci95"]})
 
 
 def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: str | Path | None = None,
              log=print) -> dict:
     """Build the suite's tasks from held-out text, score the model, write OUT/eval.json (every metric,
-    item count, 95% CI, the split) and OUT/table.md; returns the eval.json dict."""
+    item count, 95% CI, the split) and OUT/table.md; returns the eval.json dict. Every requested row
+    is in both, as a value or as "skipped: <reason>"."""
     model_path = str(model_path or suite.model)
     if not model_path:
         raise ValueError("no model: pass model=<checkpoint dir | step dir | HF dir>")
@@ -175,62 +285,20 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
     docs = heldout_documents(suite.corpus, suite.heldout_docs)
     check_not_in_training([n for n, _ in docs], suite.training_manifests)
     ctx = Context(suite, lm, out)
-    rows, examples = [], {}
-
-    def add(task: str, direction: str, res: dict) -> None:
-        rows.append({"task": task, "direction": direction, **res})
-        if "value" in res:
-            log(f"{task} {direction}: {res['metric']} {res['value']:.1f} (n={res['n']})")
-
-    speech_dirs = lambda ds: [d for d in ds if "S" not in d or ctx.speech is not None]  # noqa: E731
-    for d in set(suite.story_directions + suite.word_directions + suite.qa_directions) - set(speech_dirs(
-            suite.story_directions + suite.word_directions + suite.qa_directions)):
-        rows.append({"task": "spoken tasks", "direction": d, "skipped": "no speech_tokenizer set"})
-    items = {}
-    if suite.story_items:
-        for hard in (False, True):
-            name = "story (hard: same document)" if hard else "story (easy: other document)"
-            items[name] = tasks.story_items(docs, suite.story_items, suite.story_context, suite.seed, hard)
-            for d in speech_dirs(suite.story_directions):
-                add(name, d, two_choice(ctx, items[name], d))
-    if suite.word_items:
-        items["word"] = tasks.word_items(docs, suite.word_items, suite.seed,
-                                         n_pieces=lambda w: len(ctx.tok.encode(w)))
-        for d in speech_dirs(suite.word_directions):
-            add("word vs non-word", d, two_choice(ctx, items["word"], d))
+    rows, examples, items = Rows(ctx, log), {}, {}
+    two_choice_tasks(ctx, docs, items, rows)
     if suite.qa_items:
-        writer = None
-        if suite.qa_writer != "template":
-            from megaspeech.synth.speech_qa import LMQuestionWriter, QAConfig
-            writer = LMQuestionWriter(QAConfig(generator="lm", lm=suite.qa_writer, pairs_per_context=1, seed=suite.seed))
-        items["qa"] = tasks.qa_items(docs, suite.qa_items, suite.qa_context, suite.seed, writer)
-        for d in speech_dirs(suite.qa_directions):
-            res, preds = qa(ctx, items["qa"], d)
-            for r in res:
-                add("spoken QA", d, r)
-            examples[f"qa {d}"] = [(it["question"], it["answer"], p) for it, p in zip(items["qa"][:5], preds[:5])]
-    if suite.asr_items and ctx.speech is not None:
-        items["asr"] = tasks.sentence_items(docs, suite.asr_items, suite.seed, "asr")
-        res, hyps = asr(ctx, items["asr"])
-        add("ASR", "S->T", res)
-        examples["asr"] = [(it["text"], h) for it, h in zip(items["asr"][:5], hyps[:5])]
-    if suite.tts_items and ctx.speech is not None:
-        items["tts"] = tasks.sentence_items(docs, suite.tts_items, suite.seed, "tts")
-        add("TTS", "T->S", tts(ctx, items["tts"]))
+        qa_task(ctx, docs, items, examples, rows)
+    speech_tasks(ctx, docs, items, examples, rows)
     result = {"suite": suite.name, "model": model_path, "model_version": lm.version, "backend": lm.kind,
-              "scoring": suite.scoring, "results": rows, "examples": examples,
+              "scoring": suite.scoring, "results": rows.rows, "examples": examples,
               "split": {"corpus": suite.corpus, "heldout_docs": [n for n, _ in docs],
                         "checked_against": list(suite.training_manifests)},
               "items": {k: len(v) for k, v in items.items()}, "config": dataclasses.asdict(suite),
               "qa_writers": {w: sum(it["writer"] == w for it in items.get("qa", [])) for w in ("template", "lm")}}
-    if suite.heldout_loss and lm.kind == "checkpoint":
-        hl = validation_loss(lm)
-        if hl is not None:
-            result["heldout_loss"] = hl
-            rows.append({"task": "held-out loss (eval.sources)", "direction": "-", "metric": "nats/token",
-                         "value": hl["val_loss"], "n": hl["val_tokens"], "ci95": hl["ci95"]})
+    heldout_row(suite, lm, result, rows)
     write_atomic(out / "eval.json", json.dumps(result, indent=1, default=float))
-    table = markdown(rows)
+    table = markdown(rows.rows)
     write_atomic(out / "table.md", table + "\n")
     result["table"] = table
     return result

@@ -1,8 +1,10 @@
 """Metrics with 95% confidence intervals, and the Markdown table of a suite's results.
 
   accuracy (two-choice tasks)  per-item score 1 / 0.5 (tie) / 0; Wilson score interval on the mean
-  exact match, token F1 (QA)   SQuAD normalization (lowercase, no punctuation or articles); normal
-                               interval of the per-item mean
+  exact match (QA)             SQuAD normalization (lowercase, no punctuation or articles); a proportion:
+                               Wilson score interval (0/100 -> [0, 3.7], where a normal one collapses)
+  token F1 (QA)                not a proportion: normal interval of the per-item mean, clipped to [0, 100]
+                               (NaN below 2 items)
   WER (ASR / TTS)              corpus WER (total errors / total reference words); percentile bootstrap
                                over utterances (1,000 resamples, seeded)
   loss (nats/token)            token-weighted mean NLL of independent units (sequences, packed rows);
@@ -29,9 +31,15 @@ def wilson(mean: float, n: int) -> list[float]:
     return [100 * max(0.0, c - h), 100 * min(1.0, c + h)]
 
 
-def accuracy(scores: np.ndarray) -> dict:
+def proportion(scores: np.ndarray, metric: str = "accuracy") -> dict:
+    """Every proportion of the suite (two-choice accuracy, exact match): mean of per-item scores in
+    [0, 1] with its Wilson interval, in percent."""
     m = float(np.mean(scores)) if len(scores) else math.nan
-    return {"metric": "accuracy", "value": 100 * m, "n": int(len(scores)), "ci95": wilson(m, len(scores))}
+    return {"metric": metric, "value": 100 * m, "n": int(len(scores)), "ci95": wilson(m, len(scores))}
+
+
+def accuracy(scores: np.ndarray) -> dict:
+    return proportion(scores, "accuracy")
 
 
 def ratio_ci(nll: np.ndarray, tokens: np.ndarray) -> tuple[float, list[float]]:
@@ -46,10 +54,13 @@ def ratio_ci(nll: np.ndarray, tokens: np.ndarray) -> tuple[float, list[float]]:
 
 
 def mean_ci(x: np.ndarray, metric: str) -> dict:
+    """Mean of per-item scores in [0, 1] (not a proportion: token F1) and its normal interval, clipped
+    to [0, 100] percent; NaN (not [0, 100]) below 2 items, where there is no variance estimate."""
     n = len(x)
     m = float(np.mean(x)) if n else math.nan
     h = Z * float(np.std(x, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return {"metric": metric, "value": 100 * m, "n": n, "ci95": [100 * max(0.0, m - h), 100 * min(1.0, m + h)]}
+    lo, hi = np.clip([m - h, m + h], 0.0, 1.0)  # np.clip keeps NaN (max/min would turn it into 0 / 1)
+    return {"metric": metric, "value": 100 * m, "n": n, "ci95": [100 * float(lo), 100 * float(hi)]}
 
 
 def normalize_answer(s: str) -> list[str]:
@@ -78,14 +89,18 @@ def wer_result(errors: np.ndarray, words: np.ndarray, seed: int = 0) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| task | direction | metric | value | 95% CI | items | items/s |", "|---|---|---|---|---|---|---|"]
+    """Every row: a value with its interval, or "skipped: <reason>"; `note` (a substitution, fewer
+    items than asked) in the last column."""
+    out = ["| task | direction | metric | value | 95% CI | items | items/s | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        note = r.get("note", "").replace("|", "/")
         if r.get("skipped"):
-            out.append(f"| {r['task']} | {r['direction']} | {r.get('metric', '')} | skipped: {r['skipped']} | | | |")
+            out.append(f"| {r['task']} | {r['direction']} | {r.get('metric', '')} | skipped: {r['skipped']} | | | | "
+                       f"{note} |")
             continue
         lo, hi = r["ci95"]
         ips = f"{r['items_per_s']:.0f}" if r.get("items_per_s") else ""
         f = ".3f" if r["metric"] == "nats/token" else ".1f"
         out.append(f"| {r['task']} | {r['direction']} | {r['metric']} | {r['value']:{f}} | {lo:{f}}-{hi:{f}} | "
-                   f"{r['n']} | {ips} |")
+                   f"{r['n']} | {ips} | {note} |")
     return "\n".join(out)

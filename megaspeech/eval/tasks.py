@@ -4,9 +4,13 @@ Every item is a JSON-able dict; `texts` lists the strings a spoken direction syn
   story (StoryCloze-style)  context = `k` consecutive sentences, endings = [true next sentence,
                             distractor], label 0. easy: the distractor is a sentence of another held-out
                             document (topic-style); hard: a sentence from elsewhere in the same document
-                            (at least 3 sentences away from the true ending).
+                            (outside the context window, at least 3 sentences away from the true
+                            ending, and not equal to any sentence of the window or the ending).
   word (sWUGGY-style)       endings = [a real word of the held-out text, a pronounceable non-word made
-                            from it by swapping one vowel and one inner consonant], no context.
+                            from it by swapping one vowel and one inner consonant], no context; a
+                            non-word is none of: a word of the held-out text, a piece of the model's
+                            text tokenizer (tokenizer_words), a word of the dictionary (dictionary_words:
+                            /usr/share/dict/words, Debian's wamerican, .ci/apt-packages.txt).
   qa                        passage = `qa_context` consecutive sentences; question/answer by the
                             extractive template generator of megaspeech.synth.speech_qa (cloze on a
                             content word, or "what is said right after ..."); every other item of each
@@ -18,12 +22,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from megaspeech.eval.contamination import plain, split_sentences
 
 VOWELS, CONSONANTS = "aeiou", "bcdfghklmnprstvwz"
+DICTIONARY = "/usr/share/dict/words"
 
 
 def story_items(docs: list[tuple[str, str]], n: int, k: int, seed: int, hard: bool) -> list[dict]:
@@ -36,19 +42,39 @@ def story_items(docs: list[tuple[str, str]], n: int, k: int, seed: int, hard: bo
         if len(items) == n:
             break
         d, i = windows[w]
-        true = sents[d][i + k]
-        if hard:
-            pool = [s for j, s in enumerate(sents[d]) if ok[d][j] and abs(j - (i + k)) >= 3 and s != true]
+        true, window = sents[d][i + k], set(sents[d][i:i + k + 1])  # the context and the true ending
+        if hard:  # outside the window [i, i+k], >= 3 sentences from the ending, no repeat of the window
+            pool = [s for j, s in enumerate(sents[d])
+                    if ok[d][j] and not i <= j <= i + k and abs(j - (i + k)) >= 3 and s not in window]
         else:
             other = int(rng.integers(len(docs) - 1))
             other += other >= d
-            pool = [s for j, s in enumerate(sents[other]) if ok[other][j]]
+            pool = [s for j, s in enumerate(sents[other]) if ok[other][j] and s not in window]
         if not pool:
             continue
         items.append({"id": f"story_{'hard' if hard else 'easy'}_{len(items):05d}", "doc": docs[d][0],
                       "context": " ".join(sents[d][i:i + k]), "endings": [true, pool[int(rng.integers(len(pool)))]],
                       "label": 0})
     return items
+
+
+def dictionary_words(path: str | Path | None = DICTIONARY) -> set[str]:
+    """Lower-case alphabetic words of a word list (one a line; Debian's wamerican at the default
+    path). None: no dictionary (the non-words are then checked against the text and tokenizer only)."""
+    if path is None:
+        return set()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"dictionary {path} not found: install Debian's wamerican (apt-get install "
+                                f"wamerican, listed in .ci/apt-packages.txt) or set dictionary to a word list")
+    return {w for w in Path(path).read_text(errors="ignore").lower().split() if w.isalpha() and w.isascii()}
+
+
+def tokenizer_words(tok) -> set[str]:
+    """Lower-case alphabetic pieces of a text tokenizer (megaspeech.data.text.TextTokenizer): every id
+    decoded alone, e.g. SentencePiece's "▁ardor" or byte-level BPE's "Ġardor" -> "ardor"."""
+    n = tok.hf.get_vocab_size(with_added_tokens=False) if tok.hf is not None else tok.sp.get_piece_size()
+    pieces = (tok._decode_text([i]).strip().lower() for i in range(n))
+    return {p for p in pieces if p.isalpha() and p.isascii()}
 
 
 def nonword(word: str, rng: np.random.Generator, lexicon: set[str]) -> str | None:
@@ -106,7 +132,7 @@ def qa_items(docs: list[tuple[str, str]], n: int, k: int, seed: int, writer=None
     written: list[tuple[str, str, str, str]] = []
     if writer is not None:  # LM questions from the first passages, template ones from the rest
         want, seen = n // 2, set()
-        cand = passages[:8 * want + 16]  # SmolLM2-135M: ~10% of its pairs pass the filter
+        cand = passages[:8 * want + 16]  # SmolLM2-135M-Instruct: ~10% of its pairs pass the filter
         for (name, passage), pairs in zip(cand, writer([p for _, p in cand])):
             if len(written) < want and pairs and filter_pair(passage, *pairs[0], writer.cfg, seen) is None:
                 written.append((name, passage, *pairs[0]))

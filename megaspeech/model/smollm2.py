@@ -58,7 +58,7 @@ def convert_gguf(gguf: str | Path, out: str | Path) -> Path:
 
 
 def smollm2_dir(out: str | Path | None = None) -> Path:
-    """Path of the SmolLM2-135M transformers directory, converted on first use and cached."""
+    """Path of the SmolLM2-135M-Instruct transformers directory, converted on first use and cached."""
     out = Path(out).expanduser() if out else default_dir()
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
