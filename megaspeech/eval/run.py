@@ -153,21 +153,16 @@ class GreedySpeech:
 
 
 def tts(ctx: Context, items: list[dict]) -> dict:
-    """WER of the speech tokenizer's ASR path on the codes the model generates (what
-    synth.text_to_token_eval.generated_wer scores), per utterance, so the interval is wer_result's
+    """WER of the speech tokenizer's ASR path on the codes the model generates (read as
+    synth.text_to_token_eval.generated_wer reads them), per utterance, so the interval is wer_result's
     bootstrap like ASR's."""
     from megaspeech.speech.asr import word_errors
-    from megaspeech.speech.tokenizer import decode_tokens_to_text, load_tokenizer
+    from megaspeech.synth.text_to_token_eval import read_codes
     t0 = time.perf_counter()
     refs = [it["text"] for it in items]
-    model, whisper, _ = load_tokenizer(ctx.suite.speech_tokenizer)
     codes = GreedySpeech(ctx.lm, ctx.suite.batch_size).generate([ctx.tok.encode(r) for r in refs],
                                                                 [max(1, len(r.split())) for r in refs])
-    hyps = []
-    for i in range(0, len(codes), 16):
-        chunk = [c if len(c) else np.zeros(1, np.int64) for c in codes[i:i + 16]]
-        cap = 3 * max(len(r.split()) for r in refs[i:i + 16]) + 16  # ~1.3 Whisper tokens per word
-        hyps += decode_tokens_to_text(model, whisper, chunk, max_new_tokens=cap)
+    hyps = read_codes(ctx.suite.speech_tokenizer, codes, refs)
     errs = np.array([word_errors(r, h) for r, h in zip(refs, hyps)])
     return {**wer_result(errs[:, 0], errs[:, 1], ctx.suite.seed), "items_per_s": len(refs) / (time.perf_counter() - t0),
             "examples": list(zip(refs[:3], hyps[:3]))}

@@ -33,20 +33,28 @@ def heldout_transcripts(path: str | Path, tok: TextTokenizer, limit: int) -> lis
     return out
 
 
-def generated_wer(gen: SpeechGenerator, tok: TextTokenizer, speech_tokenizer: str | Path,
-                  references: list[str], batch: int = 16) -> dict:
-    """Generate codes for each reference transcript, transcribe them through the speech tokenizer and
-    score: {"wer": percent, "utterances", "codes_per_word", "examples": [(ref, hyp)] x 3}."""
+def read_codes(speech_tokenizer: str | Path, codes: list[np.ndarray], references: list[str],
+               batch: int = 16) -> list[str]:
+    """Transcripts of generated speech codes through the speech tokenizer's own Whisper decoder (no
+    vocoder), `batch` utterances at a time; the decoding cap of a batch follows its references' length."""
     from megaspeech.speech.tokenizer import decode_tokens_to_text, load_tokenizer
     model, whisper, _ = load_tokenizer(speech_tokenizer)
-    ids = [tok.encode(r) for r in references]
-    codes = gen.generate(ids, [max(1, len(r.split())) for r in references])
     hyps = []
     for i in range(0, len(codes), batch):
         chunk = [c if len(c) else np.zeros(1, np.int64) for c in codes[i:i + batch]]
         # a transcript needs ~1.3 Whisper tokens per word: cap decoding well above that
         cap = 3 * max(len(r.split()) for r in references[i:i + batch]) + 16
         hyps += decode_tokens_to_text(model, whisper, chunk, max_new_tokens=cap)
+    return hyps
+
+
+def generated_wer(gen: SpeechGenerator, tok: TextTokenizer, speech_tokenizer: str | Path,
+                  references: list[str], batch: int = 16) -> dict:
+    """Generate codes for each reference transcript, transcribe them through the speech tokenizer and
+    score: {"wer": percent, "utterances", "codes_per_word", "examples": [(ref, hyp)] x 3}."""
+    ids = [tok.encode(r) for r in references]
+    codes = gen.generate(ids, [max(1, len(r.split())) for r in references])
+    hyps = read_codes(speech_tokenizer, codes, references, batch)
     n_words = sum(len(r.split()) for r in references)
     return {"wer": wer(references, hyps), "utterances": len(references),
             "codes_per_word": sum(len(c) for c in codes) / max(n_words, 1),
