@@ -51,9 +51,8 @@ def resolve(path: str | Path) -> Path:
             continue
         try:
             tag = read_latest(root)
-        except (FileNotFoundError, OSError, CheckpointError) as e:  # like run.resume=auto: newest that verifies
-            log.warning("%s; taking the newest checkpoint in %s that verifies", e, root)
-            tag = find_resumable(root)
+        except (FileNotFoundError, OSError, CheckpointError):  # like run.resume=auto: newest that verifies
+            tag = find_resumable(root)  # names the damaged `latest` in its warning
         if tag is not None:
             return root / tag
     raise FileNotFoundError(f"{p}: no meta.json there and no `latest` in {p} or {p / 'checkpoints'}; "
