@@ -7,6 +7,8 @@ one validation path and one resume rule.
 A dataset directory holds
     shard-000000.tar ...   WebDataset tars; member `<key>.<field>.<ext>` (key has no dots)
     manifest.json          written last: kind, vocab layout, meta, per-shard samples/tokens/bytes/sha256
+                           and `docs` (the distinct `doc` ids of its samples: provenance, read by the
+                           contamination check without decoding a sample)
     vocab.json             the unified vocabulary (megaspeech.vocab.Vocab) the tokens live in
 
 Sample kinds and their fields (arrays stored as .npy, read with allow_pickle=False):
@@ -23,6 +25,7 @@ Sample kinds and their fields (arrays stored as .npy, read with allow_pickle=Fal
                source    str      optional
   audio        audio.flac bytes   16 kHz mono FLAC, the speech tokenizer's input (no tokens)
                transcript str     optional; duration, source as above
+Every kind: doc  str  the id of the document or recording the sample came from (provenance).
 Extra fields are allowed: str -> .txt, int/float -> .json, bytes kept as-is (name the field with
 its extension, e.g. `audio.flac`). Pickle payloads (.pyd/.pickle/.pkl/.pth/.pt, object arrays)
 are refused on write and on read.
@@ -105,6 +108,7 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self._cur = {"name": name, "samples": 0, "tokens": 0}
+        self._docs: set[str] = set()
         self._tmp = self.out / f".{name}.tmp{os.getpid()}"
         self._raw = open(self._tmp, "wb")
         self._hf = _HashingFile(self._raw)
@@ -115,7 +119,7 @@ class ShardWriter:
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
-        self._cur.update(bytes=self._hf.n, sha256=self._hf.h.hexdigest())
+        self._cur.update(bytes=self._hf.n, sha256=self._hf.h.hexdigest(), docs=sorted(self._docs))
         os.replace(self._tmp, self.out / self._cur["name"])
         self.shards.append(self._cur)
         self._tar = self._cur = None
@@ -144,6 +148,8 @@ class ShardWriter:
             info.size, info.mode, info.mtime = len(data), 0o444, 0  # reproducible bytes
             self._tar.addfile(info, io.BytesIO(data))
         self._keys.add(key)
+        if "doc" in sample:  # provenance: the manifest names every source document, no sample decoding
+            self._docs.add(str(sample["doc"]))
         self._cur["samples"] += 1
         self._cur["tokens"] += count_tokens(self.kind, sample)
 
