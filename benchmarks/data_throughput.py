@@ -51,7 +51,7 @@ def write_sources(root: Path, tokens: int, seed: int = 0) -> dict[str, Path]:
                     toks = np.where(mod == 1, VOCAB.speech_offset + rng.integers(0, VOCAB.speech_size, T),
                                     rng.integers(0, VOCAB.text_size, T))
                     s = {"tokens": toks, "modality": mod}
-                w.write(f"{kind}{i:07d}", s)
+                w.write(f"{kind}{i:07d}", {**s, "doc": f"generated/{kind}{i:07d}"})
                 budget -= sum(len(v) for k, v in s.items() if k in ("tokens", "codes", "text"))
                 i += 1
     return out

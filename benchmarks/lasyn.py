@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="runs/bench_bridge_data")
     p.add_argument("--out", default="runs/bench_lasyn")
     p.add_argument("--fresh", action="store_true", help="retrain variants whose result.json is already there")
+    p.add_argument("--split", choices=("dev", "test"), default="test",
+                   help="LibriVox half (megaspeech.speech.real_speech): dev to choose between variants, test to report")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     p.add_argument("--extra", nargs="*", default=[], help="more dotted overrides for every bridge run")
     a = p.parse_args(argv)
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     data, out = Path(a.data), Path(a.out)
     train = ensure_corpus(data / f"train{b['train_utts']}", "train", b["train_utts"])
     heldout = ensure_corpus(data / f"heldout{b['heldout_utts']}", "heldout", b["heldout_utts"])
-    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox()}
+    evals = {"tts": dataset_items(str(heldout)), "librivox": librivox(a.split)}
     cfg_path = ROOT / a.config if not Path(a.config).is_absolute() else Path(a.config)
     base = load_config(PretrainConfig, cfg_path, [f"bridge.train={train}", *a.extra])
     layout = start_single_process()

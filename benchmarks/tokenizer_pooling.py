@@ -72,14 +72,16 @@ def main():
     p.add_argument("--ema_epochs", type=int, default=5, help="k-means passes of a split:pool:code_dim:K setting")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--asterisk", type=int, default=0, help="also the first N Asterisk prompts (real speech)")
+    p.add_argument("--real_split", choices=("dev", "test"), default="dev",
+                   help="half of LibriVox/Asterisk (megaspeech.speech.real_speech): dev, since this script chooses settings")
     p.add_argument("--fallback", action="store_true", help="decode with Whisper's temperature fallback (default greedy)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    sets = {"librivox": librivox()}
+    sets = {"librivox": librivox(a.real_split)}
     if a.asterisk:
-        sets["asterisk"] = asterisk(limit=a.asterisk)
+        sets["asterisk"] = asterisk(a.real_split, limit=a.asterisk)
     if a.synthetic:
         sets["synthetic"] = shards(a.synthetic, a.n_synthetic)
     whisper = load_whisper()

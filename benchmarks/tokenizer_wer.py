@@ -9,8 +9,9 @@ the fallback was added). Also per set: the trained model with
 the VQ bypassed (continuous bottleneck), code usage and perplexity, tokenization throughput
 (seconds of audio per second, batched, `--threads` threads).
 
-Held-out sets: real human speech (LibriVox in pocketsphinx-testdata, 71 words; the first `--asterisk`
-prompts of the Asterisk PBX's English voice, megaspeech.speech.real_speech; never trained on; plus any
+Held-out sets: real human speech (the `--split` half of LibriVox in pocketsphinx-testdata and the first
+`--asterisk` prompts of that half of the Asterisk PBX's English voice, megaspeech.speech.real_speech:
+choose and tune on `--split dev`, report `--split test`, the default; never trained on; plus any
 `--real DIR` of `audio` shards with transcripts, e.g. from launch/ingest_audio.py, kept out of
 training) and synthetic speech of State of the Union addresses held out from training (audio
 shards from launch/make_speech_corpus.py corpus.split=heldout).
@@ -113,7 +114,9 @@ def main():
     p.add_argument("--n_synthetic", type=int, default=60)
     p.add_argument("--real", action="append", default=[], help="more held-out real `audio` shards (repeatable)")
     p.add_argument("--asterisk", type=int, default=120,
-                   help="first N Asterisk prompts of >= 3 words (real speech, one voice, 8 kHz; 0: none)")
+                   help="first N Asterisk prompts of >= 3 words of --split (real speech, one voice, 8 kHz; 0: none)")
+    p.add_argument("--split", choices=("dev", "test"), default="test",
+                   help="half of the real-speech sets: dev to choose and tune, test (default) for reported figures")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dump", help="write each utterance's reference and hypotheses here (jsonl)")
@@ -130,7 +133,7 @@ def main():
     print(f"tokenizer={tok_dir} step={trained.get('steps')} hours={trained.get('hours')} "
           f"voices={len(trained.get('voices', {}))} split_layer={cfg.split_layer} pool={cfg.pool} "
           f"frame_rate_hz={cfg.frame_rate} unpool={cfg.unpool} codebook_size={cfg.codebook_size} threads={a.threads} "
-          f"decoding={'greedy' if a.greedy else 'fallback'}")
+          f"decoding={'greedy' if a.greedy else 'fallback'} split={a.split}")
     fallback = None if a.greedy else Fallback()
     sets = {}
     if synth:
@@ -143,17 +146,17 @@ def main():
     norms = {}
     if a.asterisk:
         try:
-            sets["asterisk"], norms["asterisk"] = asterisk(limit=a.asterisk), spell_numbers
+            sets["asterisk"], norms["asterisk"] = asterisk(a.split, limit=a.asterisk), spell_numbers
         except FileNotFoundError as e:
             print(f"asterisk: skipped ({e})")
-    sets["librivox"] = librivox()  # last: its figures are printed last
+    sets["librivox"] = librivox(a.split)  # last: its figures are printed last
     results = {name: evaluate(name, items, base, model, whisper, a.batch, a.dump, norms.get(name), fallback)
                for name, items in sets.items()}
     secs = sum(r["audio_s"] for r in results.values())
     tok_rate = secs / sum(r["audio_s"] / r["tokenize_audio_s_per_s"] for r in results.values())
     print(f"tokenize_audio_s_per_s={tok_rate:.1f}")
     eval_json = {"step": trained.get("steps"), "frame_rate_hz": cfg.frame_rate, "threads": a.threads,
-                 "decoding": "greedy" if a.greedy else "fallback",
+                 "decoding": "greedy" if a.greedy else "fallback", "split": a.split,
                  "sets": results, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
     tmp = tok_dir / f".eval.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(eval_json, indent=1))

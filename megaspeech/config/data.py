@@ -3,17 +3,30 @@
   kind              shards (WebDataset shards) | synthetic (built-in token stream, no files): required,
                     so a config that names no data fails at load instead of training on the toy stream
   sources           shards only: list of {name, path, weight, epochs}
-                    path: a dataset dir (manifest.json); `megaspeech:demo/text` = inside the package
+                    path: a dataset dir (manifest.json); `megaspeech:demo/text` = inside the package;
+                    or a URL: s3://bucket/prefix, http(s)://host/prefix, pipe:COMMAND ({} = file name)
                     weight: share of the mixture (of tokens or samples, see mix_unit); normalized
                     epochs: passes over this source, then it leaves the mixture; null = repeat forever
                     GLM-4-Voice style: text weight 0.3 epochs null, speech/pairs epochs 1, interleaved rest
-  root              shards only: relative source paths are under this dir (e.g. a launch/pipeline.py
+  root              shards only: relative source paths are under this dir or URL (e.g. a launch/pipeline.py
                     run dir: text/shards, speech_shards/unsup, speech_shards/pairs, interleaved/shards)
   mix_unit          tokens | samples: what the weights divide
   shuffle           shard order and within-shard order are permuted per (seed, epoch)
   open_shards       shards read concurrently per source and rank (samples alternate between them)
   on_error          raise (default: error naming shard and key) | skip (counted in loader.stats())
-  verify_checksums  sha256 of each shard against the manifest when it is opened
+  verify_checksums  sha256 of each shard against the manifest: a local shard is hashed before its first
+                    sample is used; a remote one as it streams, a mismatch raised at its end
+  shuffle_buffer    within-shard shuffle window in samples: a shard of n <= shuffle_buffer samples is read
+                    in a permutation drawn from (seed, source, epoch, shard); a larger one in the order
+                    argsort(i + U_i * shuffle_buffer), so at most ~shuffle_buffer samples are held while
+                    the tar streams (memory does not grow with the shard size)
+  read_ahead_mb     bytes read ahead per open shard (and for the next shard) by a background thread
+  storage_options   remote sources: keyword arguments of the fsspec filesystem (s3fs: endpoint_url,
+                    anon, profile, client_kwargs, ...); credentials otherwise from the AWS env/config
+  io_timeout_s      remote sources: timeout of every request (connect and read)
+  io_retries        remote sources: retries of a transient failure (connection reset/refused, 5xx,
+                    timeout, truncated body), resuming at the byte reached; then data.on_error
+  io_backoff_s      first wait between retries, doubled each time
   asr_fraction      supervised speech pairs rendered as ASR (speech then text); the rest as TTS
   document_mask     also emit doc_ids for block-diagonal attention inside packed rows
   num_workers       torch DataLoader worker processes (0: in the training process)
@@ -22,6 +35,7 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +45,12 @@ from megaspeech.fs import resolve_path
 
 
 MODALITY_IDS = {"text": 0, "speech": 1}  # the batch's `modality` values
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_remote(path: str) -> bool:
+    """A dataset read through megaspeech.data.remote's clients: an fsspec URL or pipe:COMMAND."""
+    return isinstance(path, str) and (path.startswith("pipe:") or bool(_URL.match(path)))
 
 
 @dataclass
@@ -47,8 +67,9 @@ class SourceConfig:
         if not self.name:
             self.name = Path(self.path.split(":", 1)[-1]).name
 
-    def resolved_path(self) -> Path:
-        return resolve_path(self.path)
+    def resolved_path(self) -> Path | str:
+        """The local directory, or the URL unchanged (see megaspeech.data.remote)."""
+        return self.path if is_remote(self.path) else resolve_path(self.path)
 
 
 @dataclass
@@ -66,12 +87,23 @@ class DataConfig:
     verify_checksums: bool = True
     asr_fraction: float = 0.5
     loss_modalities: list[Literal["text", "speech"]] = field(default_factory=lambda: ["text", "speech"])
+    shuffle_buffer: int = 1024
+    read_ahead_mb: float = 16.0
+    storage_options: dict = field(default_factory=dict)
+    io_timeout_s: float = 60.0
+    io_retries: int = 5
+    io_backoff_s: float = 0.5
 
     def __post_init__(self):
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.open_shards >= 1, "data.open_shards", "must be >= 1")
         check(0.0 <= self.asr_fraction <= 1.0, "data.asr_fraction", "must be in [0, 1]")
         check(0.0 <= self.speech_fraction <= 1.0, "data.speech_fraction", "must be in [0, 1]")
+        check(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1 (samples)")
+        check(self.read_ahead_mb > 0, "data.read_ahead_mb", "must be > 0")
+        check(self.io_timeout_s > 0, "data.io_timeout_s", "must be > 0 seconds (every request has a timeout)")
+        check(self.io_retries >= 0, "data.io_retries", "must be >= 0")
+        check(self.io_backoff_s >= 0, "data.io_backoff_s", "must be >= 0 seconds")
         check(self.kind != "", "data.kind",
               "the config names no data: add a data section (data.kind=shards with data.sources, e.g. "
               "base: data/mixture_glm4voice.yaml) or set data.kind=synthetic for the built-in toy stream")
@@ -80,8 +112,13 @@ class DataConfig:
                   "data.kind=shards needs at least one source, e.g. [{path: megaspeech:demo/text}]")
             if self.root:
                 for s in self.sources:
-                    if not s.path.startswith("megaspeech:") and not Path(s.path).expanduser().is_absolute():
-                        # absolute, so a saved config.yaml loaded again resolves to the same dirs
+                    if s.path.startswith("megaspeech:") or is_remote(s.path) or Path(s.path).expanduser().is_absolute():
+                        continue
+                    if self.root.startswith("pipe:"):  # the file name goes where {} is
+                        s.path = self.root.replace("{}", f"{s.path.strip('/')}/{{}}")
+                    elif is_remote(self.root):
+                        s.path = f"{self.root.rstrip('/')}/{s.path}"
+                    else:  # absolute, so a saved config.yaml loaded again resolves to the same dirs
                         s.path = str(Path(self.root).expanduser().resolve() / s.path)
             names = [s.name for s in self.sources]
             check(len(set(names)) == len(names), "data.sources", f"names must be unique, got {names}")

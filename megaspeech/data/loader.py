@@ -43,17 +43,22 @@ def data_plan(cfg: DataConfig, seed: int) -> dict:
     resolved path and the sha256 of its manifest.json, which lists every shard's sha256), weight and
     epochs. Not the layout (DP size, workers): a position carries over to any of those."""
     import hashlib
+
+    from megaspeech.config.data import is_remote
+    from megaspeech.data.remote import Location, io_settings
+    from megaspeech.data.shard_format import ShardError
     plan = {"seed": seed, "kind": cfg.kind, "sources": []}
     if cfg.kind == "synthetic":
         plan["speech_fraction"] = cfg.speech_fraction
     for s in cfg.sources if cfg.kind == "shards" else []:
         path = s.resolved_path()
-        try:
-            digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
-        except OSError:
+        try:  # a URL's manifest is read from the same place as its shards
+            loc = Location(path, io_settings(cfg))
+            digest = hashlib.sha256(loc.read("manifest.json")).hexdigest()
+        except (OSError, ShardError):
             digest = None  # named by the loader when it opens the source
-        plan["sources"].append({"name": s.name, "path": str(path.resolve()), "manifest_sha256": digest,
-                                "weight": s.weight, "epochs": s.epochs})
+        plan["sources"].append({"name": s.name, "path": str(path if is_remote(str(path)) else path.resolve()),
+                                "manifest_sha256": digest, "weight": s.weight, "epochs": s.epochs})
     return plan
 
 
@@ -94,12 +99,14 @@ def plan_changes(saved: dict, now: dict) -> list[str]:
 def plan_from_config(config: dict) -> dict:
     """The data plan of a checkpoint saved before plans were stored, from its meta.json config (no
     manifest checksums: the source paths are compared instead)."""
+    from megaspeech.config.data import is_remote
     from megaspeech.fs import resolve_path
     data = config.get("data", {})
     plan = {"seed": config.get("run", {}).get("seed"), "kind": data.get("kind"), "sources": []}
     if data.get("kind") == "synthetic":
         plan["speech_fraction"] = data.get("speech_fraction")
     for s in data.get("sources", []) if data.get("kind") == "shards" else []:
-        plan["sources"].append({"name": s["name"], "path": str(resolve_path(s["path"]).resolve()),
+        path = s["path"] if is_remote(s["path"]) else str(resolve_path(s["path"]).resolve())
+        plan["sources"].append({"name": s["name"], "path": path,
                                 "weight": s["weight"], "epochs": s["epochs"]})
     return plan

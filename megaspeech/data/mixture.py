@@ -2,8 +2,16 @@
 
 Slots. A source with N shards is read as the sequence of slots q = 0, 1, 2, ...: slot q is shard
 perm_e[q % N] of epoch e = q // N (perm_e a permutation drawn from (seed, source, e)); a slot's
-samples are read in an order drawn from (seed, source, e, shard). With `epochs` set, slots
-q >= epochs * N do not exist. Nothing here depends on the number of ranks.
+samples are read in an order drawn from (seed, source, e, shard) (`within_order`: a full
+permutation up to data.shuffle_buffer samples, a bounded-window shuffle beyond, so the tar is read
+as it streams holding at most ~shuffle_buffer samples). With `epochs` set, slots q >= epochs * N
+do not exist. Nothing here depends on the number of ranks, nor on where the shards are stored.
+
+Streaming. An open slot is read by an `_OpenShard`: a ShardStream (megaspeech.data.remote: a
+background thread with a bounded read-ahead buffer, retries, size and sha256 checks) and a tar
+iterator; the next slot this rank will open is started ahead. Its position is the count c of
+samples used: a resumed slot streams its shard from the start again and drops the samples whose
+place in the order is < c, so the resumed order is the same.
 
 Assignment. The slots not yet handed out are R = (q >= G and q not in E), a cursor G plus a finite
 set E. Rank r of W takes R[r], R[r + W], R[r + 2W], ... (k of them so far) and keeps up to
@@ -21,7 +29,8 @@ import math
 
 import numpy as np
 
-from megaspeech.data.shards import Dataset, ShardError, check_sample, decode_sample, index_tar, load_shard_bytes
+from megaspeech.data.remote import ShardStream
+from megaspeech.data.shards import Dataset, ShardError, check_sample, decode_fields, iter_tar
 
 log = logging.getLogger(__name__)
 SHARD_BITS, INDEX_BITS = 24, 24  # sample id = source << 48 | shard << 24 | index in shard
@@ -29,6 +38,60 @@ SHARD_BITS, INDEX_BITS = 24, 24  # sample id = source << 48 | shard << 24 | inde
 
 def sample_id(source: int, shard: int, index: int) -> int:
     return (source << (SHARD_BITS + INDEX_BITS)) | (shard << INDEX_BITS) | index
+
+
+def within_order(seed: int, src: int, epoch: int, shard: int, n: int, buffer: int) -> np.ndarray:
+    """The order a slot's n samples are used in: a permutation drawn from (seed, source, epoch, shard);
+    for n > buffer, argsort(i + U_i * buffer): sample i moves by less than `buffer` places, so the
+    sample at position c is among the first c + buffer of the file."""
+    rng = np.random.default_rng([seed, src, epoch, shard])
+    if n <= buffer:
+        return rng.permutation(n)
+    return np.argsort(np.arange(n) + rng.random(n) * buffer, kind="stable")
+
+
+class _OpenShard:
+    """One slot being streamed: samples come off the tar in file order and wait in `pending` until
+    their turn in `order` (at most ~buffer of them); the ones before the resume position are dropped."""
+
+    def __init__(self, stream: ShardStream, where: str, order: np.ndarray):
+        self.stream, self.where, self.order, self.n = stream, where, order, len(order)
+        self.pos = np.empty(self.n, np.int64)
+        self.pos[order] = np.arange(self.n)
+        self.it = iter_tar(stream, where)
+        self.next_j = 0
+        self.pending: dict[int, tuple[str, dict]] = {}
+
+    def take(self, c: int) -> tuple[int, str, dict]:
+        """(index in shard, key, raw fields) of the sample at position c of the order."""
+        j = int(self.order[c])
+        while j not in self.pending:
+            item = next(self.it, None)
+            if item is None:
+                raise ShardError(f"{self.where}: {self.next_j} samples but the manifest says {self.n} (the shard "
+                                 f"changed under the run?); re-create the shard")
+            i, self.next_j = self.next_j, self.next_j + 1
+            if i >= self.n:
+                break
+            if self.pos[i] >= c:  # earlier positions were used before a resume
+                self.pending[i] = item
+        if j not in self.pending:
+            raise ShardError(f"{self.where}: more samples than the {self.n} the manifest says (the shard changed "
+                             f"under the run?); re-create the shard")
+        key, fields = self.pending.pop(j)
+        return j, key, fields
+
+    def finish(self) -> None:
+        """After the last sample: read to the end (samples used before a resume may remain), where the
+        stream checks size and sha256."""
+        for _ in self.it:
+            self.next_j += 1
+        if self.next_j > self.n:
+            raise ShardError(f"{self.where}: more samples than the {self.n} the manifest says (the shard changed "
+                             f"under the run?); re-create the shard")
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def nth_free(G: int, E: np.ndarray, idx):
@@ -41,7 +104,8 @@ class SourceStream:
     """Samples of one source for one (virtual) rank, with an exact `state_dict()`."""
 
     def __init__(self, ds: Dataset, src: int, *, seed: int, rank: int, world: int, epochs: int | None,
-                 shuffle: bool, open_shards: int, on_error: str, verify: bool, stats: dict):
+                 shuffle: bool, open_shards: int, on_error: str, verify: bool, stats: dict,
+                 shuffle_buffer: int = 1024, read_ahead: int = 16 << 20):
         self.ds, self.src, self.seed, self.shuffle = ds, src, seed, shuffle
         self.n_shards = len(ds.shards)
         if self.n_shards == 0:
@@ -55,7 +119,10 @@ class SourceStream:
         self.open: list[list[int]] = []  # [slot q, samples consumed]
         self.d = 0  # round-robin counter over open slots
         self._perm: dict[int, np.ndarray] = {}
-        self._loaded: dict[int, tuple] = {}
+        self.shuffle_buffer, self.read_ahead = shuffle_buffer, read_ahead
+        self._loaded: dict[int, _OpenShard] = {}
+        self._ahead: dict[int, ShardStream] = {}  # streams started for slots not open yet
+        self._ahead_k = -1
         self.barren = 0  # slots finished since the last usable sample (a full pass of them: give up)
 
     # ------------------------------------------------------------------ state
@@ -67,7 +134,13 @@ class SourceStream:
         self.G, self.E, self.k, self.d = sd["G"], list(sd["E"]), sd["k"], sd["d"]
         self.rank, self.world = sd["rank"], sd["world"]
         self.open = [list(o) for o in sd["open"]]
-        self._loaded = {}
+        self.close()
+
+    def close(self) -> None:
+        """Stop every background read (open and read-ahead slots)."""
+        for x in [*self._loaded.values(), *self._ahead.values()]:
+            x.close()
+        self._loaded, self._ahead, self._ahead_k = {}, {}, -1
 
     # ------------------------------------------------------------------ slots
     def slot(self, q: int) -> tuple[int, int]:
@@ -89,35 +162,48 @@ class SourceStream:
         self.k += 1
         return q
 
-    def _load(self, q: int):
-        """(bytes, [(key, fields)], order) of slot q, or None if skipped under on_error=skip."""
+    def _stream(self, q: int) -> ShardStream:
+        stream = self._ahead.pop(q, None)
+        if stream is None:
+            entry = self.ds.shards[self.slot(q)[1]]
+            stream = ShardStream(self.ds.location, entry["name"], entry["bytes"],
+                                 entry["sha256"] if self.verify else None, read_ahead=self.read_ahead,
+                                 verify_first=self.ds.location.kind == "local")
+        return stream
+
+    def _read_ahead(self) -> None:
+        """Start streaming the slot this rank opens next, so that opening it does not wait."""
+        nxt = int(nth_free(self.G, self.E, self.rank + self.world * self.k))
+        for q in [q for q in self._ahead if q != nxt]:
+            self._ahead.pop(q).close()
+        if nxt < self.limit and nxt not in self._ahead and self.ds.shards[self.slot(nxt)[1]]["samples"]:
+            self._ahead[nxt] = self._stream(nxt)
+
+    def _load(self, q: int) -> _OpenShard | None:
+        """The open shard of slot q, or None for a shard with no sample (skipped and counted)."""
         if q in self._loaded:
             return self._loaded[q]
         e, shard = self.slot(q)
         entry = self.ds.shards[shard]
-        path = self.ds.path / entry["name"]
-        try:
-            data = load_shard_bytes(path, entry["sha256"] if self.verify else None, entry["bytes"])
-            index = index_tar(data, str(path))
-            if len(index) != entry["samples"]:
-                raise ShardError(f"{path}: {len(index)} samples but the manifest says {entry['samples']}; "
-                                 f"re-create the shard")
-        except ShardError as err:
-            if self.on_error == "raise":
-                raise
-            log.warning("skipping shard: %s", err)
-            self.stats["skipped_shards"] += 1
-            self.stats["skipped_samples"] += entry["samples"]
-            return None
-        n = len(index)
-        if n == 0:  # nothing to read (a valid but empty tar): counted, never indexed
-            log.warning("skipping empty shard %s", path)
+        n = entry["samples"]
+        if n == 0:  # nothing to read (a valid but empty tar): counted, never opened
+            log.warning("skipping empty shard %s", self.ds.location.url(entry["name"]))
             self.stats["skipped_shards"] += 1
             return None
-        order = (np.random.default_rng([self.seed, self.src, e, shard]).permutation(n) if self.shuffle
-                 else np.arange(n))
-        self._loaded[q] = (data, index, order, str(path), e, shard)
+        order = within_order(self.seed, self.src, e, shard, n, self.shuffle_buffer) if self.shuffle else np.arange(n)
+        self._loaded[q] = _OpenShard(self._stream(q), self.ds.location.url(entry["name"]), order)
         return self._loaded[q]
+
+    def _drop(self, i: int, q: int, c: int, err: ShardError) -> None:
+        """on_error=skip: the rest of slot q's shard is skipped (counted, logged once per shard)."""
+        log.warning("skipping shard: %s", err)
+        sh = self._loaded.pop(q, None)
+        if sh is not None:
+            sh.close()
+        self.stats["skipped_shards"] += 1
+        self.stats["skipped_samples"] += self.ds.shards[self.slot(q)[1]]["samples"] - c
+        del self.open[i]
+        self._finished_slot()
 
     def next(self):
         """(sample_id, epoch, sample dict) or None when this rank has no slot left."""
@@ -127,27 +213,39 @@ class SourceStream:
                 if q is None:
                     break
                 self.open.append([q, 0])
+                if self.ds.shards[self.slot(q)[1]]["samples"]:
+                    self._load(q)  # start its stream now
             if not self.open:
                 return None
+            if self._ahead_k != self.k:  # a slot was opened: start the one after it
+                self._ahead_k = self.k
+                self._read_ahead()
             i = self.d % len(self.open)
             self.d += 1
             q, c = self.open[i]
-            loaded = self._load(q)
-            if loaded is None:
+            sh = self._load(q)
+            if sh is None:
                 del self.open[i]
                 self._finished_slot()
                 continue
-            data, index, order, path, e, shard = loaded
-            j = int(order[c])
+            try:
+                j, key, fields = sh.take(c)
+                last = c + 1 == sh.n
+                if last:
+                    sh.finish()
+            except ShardError as err:
+                if self.on_error == "raise":
+                    raise
+                self._drop(i, q, c, err)
+                continue
+            e, shard = self.slot(q)
             self.open[i][1] += 1
-            last = c + 1 == len(index)
             if last:
                 del self.open[i]
-                self._loaded.pop(q, None)
-            key, fields = index[j]
+                self._loaded.pop(q).close()
             try:
-                sample = decode_sample(data, key, fields, path)
-                check_sample(self.ds.kind, sample, f"{path} key {key!r}", self.ds.vocab)
+                sample = decode_fields(key, fields, sh.where)
+                check_sample(self.ds.kind, sample, f"{sh.where} key {key!r}", self.ds.vocab)
             except ShardError as err:
                 if self.on_error == "raise":
                     raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from megaspeech.data.render import render_interleaved, render_pair, render_speech, render_text
 from megaspeech.vocab import Vocab
 
 _M64 = (1 << 64) - 1
@@ -33,33 +34,14 @@ def unit_hash(*xs: int) -> float:
 
 
 def format_sample(kind: str, sample: dict, vocab: Vocab, asr: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One sample -> (tokens int64 [T], modality uint8 [T])."""
+    """One sample -> (tokens int64 [T], modality uint8 [T]): the layouts of megaspeech.data.render."""
     if kind == "text":
-        t = sample["tokens"]
-        toks = np.empty(len(t) + 2, np.int64)
-        toks[0], toks[1:-1], toks[-1] = vocab.bos_id, t, vocab.eos_id
-        return toks, np.zeros(len(toks), np.uint8)
+        return render_text(sample["tokens"], vocab)
     if kind == "interleaved":
-        t, m = sample["tokens"], sample["modality"]
-        toks = np.empty(len(t) + 2, np.int64)
-        toks[0], toks[1:-1], toks[-1] = vocab.bos_id, t, vocab.eos_id
-        mod = np.zeros(len(toks), np.uint8)
-        mod[1:-1] = m
-        return toks, mod
-    codes = sample["codes"]
-    sp = np.empty(len(codes) + 2, np.int64)
-    sp[0], sp[-1] = vocab.bos_speech_id, vocab.eos_speech_id
-    np.add(codes, vocab.speech_offset, out=sp[1:-1], casting="unsafe")
+        return render_interleaved(sample["tokens"], sample["modality"], vocab)
     if "text" not in sample:
-        return sp, np.ones(len(sp), np.uint8)
-    text = sample["text"].astype(np.int64)
-    if asr:
-        toks = np.concatenate([sp, text, [vocab.eos_id]])
-        mod = np.concatenate([np.ones(len(sp), np.uint8), np.zeros(len(text) + 1, np.uint8)])
-    else:
-        toks = np.concatenate([[vocab.bos_id], text, sp])
-        mod = np.concatenate([np.zeros(len(text) + 1, np.uint8), np.ones(len(sp), np.uint8)])
-    return toks, mod
+        return render_speech(sample["codes"], vocab)
+    return render_pair(sample["codes"], sample["text"], vocab, asr)
 
 
 class Packer:

@@ -8,6 +8,8 @@ written through `ShardWriter`. Work is split into `text.parts` parts by document
 doc_index % parts); a job-array worker handles `parts_for_worker(...)` and skips finished parts,
 and whoever finds every part finished writes the dataset manifest. The temp files a killed run left
 (`.part-<i>-*.tar.tmpPID`, and with one worker `.vocab.json.tmpPID`) are removed before parts are redone.
+`text.out_dir` may be an fsspec URL (s3://bucket/prefix): ShardWriter stages, uploads and checks each
+shard and publishes a manifest only after its shards (megaspeech.data.remote_write).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 
 from megaspeech.data.corpora import interleave_corpora
 from megaspeech.config.prep import DataPrepConfig
-from megaspeech.data.shards import merge_parts, part_done, part_prefix, part_writer, parts_for_worker
+from megaspeech.data.remote_write import is_url
+from megaspeech.data.shards import merge_parts, part_prefix, part_writer, parts_for_worker, unfinished_parts
 from megaspeech.data.text import TextTokenizer
 from megaspeech.fs import remove_stale_temps, write_atomic
 from megaspeech.vocab import Vocab
@@ -48,9 +51,9 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
     """Write this worker's parts; returns the dataset manifest once all parts are finished."""
     t = cfg.text
     tok = TextTokenizer.from_dir(t.tokenizer, t.speech_size)
-    # vocab.json beside the shards names the tokenizer relative to the data dir
-    vocab = tok.vocab_for(t.out_dir)
-    todo = [p for p in parts_for_worker(t.parts, t.worker, t.num_workers) if not part_done(t.out_dir, p)]
+    # vocab.json beside the shards names the tokenizer relative to the data dir (at a URL: its local path)
+    vocab = tok.vocab if is_url(t.out_dir) else tok.vocab_for(t.out_dir)
+    todo = unfinished_parts(t.out_dir, parts_for_worker(t.parts, t.worker, t.num_workers))
     _remove_temps(t.out_dir, todo, t.num_workers, log)
     if todo:
         writers = {p: part_writer(t.out_dir, "text", vocab, p, max_bytes=t.max_shard_bytes,
@@ -66,7 +69,7 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
                     # words: token indices where a word begins (tokenizer offsets), for span sampling
                     words = np.flatnonzero(starts[pos:pos + len(chunk)]).astype(np.int32)
                     pos += len(chunk)
-                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "words": words, "source": name})
+                    w.write(f"d{i:07d}_{j:04d}", {"tokens": chunk, "words": words, "source": name, "doc": name})
         except BaseException:
             for w in writers.values():
                 w.abort()
@@ -74,7 +77,7 @@ def prepare_text(cfg: DataPrepConfig, log=print) -> dict | None:
         for p, w in writers.items():
             m = w.close()
             log(f"part {p}: {m['samples']} samples, {m['tokens']} tokens in {len(m['shards'])} shards")
-    if all(part_done(t.out_dir, p) for p in range(t.parts)):
+    if not unfinished_parts(t.out_dir, range(t.parts)):  # at a URL: one listing, not one per part
         m = merge_parts(t.out_dir, t.parts)
         log(f"{t.out_dir}/manifest.json: {m['samples']} samples, {m['tokens']} tokens, {len(m['shards'])} shards")
         return m

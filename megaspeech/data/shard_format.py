@@ -1,15 +1,15 @@
 """The shard format itself (both directions): field encoding, .npy decoding without pickle,
-tar indexing, sample checks. The public interface is megaspeech.data.shards (which re-exports
+streaming tar reading, sample checks. The public interface is megaspeech.data.shards (which re-exports
 these names); see its docstring for the sample kinds and their fields."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import re
 import tarfile
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 import numpy as np
 
@@ -136,75 +136,134 @@ def count_tokens(kind: str, sample: dict) -> int:
 
 
 # ---------------------------------------------------------------------------------- reading
-def _index_ustar(data: bytes, where: str) -> list[tuple[str, int, int]] | None:
-    """(name, offset, size) of plain-file ustar members, headers checksummed; None if the tar
-    uses anything else (long names, pax headers, links): tarfile handles those."""
-    out, pos, n = [], 0, len(data)
-    while pos + 512 <= n:
-        h = data[pos:pos + 512]
-        if h[0] == 0:
-            if h.count(0) == 512:
-                return out  # end-of-archive block
-            return None
-        if h[156] not in (0x30, 0):  # '0' or NUL: regular file
-            return None
-        try:
-            size = int(h[124:136].rstrip(b"\0 ") or b"0", 8)
-            chk = int(h[148:156].rstrip(b"\0 ") or b"0", 8)
-        except ValueError:
-            raise ShardError(f"{where}: corrupt tar header at byte {pos}; re-create the shard") from None
-        if chk != sum(h[:148]) + 256 + sum(h[156:]):
-            raise ShardError(f"{where}: corrupt tar header at byte {pos} (bad checksum); re-create the shard")
-        name = h[:100].split(b"\0", 1)[0].decode()
-        if h[345] != 0:  # ustar prefix field
-            name = h[345:500].split(b"\0", 1)[0].decode() + "/" + name
-        if pos + 512 + size > n:
-            raise ShardError(f"{where}: truncated tar (member {name} runs past the end); re-create the shard")
-        out.append((name, pos + 512, size))
-        pos += 512 + -(-size // 512) * 512
-    raise ShardError(f"{where}: truncated tar (no end-of-archive marker); re-create the shard")
+class _Reader:
+    """Exact-size reads over a stream's chunks; a read inside one chunk is a zero-copy memoryview."""
+
+    def __init__(self, stream, head: bytes = b""):
+        self.stream, self.buf, self.pos, self.base = stream, head, 0, 0
+
+    def take(self, n: int):
+        if self.pos + n <= len(self.buf):
+            self.pos += n
+            return memoryview(self.buf)[self.pos - n:self.pos]
+        parts, need = [self.buf[self.pos:]], n - (len(self.buf) - self.pos)
+        self.base += len(self.buf)
+        self.buf, self.pos = b"", 0
+        while need > 0:  # only the bytes that cross into the next chunk(s) are copied
+            c = self.stream.read(max(need, 4 << 20))
+            if not c:
+                break
+            if len(c) > need:
+                self.buf, self.pos = c, need
+                parts.append(c[:need])
+                break
+            parts.append(c)
+            self.base += len(c)
+            need -= len(c)
+        return memoryview(b"".join(parts))
+
+    def read(self, n: int = -1) -> bytes:  # file-like, for tarfile
+        return bytes(self.take(n if n >= 0 else 1 << 62))
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
 
 
-def index_tar(data: bytes, where: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """Group tar members into samples: [(key, {field_with_ext: (offset, size)})] in file order."""
-    members = _index_ustar(data, where)
-    if members is not None:
-        samples: list[tuple[str, dict]] = []
-        for name, off, size in members:
-            key, _, field = name.rpartition("/")[2].partition(".")
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][field] = (off, size)
-        return samples
-    samples = []
+def _ustar_header(h: bytes, where: str, at: int) -> tuple[str, int]:
+    """(name, size) of a plain ustar file header, its checksum checked."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        size = int(h[124:136].rstrip(b"\0 ") or b"0", 8)
+        chk = int(h[148:156].rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise ShardError(f"{where}: corrupt tar header at byte {at}; re-create the shard") from None
+    if chk != sum(h[:148]) + 256 + sum(h[156:]):
+        raise ShardError(f"{where}: corrupt tar header at byte {at} (bad checksum); re-create the shard")
+    name = h[:100].split(b"\0", 1)[0].decode()
+    if h[345] != 0:  # ustar prefix field
+        name = h[345:500].split(b"\0", 1)[0].decode() + "/" + name
+    return name, size
+
+
+def _ustar_members(r: _Reader, where: str):
+    """(name, data) of plain-file ustar members, headers checksummed; at the first header that is
+    anything else (pax, GNU long names, links) the rest of the tar goes to tarfile (`r|`)."""
+    while True:
+        buf, pos = r.buf, r.pos
+        n, mv = len(buf), memoryview(buf)
+        while pos + 512 <= n:  # members wholly inside the buffered chunk: no copy, no call per read
+            h = buf[pos:pos + 512]
+            if h[0] == 0 or h[156] not in (0x30, 0):
+                break
+            name, size = _ustar_header(h, where, r.base + pos)
+            if pos + 512 + size > n:
+                break
+            yield name, mv[pos + 512:pos + 512 + size]
+            pos += 512 + size + (-size % 512)
+        r.pos = min(pos, n)
+        if pos > n:  # the last member's padding runs past the chunk
+            r.take(pos - n)
+        at = r.offset  # one member across chunk ends, the end of the archive, or a foreign header
+        h = bytes(r.take(512))
+        if len(h) < 512:
+            raise ShardError(f"{where}: truncated tar (no end-of-archive marker at byte {at}); re-create the shard")
+        if h[0] == 0 and h.count(0) == 512:
+            return  # end-of-archive block
+        if h[0] == 0 or h[156] not in (0x30, 0):  # not a plain ustar file: tarfile reads the rest
+            yield from _tarfile_members(_Reader(r, h), where)
+            return
+        name, size = _ustar_header(h, where, at)
+        data = r.take(size)
+        if len(data) != size:
+            raise ShardError(f"{where}: truncated tar (member {name} runs past the end at byte {r.offset}); "
+                             f"re-create the shard")
+        r.take(-size % 512)
+        yield name, data
+
+
+def _tarfile_members(r: _Reader, where: str):
+    try:
+        with tarfile.open(fileobj=r, mode="r|") as tf:
             for m in tf:
-                if not m.isfile():
-                    continue
-                if m.offset_data + m.size > len(data):
-                    raise ShardError(f"{where}: truncated tar (member {m.name} runs past the end)")
-                base = m.name.rsplit("/", 1)[-1]
-                key, _, field = base.partition(".")
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, {}))
-                samples[-1][1][field] = (m.offset_data, m.size)
+                if m.isfile():
+                    data = tf.extractfile(m).read()
+                    if len(data) != m.size:
+                        raise ShardError(f"{where}: truncated tar (member {m.name} runs past the end); "
+                                         f"re-create the shard")
+                    yield m.name, data
     except tarfile.TarError as e:
-        raise ShardError(f"{where}: corrupt or truncated tar ({e}); re-create the shard") from None
-    return samples
+        raise ShardError(f"{where}: corrupt or truncated tar ({e}) near byte {r.offset}; re-create the shard") from None
 
 
-def decode_sample(data: bytes, key: str, fields: dict[str, tuple[int, int]], where: str) -> dict:
-    """Decode one sample's members: .npy -> ndarray, .txt -> str, .json -> value, else bytes."""
-    mv = memoryview(data)
+def iter_tar(stream, where: str) -> Iterator[tuple[str, dict]]:
+    """Samples of a tar read as it streams (no seek, nothing held but the current sample):
+    (key, {field_with_ext: bytes or memoryview}) in file order, members grouped by key as WebDataset
+    does. `stream` needs only read(n). Plain ustar members (what ShardWriter writes) are parsed here,
+    anything else by tarfile in stream mode."""
+    key, fields = None, {}
+    r = _Reader(stream)
+    for name, data in _ustar_members(r, where):
+        k, _, field = name.rpartition("/")[2].partition(".")
+        if k != key:
+            if key is not None:
+                yield key, fields
+            key, fields = k, {}
+        fields[field] = data
+    while r.take(1 << 20):  # to the real end (record padding): the stream checks size and sha256 there
+        pass
+    if key is not None:
+        yield key, fields
+
+
+def decode_fields(key: str, fields: dict[str, bytes], where: str) -> dict:
+    """Decode one sample's members: .npy -> ndarray (zero-copy), .txt -> str, .json -> value, else bytes."""
     out = {}
-    for field, (off, size) in fields.items():
+    for field, raw in fields.items():
         name, _, ext = field.rpartition(".")
         ext = ext.lower()
         loc = f"{where} key {key!r} field {field!r}"
         if ext in PICKLE_EXTS:
             raise ShardError(f"{loc}: pickle payload refused (megaspeech never unpickles shard data)")
-        raw = mv[off:off + size]
         if ext == "npy":
             out[name] = decode_npy(raw, loc)
         elif ext == "txt":
@@ -224,9 +283,14 @@ def decode_sample(data: bytes, key: str, fields: dict[str, tuple[int, int]], whe
 
 def read_manifest(path: Path) -> dict:
     """A manifest (dataset or part) as a dict; a damaged one is a ShardError naming the file."""
+    return parse_manifest(Path(path).read_text(), path)
+
+
+def parse_manifest(text: str | bytes, path) -> dict:
+    """A manifest's text (read from `path`, a file or URL) as a dict, checked as read_manifest does."""
     try:
-        m = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+        m = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path}: not valid JSON ({e}); the manifest is damaged: re-run the prep tool "
                          f"for this dataset (finished shards are kept) or restore the file") from None
     if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
@@ -244,15 +308,3 @@ def check_shard_name(name, manifest: Path) -> None:
         raise ShardError(f"{manifest}: shard entry {name!r} escapes the dataset directory {Path(manifest).parent} "
                          f"(shard names must be relative paths inside it, no `..` or absolute paths); "
                          f"fix the manifest or re-run the prep tool")
-
-
-def load_shard_bytes(path: Path, sha256: str | None = None, size: int | None = None) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ShardError(f"{path}: shard missing (was the dataset moved or partly deleted? re-run the prep tool)") from None
-    if size is not None and len(data) != size:
-        raise ShardError(f"{path}: {len(data)} bytes but the manifest says {size} (truncated?); re-create the shard")
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ShardError(f"{path}: sha256 does not match the manifest (corrupt); re-create the shard")
-    return data

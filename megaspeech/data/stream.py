@@ -19,6 +19,7 @@ import torch
 from megaspeech.config.data import MODALITY_IDS, DataConfig
 from megaspeech.data.mixture import Mixer, SourceStream, merge_source_states
 from megaspeech.data.packing import Packer, format_sample, unit_hash
+from megaspeech.data.remote import io_settings
 from megaspeech.data.shards import Dataset
 from megaspeech.vocab import Vocab
 
@@ -26,8 +27,10 @@ STATS = ("samples", "tokens", "skipped_samples", "skipped_shards")
 
 
 def open_sources(cfg: DataConfig, vocab: Vocab) -> list[Dataset]:
-    """Validate every source at start: manifest, vocab layout, every listed shard present."""
-    return [Dataset(s.resolved_path(), vocab, strict=cfg.on_error == "raise") for s in cfg.sources]
+    """Validate every source at start: manifest, vocab layout, every listed shard present (where the
+    storage lists: a local dir, S3; over HTTP a shard is checked when it is opened)."""
+    return [Dataset(s.resolved_path(), vocab, strict=cfg.on_error == "raise", io_cfg=io_settings(cfg))
+            for s in cfg.sources]
 
 
 class RankPipeline:
@@ -39,7 +42,8 @@ class RankPipeline:
         self.stats = {k: 0 for k in STATS}
         self.streams = [SourceStream(ds, i, seed=seed, rank=rank, world=world, epochs=s.epochs,
                                      shuffle=cfg.shuffle, open_shards=cfg.open_shards, on_error=cfg.on_error,
-                                     verify=cfg.verify_checksums, stats=self.stats)
+                                     verify=cfg.verify_checksums, stats=self.stats, shuffle_buffer=cfg.shuffle_buffer,
+                                     read_ahead=int(cfg.read_ahead_mb * (1 << 20)))
                         for i, (s, ds) in enumerate(zip(cfg.sources, datasets))]
         self.mixer = Mixer([s.weight for s in cfg.sources])
         self.packer = Packer(seq_len, micro_batch, vocab.pad_id, cfg.document_mask,

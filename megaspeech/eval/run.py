@@ -6,13 +6,18 @@ each candidate continuation is scored by its mean per-token negative log-likelih
 choice; an exact tie counts 0.5. Continuations include their span markers (a spoken candidate is
 `<|begin_of_speech|> codes <|end_of_speech|>`, the interleaved-data format).
 
-Prompts, in the formats the model was trained on (megaspeech.data.packing, synth.interleave/speech_qa):
-  story   <|bos|> span(context) | span(ending)          span(x) = text ids, or the speech span of x
-  word    <|bos|> | span(word)
-  qa      <|user|> span(passage) span(question) <|assistant|>  -> greedy text until <|eos|>
-          (S->T: passage and question spoken, GLM-4-Voice's spoken QA; T->T: both written)
-  asr     <|begin_of_speech|> codes <|end_of_speech|>   -> greedy text until <|eos|>
-  tts     <|bos|> text <|begin_of_speech|>              -> codes (SpeechGenerator's greedy length rule)
+Prompts are training documents cut where the model goes on (megaspeech.eval.prompts, built on
+megaspeech.data.render, the layouts packing gives shard samples; tested equal to them):
+  story / word      one document per candidate (T->T text, S->T / T->S interleaved, S->S one utterance
+                    of the whole story read by one voice); prompt = the shared part | continuations
+  passage QA        <|bos|> <|user|> passage question <|assistant|>  -> greedy text until <|eos|>
+                    (S->T: the passage spoken, the question written: the QA shards' format)
+  knowledge QA      <|bos|> <|user|> question <|assistant|>  (S->T: the question spoken; eval.knowledge_qa)
+  asr               <|begin_of_speech|> codes <|end_of_speech|>   -> greedy text until <|eos|>
+  tts               <|bos|> text <|begin_of_speech|>              -> codes (SpeechGenerator's greedy length rule)
+                    heard: codes -> speech_decoder -> waveform -> Whisper tiny.en (eval.tts_audio); read
+                    by the speech tokenizer's own decoder only in the diagnostic row
+Every spoken part of one item is read by one voice (eval.speech.SpeechCodes.voice_for(item id)).
 Directions X->Y: X is the modality of the prompt (context / passage), Y of the candidates or answer.
 """
 from __future__ import annotations
@@ -28,8 +33,12 @@ import torch
 from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.config.eval_suite import SuiteConfig
+from megaspeech.eval.compare import compare_markdown, compare_rows
 from megaspeech.eval.contamination import check_not_in_training, heldout_documents
 from megaspeech.eval.heldout_loss import validation_loss
+from megaspeech.eval.knowledge_qa import answers, knowledge_task
+from megaspeech.eval.prompts import qa_prompt, spoken_texts, two_choice_prompt
+from megaspeech.eval.ngram_overlap import overlap_check, overlap_row
 from megaspeech.eval.lm import choice_loglikelihoods, greedy, load_lm
 from megaspeech.eval.scores import accuracy, em_f1, markdown, mean_ci, proportion, wer_result
 from megaspeech.fs import write_atomic
@@ -50,29 +59,33 @@ class Context:
             if k != self.v.speech_size:
                 raise ValueError(f"speech_tokenizer {suite.speech_tokenizer} has {k} codes but the model's "
                                  f"vocab.speech_size is {self.v.speech_size}; use the tokenizer the model was trained with")
-        self._codes: dict[str, np.ndarray] = {}
+        self._codes: dict[tuple[str, str], np.ndarray] = {}
 
-    def need_speech(self, texts: list[str]) -> None:
-        self._codes.update(self.speech.codes(texts))
+    def need_speech(self, requests: list[tuple[str, str]]) -> None:
+        """Synthesize and tokenize (text, voice) pairs (cached)."""
+        self._codes.update(self.speech.codes(requests))
 
-    def span(self, text: str, mode: str) -> np.ndarray:
-        if mode == "T":
-            return self.tok.encode(text).astype(np.int64)
-        v = self.v
-        return np.concatenate([[v.bos_speech_id], self._codes[text] + v.speech_offset, [v.eos_speech_id]])
+    def voice(self, item: dict) -> str:
+        """The one voice that reads every spoken part of an item."""
+        return self.speech.voice_for(item["id"])
+
+    def speak(self, text: str, item: dict) -> np.ndarray:
+        """Raw codes of `text` read by the item's voice (after need_speech)."""
+        return self._codes[(text, self.voice(item))]
+
+    def span(self, text: str) -> np.ndarray:
+        """The speech span of a lone sentence (ASR), read by the voice of its text."""
+        from megaspeech.data.render import speech_span
+        return speech_span(self._codes[(text, self.speech.voice_for(text))], self.v)
 
 
 def two_choice(ctx: Context, items: list[dict], direction: str) -> dict:
     """Accuracy of preferring endings[label] under the scoring rule, batched over all candidates."""
-    src, dst = direction.split("->")
-    if "S" in (src, dst):
-        ctx.need_speech([x for it in items for x in ([it["context"]] if it["context"] and src == "S" else [])
-                         + (it["endings"] if dst == "S" else [])])
+    if "S" in direction:
+        ctx.need_speech([(t, ctx.voice(it)) for it in items for t in spoken_texts(it, direction)])
     t0 = time.perf_counter()
-    prompts = [np.concatenate([[ctx.v.bos_id], ctx.span(it["context"], src) if it["context"] else []]).astype(np.int64)
-               for it in items]
-    ll, n = choice_loglikelihoods(ctx.lm, prompts, [[ctx.span(e, dst) for e in it["endings"]] for it in items],
-                                  ctx.suite.batch_size)
+    built = [two_choice_prompt(it, direction, ctx.v, ctx.tok, lambda t, it=it: ctx.speak(t, it)) for it in items]
+    ll, n = choice_loglikelihoods(ctx.lm, [p for p, _ in built], [c for _, c in built], ctx.suite.batch_size)
     nll = -ll / n if ctx.suite.scoring == "mean" else -ll
     label = np.array([it["label"] for it in items])
     right, wrong = nll[np.arange(len(items)), label], nll[np.arange(len(items)), 1 - label]
@@ -80,51 +93,28 @@ def two_choice(ctx: Context, items: list[dict], direction: str) -> dict:
     return {**accuracy(scores), "items_per_s": len(items) / (time.perf_counter() - t0)}
 
 
-def spoken(question: str) -> str:
-    """A question as TTS reads it: the cloze blank as a word."""
-    return question.replace("___", "blank")
-
-
-def qa_prompt(ctx: Context, it: dict, src: str) -> np.ndarray:
-    """suite.qa_prompt chat: <|user|> passage question <|assistant|> (the SALM-style QA data's format, for
-    a model trained on it); plain: <|bos|> passage "\nQuestion:" question "\nAnswer:" (what a base
-    model can be asked: pre-training has no chat turns). Passage and question are spoken for S->T."""
-    v = ctx.v
-    passage = ctx.span(it["passage"], src)
-    if ctx.suite.qa_prompt == "chat":
-        q = ctx.span(spoken(it["question"]), "S") if src == "S" else ctx.tok.encode(" " + it["question"])
-        return np.concatenate([[v.special("<|user|>")], passage, q, [v.special("<|assistant|>")]]).astype(np.int64)
-    if src == "S":
-        q = np.concatenate([ctx.tok.encode("\nQuestion:"), ctx.span(spoken(it["question"]), "S")])
-    else:
-        q = ctx.tok.encode("\nQuestion: " + it["question"])
-    return np.concatenate([[v.bos_id], passage, q, ctx.tok.encode("\nAnswer:")]).astype(np.int64)
-
-
 def qa(ctx: Context, items: list[dict], direction: str) -> tuple[list[dict], list[str]]:
+    """Passage QA: S->T speaks the passage and writes the question (the QA shards' format), T->T writes both."""
     src = direction.split("->")[0]
-    if src == "S":  # passage and question both spoken (a cloze blank is read as the word "blank")
-        ctx.need_speech([it["passage"] for it in items] + [spoken(it["question"]) for it in items])
+    if src == "S":
+        ctx.need_speech([(it["passage"], ctx.voice(it)) for it in items])
     t0 = time.perf_counter()
-    v = ctx.v
-    prompts = [qa_prompt(ctx, it, src) for it in items]
-    outs = greedy(ctx.lm, prompts, ctx.suite.max_answer_tokens, [v.eos_id, v.bos_id, v.special("<|user|>")],
-                  allowed=torch.arange(v.text_size), batch_size=ctx.suite.batch_size)
-    preds = [ctx.tok.decode(o).strip() for o in outs]
-    if ctx.suite.qa_prompt == "plain":  # a base model goes on after its answer: keep the first line
-        preds = [p.split("\n")[0].strip() for p in preds]
+    prompts = [qa_prompt(ctx.v, ctx.tok, src, it["question"], it["passage"], lambda t, it=it: ctx.speak(t, it),
+                         ctx.suite.qa_prompt) for it in items]
+    preds = answers(ctx, prompts)
     em, f1 = np.array([em_f1(p, it["answer"]) for p, it in zip(preds, items)]).T
     ips = len(items) / (time.perf_counter() - t0)
-    return [{**proportion(em, "exact match"), "items_per_s": ips}, {**mean_ci(f1, "token F1"), "items_per_s": ips}], preds
+    return [{**proportion(em, "exact match"), "items_per_s": ips},
+            {**mean_ci(f1, "token F1"), "items_per_s": ips}], preds
 
 
 def asr(ctx: Context, items: list[dict]) -> tuple[dict, list[str]]:
     from megaspeech.speech.asr import word_errors
     refs = [it["text"] for it in items]
-    ctx.need_speech(refs)
+    ctx.need_speech([(r, ctx.speech.voice_for(r)) for r in refs])
     t0 = time.perf_counter()
     v = ctx.v
-    prompts = [ctx.span(r, "S") for r in refs]
+    prompts = [ctx.span(r) for r in refs]
     cap = 3 * max(len(r.split()) for r in refs) + 8  # ~1.3 text tokens per word; cap well above
     outs = greedy(ctx.lm, prompts, cap, [v.eos_id, v.bos_id], allowed=torch.arange(v.text_size),
                   batch_size=ctx.suite.batch_size)
@@ -152,20 +142,44 @@ class GreedySpeech:
         return [c - v.speech_offset for c in codes]
 
 
-def tts(ctx: Context, items: list[dict]) -> dict:
-    """WER of the speech tokenizer's ASR path on the codes the model generates (read as
-    synth.text_to_token_eval.generated_wer reads them), per utterance, so the interval is wer_result's
-    bootstrap like ASR's."""
+TTS_READER = "TTS (tokenizer reader, diagnostic)"
+
+
+def tts(ctx: Context, items: list[dict], rows: Rows, note: str) -> dict:
+    """The TTS rows on one set of generated codes (GreedySpeech): "TTS" hears them as audio (speech
+    decoder -> waveform -> the unmodified Whisper tiny.en, megaspeech.eval.tts_audio); the diagnostic
+    row reads them with the speech tokenizer's own Whisper decoder, trained with the codes (no audio;
+    synth.text_to_token_eval.read_codes). WER per utterance, bootstrap interval (wer_result) in both.
+    A row that cannot run says why. Returns the examples {"tts": [(ref, hyp)], "tts reader": ...}."""
+    from megaspeech.eval.tts_audio import NO_DECODER, audio_wer
     from megaspeech.speech.asr import word_errors
     from megaspeech.synth.text_to_token_eval import read_codes
+    refs, examples = [it["text"] for it in items], {}
+    if not ctx.suite.speech_decoder and ctx.speech is None:  # nothing to judge the codes with: none made
+        rows.add("TTS", "T->S", {"metric": "WER", "skipped": NO_DECODER})
+        rows.add(TTS_READER, "T->S", {"metric": "WER", "skipped": NO_SPEECH})
+        return examples
     t0 = time.perf_counter()
-    refs = [it["text"] for it in items]
     codes = GreedySpeech(ctx.lm, ctx.suite.batch_size).generate([ctx.tok.encode(r) for r in refs],
                                                                 [max(1, len(r.split())) for r in refs])
+    gen_s = time.perf_counter() - t0
+    if ctx.suite.speech_decoder:
+        t1 = time.perf_counter()
+        res, hyps = audio_wer(ctx.suite.speech_decoder, codes, refs, ctx.suite.seed, speech_size=ctx.v.speech_size)
+        rows.add("TTS", "T->S", {**res, "items_per_s": len(refs) / (gen_s + time.perf_counter() - t1)}, note)
+        examples["tts"] = list(zip(refs[:5], hyps[:5]))
+    else:
+        rows.add("TTS", "T->S", {"metric": "WER", "skipped": NO_DECODER})
+    if ctx.speech is None:
+        rows.add(TTS_READER, "T->S", {"metric": "WER", "skipped": NO_SPEECH})
+        return examples
+    t1 = time.perf_counter()
     hyps = read_codes(ctx.suite.speech_tokenizer, codes, refs)
     errs = np.array([word_errors(r, h) for r, h in zip(refs, hyps)])
-    return {**wer_result(errs[:, 0], errs[:, 1], ctx.suite.seed), "items_per_s": len(refs) / (time.perf_counter() - t0),
-            "examples": list(zip(refs[:3], hyps[:3]))}
+    rows.add(TTS_READER, "T->S", {**wer_result(errs[:, 0], errs[:, 1], ctx.suite.seed),
+                                  "items_per_s": len(refs) / (gen_s + time.perf_counter() - t1)}, note)
+    examples["tts reader"] = list(zip(refs[:5], hyps[:5]))
+    return examples
 
 
 NO_SPEECH = "no speech_tokenizer set (spoken items need one)"
@@ -216,6 +230,9 @@ def two_choice_tasks(ctx: Context, docs, items: dict, rows: Rows) -> None:
             rows.add("word vs non-word", d, two_choice(ctx, items["word"], d), short(len(items["word"]), suite.word_items))
 
 
+PASSAGE_QA = "passage QA (extractive)"  # a question about a 2-sentence passage it was given: near a copy task
+
+
 def qa_task(ctx: Context, docs, items: dict, examples: dict, rows: Rows) -> None:
     suite = ctx.suite
     writer = None
@@ -229,26 +246,23 @@ def qa_task(ctx: Context, docs, items: dict, examples: dict, rows: Rows) -> None
         notes.append(f"{want - got} of {want} {suite.qa_writer} questions replaced by template ones" if got < want
                      else f"{got} questions written by {suite.qa_writer}")
     note = "; ".join(x for x in notes if x)
-    for d in rows.runnable("spoken QA", suite.qa_directions, ("exact match", "token F1")):
+    for d in rows.runnable(PASSAGE_QA, suite.qa_directions, ("exact match", "token F1")):
         res, preds = qa(ctx, items["qa"], d)
         for r in res:
-            rows.add("spoken QA", d, r, note)
+            rows.add(PASSAGE_QA, d, r, note)
         examples[f"qa {d}"] = [(it["question"], it["answer"], p) for it, p in zip(items["qa"][:5], preds[:5])]
 
 
 def speech_tasks(ctx: Context, docs, items: dict, examples: dict, rows: Rows) -> None:
     suite = ctx.suite
-    for tag, n, task, d in (("asr", suite.asr_items, "ASR", "S->T"), ("tts", suite.tts_items, "TTS", "T->S")):
-        if not n or not rows.runnable(task, [d], ("WER",)):
-            continue
-        items[tag] = tasks.sentence_items(docs, n, suite.seed, tag)
-        if tag == "asr":
-            res, hyps = asr(ctx, items[tag])
-            examples[tag] = [(it["text"], h) for it, h in zip(items[tag][:5], hyps[:5])]
-        else:
-            res = tts(ctx, items[tag])
-            examples[tag] = res.pop("examples")
-        rows.add(task, d, res, short(len(items[tag]), n))
+    if suite.asr_items and rows.runnable("ASR", ["S->T"], ("WER",)):
+        items["asr"] = tasks.sentence_items(docs, suite.asr_items, suite.seed, "asr")
+        res, hyps = asr(ctx, items["asr"])
+        examples["asr"] = [(it["text"], h) for it, h in zip(items["asr"][:5], hyps[:5])]
+        rows.add("ASR", "S->T", res, short(len(items["asr"]), suite.asr_items))
+    if suite.tts_items:  # heard through the speech decoder; read by the tokenizer as a diagnostic
+        items["tts"] = tasks.sentence_items(docs, suite.tts_items, suite.seed, "tts")
+        examples.update(tts(ctx, items["tts"], rows, short(len(items["tts"]), suite.tts_items)))
 
 
 def heldout_row(suite: SuiteConfig, lm, result: dict, rows: Rows) -> None:
@@ -278,20 +292,31 @@ def evaluate(suite: SuiteConfig, model_path: str | Path | None = None, out_dir: 
     out.mkdir(parents=True, exist_ok=True)
     lm = load_lm(model_path)
     docs = heldout_documents(suite.corpus, suite.heldout_docs)
-    check_not_in_training([n for n, _ in docs], suite.training_manifests)
+    provenance = check_not_in_training([n for n, _ in docs], suite.training_manifests)
+    overlap = overlap_check(suite, docs)  # the text n-gram check; fatal only above its threshold
     ctx = Context(suite, lm, out)
     rows, examples, items = Rows(ctx, log), {}, {}
     two_choice_tasks(ctx, docs, items, rows)
     if suite.qa_items:
         qa_task(ctx, docs, items, examples, rows)
+    if suite.knowledge_qa_items:
+        knowledge_task(ctx, items, examples, rows)
     speech_tasks(ctx, docs, items, examples, rows)
     result = {"suite": suite.name, "model": model_path, "model_version": lm.version, "backend": lm.kind,
               "scoring": suite.scoring, "results": rows.rows, "examples": examples,
               "split": {"corpus": suite.corpus, "heldout_docs": [n for n, _ in docs],
-                        "checked_against": list(suite.training_manifests)},
+                        "checked_against": list(suite.training_manifests), "training_docs": provenance},
+              "contamination": overlap,
               "items": {k: len(v) for k, v in items.items()}, "config": dataclasses.asdict(suite),
               "qa_writers": {w: sum(it["writer"] == w for it in items.get("qa", [])) for w in ("template", "lm")}}
     heldout_row(suite, lm, result, rows)
+    rows.add(*overlap_row(overlap, suite.contamination_ngram))
+    if suite.baseline:  # the same items on the baseline (the untrained start model): side by side, difference
+        base = evaluate(dataclasses.replace(suite, baseline=None, speech_cache=suite.speech_cache or str(out)),
+                        suite.baseline, out / "baseline", log)
+        versus = compare_rows(rows.rows, base["results"])
+        result["versus_baseline"] = {"baseline": suite.baseline, "rows": versus}
+        write_atomic(out / "compare.md", compare_markdown(versus, "model", "baseline") + "\n")
     write_atomic(out / "eval.json", json.dumps(result, indent=1, default=float))
     table = markdown(rows.rows)
     write_atomic(out / "table.md", table + "\n")

@@ -1,9 +1,12 @@
 """Spoken versions of evaluation texts: TTS voices (megaspeech.speech.tts) -> speech tokenizer codes.
 
-Each text gets one voice, chosen by a hash of the text among the suite's `voices`, which must be
-voices training speech never used (megaspeech.speech.tts.training_voices(); EVAL_VARIANTS are kept out of it). Codes
-are cached in OUT/speech_codes.npz (+ .json keys), keyed by tokenizer dir, voice and text, written
-atomically and read without pickle, so a re-run of the suite synthesizes nothing twice.
+Texts are asked for with their voice, (text, voice): every spoken part of one item (a story's context,
+endings and whole readings; a word pair; a QA item) is read by the item's one voice, `voice_for(item
+id)`, a hash among the suite's `voices` (as sStoryCloze keeps one speaker per story); an ASR/TTS
+sentence gets `voice_for(text)`. The voices must be voices training speech never used
+(megaspeech.speech.tts.training_voices(); EVAL_VARIANTS are kept out of it). Codes are cached in
+OUT/speech_codes.npz (+ .json keys), keyed by tokenizer dir, voice and text, written atomically and read
+without pickle, so a re-run of the suite synthesizes nothing twice.
 """
 from __future__ import annotations
 
@@ -44,28 +47,29 @@ class SpeechCodes:
         self._tok = None
         self.synthesized = 0
 
-    def voice_for(self, text: str) -> str:
-        return self.voices[zlib.crc32(text.encode()) % len(self.voices)]
+    def voice_for(self, key: str) -> str:
+        """The voice of an item id (or of a lone sentence's text): a hash among the suite's voices."""
+        return self.voices[zlib.crc32(key.encode()) % len(self.voices)]
 
-    def _key(self, text: str) -> str:
-        return f"{self.tag}|{self.voice_for(text)}|{text}"
+    def _key(self, text: str, voice: str) -> str:
+        return f"{self.tag}|{voice}|{text}"
 
-    def codes(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """text -> raw speech codes int64 [C] for every distinct text."""
+    def codes(self, requests: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
+        """(text, voice) -> raw speech codes int64 [C] for every distinct request."""
         from megaspeech.speech.tts import synthesize
-        todo = sorted({t for t in texts if self._key(t) not in self.cache})
+        todo = sorted({(t, v) for t, v in requests if self._key(t, v) not in self.cache})
         if todo:
             from megaspeech.speech.tokenizer import load_tokenizer, tokenize_audios
             if self._tok is None:
                 self._tok = load_tokenizer(self.dir)[0]
             for i in range(0, len(todo), self.batch):
                 chunk = todo[i:i + self.batch]
-                audios = [synthesize(t, self.voice_for(t)) for t in chunk]
-                for t, c in zip(chunk, tokenize_audios(self._tok, audios)):
-                    self.cache[self._key(t)] = np.asarray(c, np.int64)
+                audios = [synthesize(t, v) for t, v in chunk]
+                for (t, v), c in zip(chunk, tokenize_audios(self._tok, audios)):
+                    self.cache[self._key(t, v)] = np.asarray(c, np.int64)
             self.synthesized += len(todo)
             self._save()
-        return {t: self.cache[self._key(t)] for t in set(texts)}
+        return {(t, v): self.cache[self._key(t, v)] for t, v in set(requests)}
 
     def _save(self) -> None:
         keys = sorted(self.cache)

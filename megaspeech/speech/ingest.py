@@ -12,7 +12,8 @@ Inputs (any mix, each entry of `ingest.inputs`):
 Audio: wav/flac/ogg/mp3 (libsndfile), anything else PyAV decodes (m4a, opus, ...); any sample
 rate and channel count -> channels averaged, polyphase-resampled to 16 kHz.
 
-Each sample: audio.flac, duration (s), source (input path), orig_sample_rate, orig_channels, and
+Each sample: audio.flac, duration (s), source (input path), doc (`files/<file stem>`, the recording's id:
+provenance, megaspeech.data.shards), orig_sample_rate, orig_channels, and
 when known `transcript` with `transcript_source`: "reference" (from the user's files) or
 "asr:<model>" (pseudo-label by the reference Whisper tiny.en through faster-whisper, SALM's third
 labelling method, only with ingest.pseudo_label=true). Files without either carry no transcript: the
@@ -289,7 +290,7 @@ def write_part(cfg: IngestConfig, entries: list[dict], part: int, labeler=None) 
                 stats["bad"][b.reason] = stats["bad"].get(b.reason, 0) + 1
                 continue
             sample = {"audio.flac": encode_flac(a), "duration": a.shape[0] / SAMPLE_RATE, "source": e["where"],
-                      "orig_sample_rate": sr, "orig_channels": ch}
+                      "doc": f"files/{Path(e['path']).stem}", "orig_sample_rate": sr, "orig_channels": ch}
             if text is not None:
                 sample.update(transcript=text, transcript_source="reference")
             elif labeler is not None:

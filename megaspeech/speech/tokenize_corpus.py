@@ -4,8 +4,9 @@ Work is cut into numbered parts (one per input shard, or `files_per_part` input 
 shared resume rule applies: a finished part (its manifest exists, shards complete) is skipped by
 a restarted run or another job-array worker; `merge_parts` writes manifest.json at the end.
 Each output sample: codes int [T] (raw speech codes 0..K-1, T = ceil(samples / (320 * tokenizer.pool))),
-duration (s), source (file path or shard:key), transcript (str) when known and `text` (ids of
-the project's SentencePiece model) when a vocab with `sp_model` is given.
+duration (s), source (file path or shard:key), doc (provenance: the input audio sample's `doc`, or
+`files/<stem>` of an audio file), transcript (str) when known and `text` (ids of the project's
+SentencePiece model) when a vocab with `sp_model` is given.
 Audio that cannot be decoded is reported by name in `bad_audio.part-<i>.jsonl` and on stderr and
 skipped (`on_bad_audio: skip`) or stops the run (`fail`). Audio longer than 30 s is cut into 30 s
 segments on token boundaries, so the frame rule holds for the whole file.
@@ -24,8 +25,8 @@ import numpy as np
 
 from megaspeech.config.load import check
 from megaspeech.data.shard_format import read_manifest
+from megaspeech.data.remote_write import output_dir
 from megaspeech.data.shards import merge_parts, part_done, part_writer, parts_for_worker, read_shard
-from megaspeech.fs import write_atomic
 from megaspeech.speech import audio_shards
 from megaspeech.speech.audio import SAMPLE_RATE, AudioError, decode_audio, max_token_samples
 
@@ -81,16 +82,20 @@ def plan_parts(inputs: list[str], files_per_part: int) -> list[dict]:
 
 
 def _iter_part(part: dict):
-    """Yield (key, audio bytes or path, transcript or None, source) for one work unit."""
+    """Yield (key, audio bytes or path, transcript or None, source, doc) for one work unit."""
     if "shard" in part:
         for key, s in read_shard(part["shard"], "audio", part["sha256"]):
+            if not s.get("doc"):
+                raise ValueError(f"{part['shard']} key {key!r}: no `doc` (the recording's id, provenance for the "
+                                 f"contamination check); the audio shards predate it: re-make them with "
+                                 f"launch/make_speech_corpus.py or launch/ingest_audio.py")
             yield key, audio_shards.audio_bytes(s, f"{part['shard']} key {key!r}"), s.get("transcript"), \
-                f"{part['shard']}:{key}"
+                f"{part['shard']}:{key}", s["doc"]
     else:
         for f in part["files"]:
             key = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(f).stem)
             txt = Path(f).with_suffix(".txt")
-            yield key, f, txt.read_text().strip() if txt.is_file() else None, f
+            yield key, f, txt.read_text().strip() if txt.is_file() else None, f, f"files/{Path(f).stem}"
 
 
 class Tokenizer:
@@ -138,8 +143,9 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
 
         def flush():
             nonlocal n
-            for (key, a, text, src), codes in zip(batch, tok.codes([b[1] for b in batch])):
-                sample = {"codes": codes.astype(np.int64), "duration": a.shape[0] / SAMPLE_RATE, "source": src}
+            for (key, a, text, src, doc), codes in zip(batch, tok.codes([b[1] for b in batch])):
+                sample = {"codes": codes.astype(np.int64), "duration": a.shape[0] / SAMPLE_RATE, "source": src,
+                          "doc": doc}
                 if text is not None:
                     sample["transcript"] = text
                     if tok.text_tok is not None:
@@ -148,7 +154,7 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
                 n += 1
             batch.clear()
 
-        for key, data, text, src in _iter_part(part):
+        for key, data, text, src, doc in _iter_part(part):
             try:
                 a = decode_audio(data, src)
             except AudioError as e:
@@ -157,13 +163,13 @@ def run_part(tok: Tokenizer, cfg: TokenizeConfig, part: dict, index: int) -> tup
                 print(f"tokenize_speech: skipped {src}: {e}", file=sys.stderr)
                 bad.append({"source": src, "error": str(e)})
                 continue
-            batch.append((key, a, text, src))
+            batch.append((key, a, text, src, doc))
             if len(batch) >= cfg.batch_size:
                 flush()
         if batch:
             flush()
-    report = Path(cfg.out_dir) / f"bad_audio.part-{index:05d}.jsonl"
-    write_atomic(report, "".join(json.dumps(b) + "\n" for b in bad))
+    lines = "".join(json.dumps(b) + "\n" for b in bad)
+    output_dir(cfg.out_dir).write_text(f"bad_audio.part-{index:05d}.jsonl", lines)
     return n, bad
 
 
@@ -186,7 +192,7 @@ def tokenize_corpus(cfg: TokenizeConfig, worker: int = 0, n_workers: int = 1) ->
     parts = plan_parts(cfg.inputs, cfg.files_per_part)
     if not parts:
         raise ValueError("tokenize.inputs: no audio found; pass files, dirs, globs or `audio` shard dirs")
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    output_dir(cfg.out_dir).mkdir()  # a local dir, or nothing at an s3:// URL
     mine = [i for i in parts_for_worker(len(parts), worker, n_workers) if not part_done(cfg.out_dir, i)]
     jobs = [(cfg, parts[i], i) for i in mine]
     results = []

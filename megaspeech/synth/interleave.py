@@ -10,6 +10,8 @@ batches), and write
     spans     int32 [2m]: token ranges (a0, b0, a1, b1, ...) of the original document that became
               speech, in order (provenance; lets evaluation compare generated codes with the text)
     source    copied from the input when present
+    doc       the input sample's `doc` (provenance; text shards written before it carry the document
+              name in `source`, which prep_text always wrote there)
 
 Work split (the project's resume rule, megaspeech/data/shards.py): input shards are grouped into
 parts of `shards_per_part` consecutive shards; part i writes part-<i>-*.tar and its part manifest
@@ -27,6 +29,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from megaspeech.config.load import check
+from megaspeech.data.render import speech_span
 from megaspeech.data.shards import Dataset, merge_parts, part_done, part_writer, parts_for_worker, read_shard
 from megaspeech.synth.spans import doc_rng, sample_spans, word_bounds
 from megaspeech.vocab import Vocab
@@ -80,7 +83,7 @@ def assemble(tokens: np.ndarray, spans: list[tuple[int, int, int]], codes: list[
     for (a, b, _), c in zip(spans, codes):
         toks.append(np.asarray(tokens[pos:a], np.int64))
         mods.append(np.zeros(a - pos, np.uint8))
-        sp = np.concatenate([[vocab.bos_speech_id], np.asarray(c, np.int64) + vocab.speech_offset, [vocab.eos_speech_id]])
+        sp = speech_span(c, vocab)  # the one span layout (megaspeech.data.render)
         toks.append(sp)
         mods.append(np.ones(len(sp), np.uint8))
         pos = b
@@ -126,6 +129,10 @@ def interleave_docs(docs: list[tuple[str, dict]], starts_word: np.ndarray | None
         i += len(p)
         if "source" in s:
             sample["source"] = s["source"]
+        sample["doc"] = s.get("doc", s.get("source"))
+        if not sample["doc"]:
+            raise ValueError(f"text sample {key!r}: neither `doc` nor `source` names its document (provenance "
+                             f"for the contamination check); rebuild the text shards with launch/prepare_data.py text")
         out.append((key, sample))
     return out
 

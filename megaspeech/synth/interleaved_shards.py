@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from megaspeech.config.load import check
 from megaspeech.config.worker import WorkerConfig
@@ -46,7 +45,7 @@ def make_interleaved(cfg: MakeInterleavedConfig) -> dict:
     from megaspeech.synth.spans import word_start_table
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    src, out = resolve_path(cfg.input), Path(cfg.output)
+    src, out = resolve_path(cfg.input), cfg.output  # output: a directory or an s3:// URL (ShardWriter)
     tok = TextTokenizer.from_dir(src)
     model, model_vocab, version = load_decoder(cfg.model)
     tok.vocab.check_same(model_vocab, f"text-to-token model {cfg.model}")

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from megaspeech.config.load import check
+from megaspeech.data.render import render_qa
 from megaspeech.vocab import Vocab
 
 STOPWORDS = set("""a an the and or but if of to in on at by for with from as is are was were be been being it its
@@ -169,12 +170,9 @@ def filter_pair(context: str, question: str, answer: str, cfg: QAConfig, seen: s
 
 
 def qa_sample(codes: np.ndarray, question_ids: np.ndarray, answer_ids: np.ndarray, vocab: Vocab) -> dict:
-    """-> interleaved fields: tokens/modality of <|user|> speech question <|assistant|> answer."""
-    sp = np.concatenate([[vocab.bos_speech_id], np.asarray(codes, np.int64) + vocab.speech_offset, [vocab.eos_speech_id]])
-    parts = [([vocab.special("<|user|>")], 0), (sp, 1), (question_ids, 0), ([vocab.special("<|assistant|>")], 0),
-             (answer_ids, 0)]
-    toks = np.concatenate([np.asarray(p, np.int64) for p, _ in parts])
-    mod = np.concatenate([np.full(len(p), m, np.uint8) for p, m in parts])
+    """-> interleaved fields: tokens/modality of <|user|> speech question <|assistant|> answer
+    (megaspeech.data.render.render_qa, the layout the evaluation suite's QA prompts share)."""
+    toks, mod = render_qa([("speech", codes)], question_ids, answer_ids, vocab)
     return {"tokens": toks, "modality": mod}
 
 

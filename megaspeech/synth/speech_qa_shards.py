@@ -57,18 +57,23 @@ def build_parts(cfg: SpeechQAConfig) -> list:
 
 
 def load_part(cfg: SpeechQAConfig, unit, asr) -> list[dict]:
-    """-> [{key, text, audio (16 kHz float32), origin, source}]."""
+    """-> [{key, text, audio (16 kHz float32), origin, source, doc}]; doc: the passage's corpus document
+    (text source) or the audio sample's `doc` (provenance)."""
     from megaspeech.speech.audio import decode_audio
     if cfg.source == "text":
         from megaspeech.speech.tts import synthesize
         return [{**it, "audio": synthesize(it["text"], it["voice"], seed=cfg.seed),
-                 "origin": f"tts:{it['voice']}"} for it in unit]
+                 "origin": f"tts:{it['voice']}", "doc": it["source"]} for it in unit]
     from megaspeech.data.shards import read_shard
     from megaspeech.speech.audio_shards import audio_bytes
     path, s = unit
     out = []
     for key, smp in read_shard(path / s["name"], "audio", s["sha256"]):
         audio = decode_audio(audio_bytes(smp, f"{path / s['name']} {key}"), key)
+        if not smp.get("doc"):
+            raise ValueError(f"{path / s['name']} key {key}: no `doc` (the recording's id, provenance for the "
+                             f"contamination check); re-make the audio shards with launch/make_speech_corpus.py "
+                             f"or launch/ingest_audio.py")
         if cfg.source == "audio":
             if not smp.get("transcript"):
                 raise ValueError(f"{path / s['name']} key {key}: no transcript; use source=audio_unlabeled")
@@ -76,7 +81,8 @@ def load_part(cfg: SpeechQAConfig, unit, asr) -> list[dict]:
         else:
             segs, _ = asr.transcribe(audio, language="en", beam_size=1)
             text, origin = " ".join(x.text.strip() for x in segs).strip(), "asr:whisper-tiny.en"
-        out.append({"key": key, "text": text, "audio": audio, "origin": origin, "source": smp.get("source", key)})
+        out.append({"key": key, "text": text, "audio": audio, "origin": origin, "source": smp.get("source", key),
+                    "doc": smp["doc"]})
     return out
 
 
@@ -143,7 +149,7 @@ def make_speech_qa(cfg: SpeechQAConfig) -> dict:
                         continue
                     sample = qa_sample(c, tok.encode(q), tok.encode(a), vocab)
                     w.write(f"{it['key']}-{j}", {**sample, "question": q, "answer": a, "context": it["text"],
-                                                  "origin": it["origin"], "source": it["source"],
+                                                  "origin": it["origin"], "source": it["source"], "doc": it["doc"],
                                                   "duration": len(it["audio"]) / 16000})
                     stats["kept"] += 1
         log.info("part %d done: %s", p, stats)

@@ -17,7 +17,8 @@ V = Vocab(text_size=1000, speech_size=512)
 
 
 def _speech(i, with_text):
-    s = {"codes": (np.arange(20 + i) * 7 % 512).astype(np.int64), "duration": 0.08 * (20 + i), "source": f"spk{i % 3}"}
+    s = {"codes": (np.arange(20 + i) * 7 % 512).astype(np.int64), "duration": 0.08 * (20 + i), "source": f"spk{i % 3}",
+         "doc": f"generated/u{i:03d}"}
     if with_text:
         s["text"] = np.arange(i + 1, dtype=np.int32) % 1000
     return s
@@ -52,13 +53,13 @@ def test_roundtrip_all_kinds_and_manifest(tmp_path):
     toks = rng.integers(0, V.size, 50)
     mod = V.is_speech(toks).astype(np.uint8)
     with ShardWriter(tmp_path / "il", "interleaved", V) as w:
-        w.write("a", {"tokens": toks, "modality": mod})
+        w.write("a", {"tokens": toks, "modality": mod, "doc": "generated/a"})
     (k, s), = read_shard(tmp_path / "il" / "shard-000000.tar", "interleaved")
     np.testing.assert_array_equal(s["tokens"], toks)
     np.testing.assert_array_equal(s["modality"], mod)
     with pytest.raises(ShardError, match="modality"):
         with ShardWriter(tmp_path / "bad", "interleaved", V) as w:
-            w.write("a", {"tokens": toks, "modality": mod[:-1]})
+            w.write("a", {"tokens": toks, "modality": mod[:-1], "doc": "generated/a"})
     assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
@@ -66,7 +67,7 @@ def test_crash_mid_write_leaves_nothing_complete(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path, "text", V, max_samples=4) as w:
             for i in range(10):
-                w.write(f"d{i}", {"tokens": np.arange(5)})
+                w.write(f"d{i}", {"tokens": np.arange(5), "doc": f"generated/d{i}"})
             raise RuntimeError("killed")
     assert not (tmp_path / "manifest.json").exists()
     assert not list(tmp_path.glob(".*tmp*"))
@@ -95,7 +96,7 @@ def test_pickle_payloads_refused(tmp_path):
         list(read_shard(tmp_path / "b.tar"))
     with pytest.raises(ShardError, match="pickle"):
         with ShardWriter(tmp_path / "w", "text", V) as w:
-            w.write("z", {"tokens": np.arange(3), "extra.pth": b"\x80\x04"})
+            w.write("z", {"tokens": np.arange(3), "extra.pth": b"\x80\x04", "doc": "generated/z"})
 
 
 def test_foreign_tars_with_long_names_and_rewrites(tmp_path):
@@ -107,7 +108,7 @@ def test_foreign_tars_with_long_names_and_rewrites(tmp_path):
     assert k == key and s["source"] == "web"
     np.testing.assert_array_equal(s["tokens"], np.arange(7))
     with ShardWriter(tmp_path / "d", "text", V) as w:
-        w.write("a", {"tokens": np.arange(3)})
+        w.write("a", {"tokens": np.arange(3), "doc": "generated/a"})
     w2 = ShardWriter(tmp_path / "d", "text", V)  # rewriting: the old manifest goes first
     assert not (tmp_path / "d" / "manifest.json").exists()
     w2.abort()
@@ -116,7 +117,7 @@ def test_foreign_tars_with_long_names_and_rewrites(tmp_path):
 def test_missing_shard_and_vocab_mismatch_fail_at_start(tmp_path):
     with ShardWriter(tmp_path, "text", V, max_samples=2) as w:
         for i in range(6):
-            w.write(f"d{i}", {"tokens": np.arange(3 + i)})
+            w.write(f"d{i}", {"tokens": np.arange(3 + i), "doc": f"generated/d{i}"})
     open_dataset(tmp_path, V)
     with pytest.raises(VocabMismatch, match="vocab.text_size"):
         open_dataset(tmp_path, Vocab(text_size=999, speech_size=512))
@@ -129,12 +130,12 @@ def test_job_array_resume_rule(tmp_path):
     assert [list(parts_for_worker(7, w, 3)) for w in range(3)] == [[0, 1, 2], [3, 4, 5], [6]]
     for part in (0, 2):
         with part_writer(tmp_path, "text", V, part) as w:
-            w.write(f"p{part}", {"tokens": np.arange(4) + part})
+            w.write(f"p{part}", {"tokens": np.arange(4) + part, "doc": f"generated/p{part}"})
     assert part_done(tmp_path, 0) and not part_done(tmp_path, 1) and part_done(tmp_path, 2)
     with pytest.raises(ShardError, match=r"parts \[1\] not finished"):
         merge_parts(tmp_path, 3)
     with part_writer(tmp_path, "text", V, 1) as w:
-        w.write("p1", {"tokens": np.arange(4) + 1})
+        w.write("p1", {"tokens": np.arange(4) + 1, "doc": "generated/p1"})
     m = merge_parts(tmp_path, 3)
     assert [s["name"] for s in m["shards"]] == [f"part-0000{i}-000000.tar" for i in range(3)]
     assert [k for k, _ in open_dataset(tmp_path, V)] == ["p0", "p1", "p2"]

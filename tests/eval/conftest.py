@@ -37,7 +37,7 @@ def planted(docs_dir, tmp_path_factory):
     with ShardWriter(root / "stories", "text", VOCAB) as w:
         for i, it in enumerate(items):
             w.write(f"s{i:04d}", {"tokens": np.concatenate([tok.encode(it["context"]), tok.encode(it["endings"][0])]),
-                                  "source": "planted-stories"})
+                                  "source": "planted-stories", "doc": f"planted/s{i:04d}"})
     text, speech = write_heldout(root / "heldout")
     common = SMALL + ["train.micro_batch=8", "train.global_batch=8", f"data.sources=[{{path: {root / 'stories'}}}]",
                       "optim.lr=3e-3", "optim.min_lr=3e-4", f"eval.sources=[{{path: {text}}}, {{path: {speech}}}]",

@@ -14,6 +14,7 @@ from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.eval.contamination import heldout_documents, split_sentences
 from megaspeech.eval.scores import mean_ci, proportion, ratio_ci
+from megaspeech.eval.tts_audio import NO_DECODER
 from tests.helpers.heldout_data import VOCAB
 from tests.helpers.suite import suite_cfg
 
@@ -86,15 +87,17 @@ def _tiny_lm():
 
 def test_tts_row_has_a_bootstrap_interval(docs_dir, monkeypatch):
     """TTS WER per utterance -> wer_result's bootstrap (was NaN); the speech tokenizer's ASR path is
-    stubbed: it hears only "the"."""
+    stubbed: it hears only "the". (That is the diagnostic reader row; the audio row needs a decoder.)"""
     import megaspeech.speech.tokenizer as st
-    from megaspeech.eval.run import tts
+    from megaspeech.eval.run import TTS_READER, Rows, tts
     monkeypatch.setattr(st, "load_tokenizer", lambda d: (None, None, None))
     monkeypatch.setattr(st, "decode_tokens_to_text", lambda m, w, chunk, max_new_tokens: ["the"] * len(chunk))
     suite = suite_cfg(docs_dir, batch_size=4)
-    ctx = types.SimpleNamespace(lm=_tiny_lm(), tok=TextTokenizer(VOCAB), suite=suite)
+    ctx = types.SimpleNamespace(lm=_tiny_lm(), tok=TextTokenizer(VOCAB), suite=suite, speech=object(), v=VOCAB)
     items = tasks.sentence_items(heldout_documents(suite.corpus, suite.heldout_docs), 6, 0, "tts")
-    r = tts(ctx, items)
+    rows = Rows(ctx, log=lambda m: None)
+    tts(ctx, items, rows, "")
+    r = {r["task"]: r for r in rows.rows}[TTS_READER]
     lo, hi = r["ci95"]
     assert r["metric"] == "WER" and r["n"] == 6 and np.isfinite([lo, hi]).all() and lo < r["value"] < hi
 
@@ -125,19 +128,20 @@ def test_every_requested_row_appears(docs_dir, tmp_path, monkeypatch):
     rows = {(r["task"], r["direction"], r["metric"]): r for r in res["results"]}
     want_skipped = [(t, "S->S", "accuracy") for t in ("story (easy: other document)", "story (hard: same document)",
                                                        "word vs non-word")]
-    want_skipped += [("spoken QA", "S->T", "exact match"), ("spoken QA", "S->T", "token F1"),
-                     ("ASR", "S->T", "WER"), ("TTS", "T->S", "WER")]
+    want_skipped += [(run.PASSAGE_QA, "S->T", "exact match"), (run.PASSAGE_QA, "S->T", "token F1"),
+                     ("ASR", "S->T", "WER"), (run.TTS_READER, "T->S", "WER")]
     for key in want_skipped:
         assert rows[key]["skipped"] == run.NO_SPEECH, key
+    assert rows[("TTS", "T->S", "WER")]["skipped"] == NO_DECODER
     assert rows[("held-out loss (eval.sources)", "-", "nats/token")]["skipped"]
     for m in ("exact match", "token F1"):
-        r = rows[("spoken QA", "T->T", m)]
+        r = rows[(run.PASSAGE_QA, "T->T", m)]
         assert r["n"] == 4 and r["note"] == "2 of 2 some-writer questions replaced by template ones"
     assert rows[("word vs non-word", "T->T", "accuracy")]["n"] == 4
     assert {"ardor", "spake", "the"} <= lexicons[0]  # the suite's non-words avoid dictionary and tokenizer words
-    assert len(rows) == len(res["results"]) == 13
+    assert len(rows) == len(res["results"]) == 15
     saved = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert [(r["task"], r["direction"], r["metric"]) for r in saved] == list(rows)
     table = (tmp_path / "table.md").read_text().splitlines()[2:]
-    assert len(table) == 13 and sum("skipped: " in line for line in table) == 8
+    assert len(table) == 15 and sum("skipped: " in line for line in table) == 10
     assert sum("replaced by template ones" in line for line in table) == 2

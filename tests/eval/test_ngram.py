@@ -17,7 +17,8 @@ V = Vocab(text_size=100, speech_size=16)
 def _write(path, seqs):
     with ShardWriter(path, "speech", V) as w:
         for i, c in enumerate(seqs):
-            w.write(f"u{i:03d}", {"codes": np.asarray(c, np.int32), "text": np.array([1, 2], np.int32)})
+            w.write(f"u{i:03d}", {"codes": np.asarray(c, np.int32), "text": np.array([1, 2], np.int32),
+                                  "doc": f"generated/u{i:03d}"})
     V.save(path / "vocab.json")
 
 

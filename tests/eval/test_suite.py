@@ -95,7 +95,7 @@ def test_planted_signal(planted, docs_dir, tmp_path):
 def test_contaminated_split_refused(planted, docs_dir, tmp_path):
     docs = heldout_documents(f"files:{docs_dir}/*.txt", N_DOCS)
     with ShardWriter(tmp_path / "train", "text", VOCAB) as w:
-        w.write("x0", {"tokens": np.arange(10, dtype=np.int32), "source": docs[2][0]})
+        w.write("x0", {"tokens": np.arange(10, dtype=np.int32), "doc": docs[2][0]})
     with pytest.raises(ContaminationError, match=docs[2][0].replace("/", ".")):
         evaluate(suite_cfg(docs_dir, training_manifests=[str(tmp_path / "train")]), planted[1], tmp_path / "e")
     r = subprocess.run([sys.executable, str(REPO / "launch/evaluate.py"), "--config", str(REPO / "configs/eval/spoken_lm.yaml"),

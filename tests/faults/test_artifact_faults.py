@@ -24,7 +24,7 @@ def _text(path: Path, writer=None) -> Path:
     rng = np.random.default_rng(0)
     with (writer or ShardWriter(path, "text", V, max_samples=2)) as w:
         for i in range(4):
-            w.write(f"d{i:04d}", {"tokens": rng.integers(0, V.text_size, 10)})
+            w.write(f"d{i:04d}", {"tokens": rng.integers(0, V.text_size, 10), "doc": f"generated/d{i:04d}"})
     return path
 
 

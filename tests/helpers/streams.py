@@ -28,7 +28,7 @@ def make_sources(root, n=(40, 30, 20), seed=0):
                     s = {"tokens": rng.integers(0, V.text_size, T), "modality": np.zeros(T, np.uint8)}
                     s["tokens"][T // 2:] = V.speech_id(rng.integers(0, V.speech_size, T - T // 2))
                     s["modality"][T // 2:] = 1
-                w.write(f"{kind}{i:04d}", s)
+                w.write(f"{kind}{i:04d}", {**s, "doc": f"generated/{kind}{i:04d}"})
     return paths
 
 

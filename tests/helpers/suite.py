@@ -11,7 +11,7 @@ STEPS = 8  # the validation run's training steps
 
 def suite_cfg(docs_dir, **kw) -> SuiteConfig:
     base = dict(corpus=f"files:{docs_dir}/*.txt", heldout_docs=N_DOCS, story_items=STORIES, story_context=2,
-                story_directions=["T->T"], word_items=0, qa_items=0, asr_items=0, tts_items=0,
+                story_directions=["T->T"], word_items=0, qa_items=0, knowledge_qa_items=0, asr_items=0, tts_items=0,
                 text_tokenizer=str(VOCAB.sp_model), batch_size=16)
     return SuiteConfig(**{**base, **kw})
 

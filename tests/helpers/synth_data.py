@@ -32,7 +32,7 @@ class ReversibleCodec:
 def write_text_dataset(out: Path, docs, vocab, per_shard: int) -> Path:
     with ShardWriter(out, "text", vocab, max_samples=per_shard) as w:
         for k, s in docs:
-            w.write(k, s)
+            w.write(k, {"doc": s.get("source", f"generated/{k}"), **s})
     return out
 
 
@@ -59,7 +59,8 @@ def write_pair_dataset(out: Path, docs, vocab, starts_word, words_per_pair=(4, 1
                 j = min(i + k, len(b) - 1)
                 text = t[b[i]:b[j]].astype(np.int64)
                 codes = np.concatenate([word_codes(t[b[x]:b[x + 1]]) for x in range(i, j)])
-                w.write(f"{key}_{i}", {"codes": codes, "text": text, "duration": len(codes) / 12.5})
+                w.write(f"{key}_{i}", {"codes": codes, "text": text, "duration": len(codes) / 12.5,
+                                       "doc": s.get("doc", s.get("source", f"generated/{key}"))})
                 n += 1
                 i = j
     return out

@@ -119,9 +119,14 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     # the evaluation suite ran on the export with the run's speech tokenizer, checked against its data
     suite = ev["suite"]
     done = {(r["task"], r["direction"]) for r in suite["results"] if "value" in r}
-    assert {("story (easy: other document)", "S->S"), ("word vs non-word", "S->S"), ("spoken QA", "S->T"),
-            ("ASR", "S->T")} <= done, done
+    assert {("story (easy: other document)", "S->S"), ("word vs non-word", "S->S"), ("passage QA (extractive)", "S->T"),
+            ("knowledge QA", "S->T"), ("ASR", "S->T")} <= done, done
     assert {str(run / p) for p in (*MIXTURE_PATHS.values(), "speech_corpus/train")} <= set(suite["split"]["checked_against"])
+    # provenance: every training dataset (speech included) lists its documents; the n-gram check read each
+    assert set(suite["split"]["training_docs"]) == set(suite["split"]["checked_against"])
+    assert all(suite["split"]["training_docs"].values()), suite["split"]["training_docs"]
+    overlap = json.loads((run / "eval/suite/eval.json").read_text())["contamination"]
+    assert [d["path"] for d in overlap["datasets"]] == suite["split"]["checked_against"]
     assert json.loads((run / "eval/suite/eval.json").read_text())["config"]["speech_tokenizer"] == str(run / "tokenizer/tokenizer")
     assert "## Evaluation suite" in (run / "report.md").read_text()
 

@@ -55,6 +55,7 @@ def test_formats_rates_and_channels(tmp_path):
                     "pcm24": (16000, 1)}
     assert got["stereo44k"]["transcript"] == "a stereo tone" and got["stereo44k"]["transcript_source"] == "reference"
     assert "transcript" not in got["mono8k"]
+    assert all(s["doc"] == f"files/{k}" for k, s in got.items())  # provenance: the recording's id
     for k, s in got.items():
         info = sf.info(io.BytesIO(s["audio.flac"]))
         assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC"), k

@@ -31,7 +31,8 @@ def _audio_shards(path):
     with ShardWriter(path, "audio", None) as w:
         for i, t in enumerate(TEXTS):
             a = synthesize(t, ["espeak:en-us", "flite:slt"][i % 2])
-            w.write(f"u{i}", {"audio.flac": encode_flac(a), "transcript": t, "duration": len(a) / 16000})
+            w.write(f"u{i}", {"audio.flac": encode_flac(a), "transcript": t, "duration": len(a) / 16000,
+                                "doc": f"generated/u{i}"})
 
 
 # (tokenizer overrides, train overrides): the paper's 12.5 Hz reading side with cached pre-VQ
@@ -109,7 +110,7 @@ def test_untranscribed_audio_trains_through_distillation(tmp_path, whisper_cache
     with ShardWriter(tmp_path / "unlabelled", "audio", None) as w:
         for i, t in enumerate(TEXTS):
             a = synthesize(t, "espeak:en-gb")
-            w.write(f"n{i}", {"audio.flac": encode_flac(a), "duration": len(a) / 16000})
+            w.write(f"n{i}", {"audio.flac": encode_flac(a), "duration": len(a) / 16000, "doc": f"generated/n{i}"})
     data = [str(tmp_path / "audio"), str(tmp_path / "unlabelled")]
     batches = AudioBatches(data, 2, seed=3)
     assert [s["untranscribed"] for s in batches.sources] == [0, 4]
@@ -230,6 +231,7 @@ def test_tokenize_files_and_shards(tmp_path, whisper):
     assert len(out["long"]["codes"]) == -(-len(long) // 1280) and "transcript" not in out["long"]
     assert abs(out["long"]["duration"] - len(long) / 16000) < 1e-9
     assert out["u1"]["transcript"] == TEXTS[1] and out["u1"]["source"].endswith(":u1")
+    assert out["a"]["doc"] == "files/a" and out["u1"]["doc"] == "generated/u1"  # provenance: file stem, audio's doc
     assert all(v["codes"].max() < 16 for v in out.values())
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.tar")}
     again = tokenize_corpus(cfg)  # resume: every part is finished, nothing is redone

@@ -68,6 +68,7 @@ def test_round_trip_reproduces_document_order(tmp_path, demo_docs, demo_tok, sta
         parts = split_interleaved(s["tokens"], vocab)
         rebuilt = np.concatenate([p if kind == "text" else ReversibleCodec.decode(p) for kind, p in parts])
         np.testing.assert_array_equal(rebuilt, originals[key]["tokens"])
+        assert s["doc"] == originals[key]["source"]  # provenance: the text sample's document
         # modality: 1 exactly on speech spans with their markers
         is_speech = np.zeros(len(s["tokens"]), np.uint8)
         inside = False

@@ -71,6 +71,7 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
         np.testing.assert_array_equal(t[e + 1:a], demo_tok.encode(s["question"]))
         np.testing.assert_array_equal(t[a + 1:], demo_tok.encode(s["answer"]))
         assert set(words(s["answer"])) <= set(words(s["context"])) and s["origin"].startswith("tts:espeak")
+        assert s["doc"] == "files/doc"  # provenance: the passage's corpus document
         n += 1
     assert n >= 4
 
@@ -80,11 +81,13 @@ def test_tts_contexts_and_asr_pseudo_labels(tmp_path, speech_tokenizer, demo_tok
     audio_dir = tmp_path / "audio"
     with ShardWriter(audio_dir, "audio", None) as w:
         for wav in sorted(LIBRIVOX.glob("*.wav"))[:2]:
-            w.write(wav.stem.replace(".", "_"), {"audio.flac": encode_flac(decode_audio(wav)), "duration": 1.0})
+            w.write(wav.stem.replace(".", "_"), {"audio.flac": encode_flac(decode_audio(wav)), "duration": 1.0,
+                                                          "doc": f"files/{wav.stem}"})
     out2 = tmp_path / "qa_asr"
     assert make_speech_qa(["source=audio_unlabeled", f"input={audio_dir}", f"output={out2}"] + common)["kept"] > 0
     got = {s["context"] for _, s in open_dataset(out2, vocab, kind="interleaved")}
     assert got and all(s["origin"] == "asr:whisper-tiny.en" for _, s in open_dataset(out2, vocab))
+    assert {s["doc"] for _, s in open_dataset(out2, vocab)} <= {f"files/{w.stem}" for w in LIBRIVOX.glob("*.wav")}
     ref_texts = [r.replace("<s>", "").replace("</s>", "").strip() for k, r in refs.items()]
     for c in got:  # each pseudo-label is close to one of the real transcripts
         assert min(wer([r], [c]) for r in ref_texts) < 30, (c, ref_texts)
