@@ -27,12 +27,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from megaspeech.data.shards import open_dataset
 from megaspeech.eval.scores import wer_result
 from megaspeech.fs import write_atomic
 from megaspeech.speech import audio_shards
 from megaspeech.speech.asr import Fallback, transcribe_base, word_errors
-from megaspeech.speech.audio import decode_audio
 from megaspeech.speech.decoder_mel import log_mel
 from megaspeech.speech.real_speech import librivox
 from megaspeech.speech.speech_decoder import SpeechDecoder, load_speech_decoder, read_decoder_meta
@@ -40,16 +38,6 @@ from megaspeech.speech.tokenizer import codebook_size, load_tokenizer, tokenize_
 from megaspeech.speech.whisper_ct2 import load_whisper
 
 CONDITIONS = ("original", "resynth", "resynth_gl", "vocoder_true", "gl_true")
-
-
-def heldout(path: str, n: int) -> list[tuple[np.ndarray, str]]:
-    out = []
-    for key, s in open_dataset(path, kind="audio"):
-        if "transcript" in s:
-            out.append((decode_audio(audio_shards.audio_bytes(s, key), key), s["transcript"]))
-        if len(out) == n:
-            break
-    return out
 
 
 def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> tuple[float, list[float]]:
@@ -140,7 +128,7 @@ def main():
     fp = tokenizer_fingerprint(tok_dir)
     tok, K = load_tokenizer(tok_dir)[0], codebook_size(tok_dir)
     base, fallback = load_whisper(), (None if a.greedy else Fallback())
-    sets = {"heldout_tts": heldout(a.heldout, a.n_heldout), "librivox": librivox(a.split)}
+    sets = {"heldout_tts": audio_shards.transcribed(a.heldout, a.n_heldout), "librivox": librivox(a.split)}
     out = Path(a.out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tokenizer": str(tok_dir),

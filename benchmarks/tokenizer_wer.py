@@ -32,10 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megaspeech.data.shards import open_dataset
 from megaspeech.speech import audio_shards
 from megaspeech.speech.asr import Fallback, transcribe_base, transcribe_tokens, wer
-from megaspeech.speech.audio import decode_audio
 from megaspeech.speech.real_speech import asterisk, librivox, spell_numbers
 from megaspeech.speech.tokenizer import decode_tokens_to_text, features, load_tokenizer, tokenize_audios
 from megaspeech.speech.whisper_ct2 import load_whisper
@@ -55,16 +53,6 @@ def find_tokenizer() -> Path | None:
     hits = [p.parent for pat in ("runs/*/tokenizer/tokenizer.json", "runs/*/*/tokenizer/tokenizer.json")
             for p in ROOT.glob(pat)]
     return max(hits, key=lambda p: (p / "model.pt").stat().st_mtime) if hits else None
-
-
-def shards(path, n):
-    out = []
-    for key, s in open_dataset(path, kind="audio"):
-        if "transcript" in s:
-            out.append((decode_audio(audio_shards.audio_bytes(s, key), key), s["transcript"]))
-        if len(out) == n:
-            break
-    return out
 
 
 def batched(fn, xs, bs):
@@ -137,12 +125,12 @@ def main():
     fallback = None if a.greedy else Fallback()
     sets = {}
     if synth:
-        sets["synthetic"] = shards(synth, a.n_synthetic)
+        sets["synthetic"] = audio_shards.transcribed(synth, a.n_synthetic)
     else:
         print("synthetic: skipped (no runs/speech/heldout; make it with launch/make_speech_corpus.py "
               "corpus.split=heldout corpus.out_dir=runs/speech/heldout corpus.utterances=60)")
     for r in a.real:
-        sets[f"real:{r}"] = shards(r, 10 ** 9)
+        sets[f"real:{r}"] = audio_shards.transcribed(r, 10 ** 9)
     norms = {}
     if a.asterisk:
         try:

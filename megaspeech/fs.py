@@ -63,12 +63,33 @@ def swap_dir(tmp: Path, out: Path) -> Path:
     return out
 
 
+def dir_staging(out: Path, marker: str, what: str) -> Path:
+    """A fresh temp dir beside `out` for a directory artifact finished with swap_dir. `out` must be
+    absent, empty, or an earlier artifact of this kind (it holds `marker`): megaspeech never replaces
+    what it did not write. A leftover temp dir of this process is removed first (it is ours)."""
+    if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a {what} directory (no {marker}): "
+                              f"megaspeech never replaces what it did not write; choose another directory")
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def resolve_path(path: str) -> Path:
     """A config path: `megaspeech:REL` is REL inside the installed package (the demo data), anything
     else a filesystem path (`~` expanded)."""
     if path.startswith("megaspeech:"):
         return Path(__file__).parent / path.split(":", 1)[1]
     return Path(path).expanduser()
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_url(path) -> bool:
+    """True for an fsspec URL such as s3://bucket/prefix (a str; a Path is always local)."""
+    return isinstance(path, str) and bool(_URL.match(path))
 
 
 def pid_alive(pid: int) -> bool:

@@ -35,22 +35,18 @@
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from megaspeech.config.load import check
-from megaspeech.fs import resolve_path
+from megaspeech.fs import is_url, resolve_path
 
 
 MODALITY_IDS = {"text": 0, "speech": 1}  # the batch's `modality` values
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-
-
 def is_remote(path: str) -> bool:
     """A dataset read through megaspeech.data.remote's clients: an fsspec URL or pipe:COMMAND."""
-    return isinstance(path, str) and (path.startswith("pipe:") or bool(_URL.match(path)))
+    return isinstance(path, str) and (path.startswith("pipe:") or is_url(path))
 
 
 @dataclass

@@ -17,10 +17,9 @@ import numpy as np
 
 from megaspeech.data.corpora import interleave_corpora
 from megaspeech.config.prep import DataPrepConfig
-from megaspeech.data.remote_write import is_url
 from megaspeech.data.shards import merge_parts, part_prefix, part_writer, parts_for_worker, unfinished_parts
 from megaspeech.data.text import TextTokenizer
-from megaspeech.fs import remove_stale_temps, write_atomic
+from megaspeech.fs import is_url, remove_stale_temps, write_atomic
 from megaspeech.vocab import Vocab
 
 

@@ -16,22 +16,13 @@ ShardError naming the URL.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 
 from megaspeech.data.shard_format import ShardError, parse_manifest
-from megaspeech.fs import pid_alive, write_atomic
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-
-
-def is_url(path) -> bool:
-    """True for an fsspec URL such as s3://bucket/prefix (a str; a Path is always local)."""
-    return isinstance(path, str) and bool(_URL.match(path))
-
+from megaspeech.fs import is_url, pid_alive, write_atomic
 
 class LocalDir:
     """A dataset directory on a local (or shared POSIX) filesystem."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megaspeech.data.render import prompt as render_prompt
 from megaspeech.data.text import TextTokenizer
 from megaspeech.eval import tasks
 from megaspeech.config.eval_suite import SuiteConfig
@@ -135,7 +136,7 @@ class GreedySpeech:
     def generate(self, texts: list[np.ndarray], n_words: list[int]) -> list[np.ndarray]:
         v = self.lm.vocab
         lims = [self.cfg.length_limits(w) for w in n_words]
-        prompts = [np.concatenate([[v.bos_id], np.asarray(t, np.int64), [v.bos_speech_id]]) for t in texts]
+        prompts = [render_prompt("T->S", v, text_ids=t) for t in texts]  # a TTS pair cut before its codes
         codes = greedy(self.lm, prompts, [hi for _, hi in lims], [v.eos_speech_id],
                        allowed=torch.arange(v.speech_offset, v.speech_offset + v.speech_size),
                        batch_size=self.batch_size, min_new=[lo for lo, _ in lims])

@@ -11,7 +11,10 @@ The kind itself is declared with the others in megaspeech/data/shard_format.py.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from megaspeech.data import shards
+from megaspeech.speech.audio import decode_audio
 
 AUDIO_FIELD = "audio.flac"
 
@@ -22,4 +25,15 @@ def audio_bytes(sample: dict, where: str) -> bytes:
         if k.startswith("audio.") and isinstance(v, bytes):
             return v
     raise shards.ShardError(f"{where}: no audio.<ext> bytes field; write samples with 'audio.flac'")
+
+
+def transcribed(path, n: int) -> list[tuple[np.ndarray, str]]:
+    """The first n samples of an `audio` dataset that carry a transcript: [(16 kHz audio, transcript)]."""
+    out = []
+    for key, s in shards.open_dataset(path, kind="audio"):
+        if "transcript" in s:
+            out.append((decode_audio(audio_bytes(s, key), key), s["transcript"]))
+        if len(out) == n:
+            break
+    return out
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.speech_decoding import CodeToMelConfig, VocoderConfig
-from megaspeech.fs import swap_dir
+from megaspeech.fs import dir_staging, swap_dir
 from megaspeech.speech.decoder_mel import HOP, N_FFT, N_MELS, SAMPLE_RATE, frames_per_code, griffin_lim
 from megaspeech.speech.decoder_model import CodeToMel
 from megaspeech.speech.vocoder import Vocoder
@@ -151,12 +149,7 @@ def save_speech_decoder(out_dir: str | Path, code_to_mel: CodeToMel, vocoder: Vo
     from safetensors.torch import save_file
     _check_codebook(code_to_mel.codebook_size, codebook_size, f"being saved to {out_dir}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / "decoder.json").is_file() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not a speech decoder directory (no decoder.json): "
-                              f"megaspeech never replaces what it did not write; choose another directory")
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = dir_staging(out_dir, "decoder.json", "speech decoder")
     save_file({k: v.contiguous() for k, v in code_to_mel.state_dict().items()}, str(tmp / "code_to_mel.safetensors"))
     save_file({k: v.contiguous() for k, v in vocoder.state_dict().items()}, str(tmp / "vocoder.safetensors"))
     meta = {"format": FORMAT, "version": 1, "codebook_size": code_to_mel.codebook_size, "frame_rate": frame_rate,

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from megaspeech.config.load import check
-from megaspeech.fs import swap_dir
+from megaspeech.fs import dir_staging, swap_dir
 from megaspeech.speech.asr import Fallback
 from megaspeech.speech.audio import POOLS, AudioError, log_mel, max_token_samples, num_tokens
 from megaspeech.speech.glm4voice import GLM4VoiceTokenizer, is_release_dir, release_config
@@ -114,12 +112,8 @@ def save_tokenizer(out_dir: str | Path, model: SpeechTokenizer, cfg: TokenizerCo
     """Write a tokenizer directory atomically (temp dir, then rename). trained_on: what it was trained
     on (data, hours, voices, steps), kept as trained_on.json."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / "tokenizer.json").is_file() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not a speech tokenizer directory (no tokenizer.json): "
-                              f"megaspeech never replaces what it did not write; choose another directory")
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "whisper").mkdir(parents=True)
+    tmp = dir_staging(out_dir, "tokenizer.json", "speech tokenizer")
+    (tmp / "whisper").mkdir()
     whisper.model.config.save_pretrained(tmp / "whisper")
     whisper.tokenizer.save(str(tmp / "whisper" / "tokenizer.json"))
     (tmp / "whisper" / "meta.json").write_text(json.dumps(whisper.meta))
