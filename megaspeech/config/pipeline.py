@@ -89,6 +89,7 @@ class PipelineConfig:
     speech_corpus: SpeechCorpusSection = field(default_factory=lambda: SpeechCorpusSection(
         config="configs/speech_corpus.yaml"))
     tokenizer: StageSection = field(default_factory=lambda: StageSection(config="configs/speech_tokenizer_tiny.yaml"))
+    speech_decoder: StageSection = field(default_factory=lambda: StageSection(config="configs/speech_decoder.yaml"))
     speech_shards: SpeechShardsSection = field(default_factory=lambda: SpeechShardsSection(
         config="configs/speech_tokenize.yaml"))
     text_to_token: StageSection = field(default_factory=lambda: StageSection(config="configs/text_to_token_tiny.yaml"))

@@ -174,6 +174,10 @@ def tts(ctx: Context, items: list[dict], rows: Rows, note: str) -> dict:
     if ctx.speech is None:
         rows.add(TTS_READER, "T->S", {"metric": "WER", "skipped": NO_SPEECH})
         return examples
+    from megaspeech.speech.tokenizer import tokenizer_format
+    if tokenizer_format(Path(ctx.suite.speech_tokenizer)) == "glm4voice":
+        rows.add(TTS_READER, "T->S", {"metric": "WER", "skipped": "GLM-4-Voice's released tokenizer has no reader of its codes"})
+        return examples
     t1 = time.perf_counter()
     hyps = read_codes(ctx.suite.speech_tokenizer, codes, refs)
     errs = np.array([word_errors(r, h) for r, h in zip(refs, hyps)])

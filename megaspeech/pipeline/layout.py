@@ -10,7 +10,7 @@ import megaspeech
 
 ROOT = Path(megaspeech.__file__).resolve().parents[1]  # the repository: configs/ and launch/
 
-STAGES = ("text", "speech_corpus", "tokenizer", "speech_shards", "text_to_token", "interleaved",
+STAGES = ("text", "speech_corpus", "tokenizer", "speech_decoder", "speech_shards", "text_to_token", "interleaved",
           "speech_qa", "pretrain", "export", "eval", "report")
 
 MIXTURE_PATHS = {

@@ -36,7 +36,8 @@ from megaspeech.config.pipeline import PipelineConfig
 from megaspeech.pipeline.layout import STAGES
 from megaspeech.pipeline.summary import write_report
 from megaspeech.pipeline.progress import fmt
-from megaspeech.pipeline.stages import STAGE_FUNCS, Ctx, as_dict
+from megaspeech.pipeline.context import Ctx, as_dict
+from megaspeech.pipeline.stages import STAGE_FUNCS
 
 RUN_STAGES = [s for s in STAGES if s != "report"]
 

@@ -7,13 +7,15 @@ Links (all paths under RUN = run.dir, megaspeech.pipeline.layout):
   text           SentencePiece (from scratch) or the HF tokenizer of init_from_hf -> RUN/text/shards
   speech_corpus  TTS of real text -> RUN/speech_corpus/{train,heldout}
   tokenizer      RUN/speech_corpus/train -> RUN/tokenizer/tokenizer (codebook K)
+  speech_decoder RUN/speech_corpus/train + the run's speech tokenizer -> RUN/speech_decoder/decoder
   speech_shards  -> RUN/speech_shards/{pairs,unsup,heldout}; pairs/heldout carry text ids in the text vocab
   text_to_token  RUN/speech_shards/pairs -> RUN/text_to_token (checkpoints)
   interleaved    RUN/text/shards + RUN/text_to_token -> RUN/interleaved/shards
   speech_qa      TTS passages + RUN/tokenizer/tokenizer -> RUN/speech_qa/shards (SALM-style QA)
   pretrain       the GLM-4-Voice mixture over RUN -> RUN/pretrain
   export         RUN/pretrain -> RUN/export/hf
-  eval           RUN/export/hf on RUN/speech_shards/heldout (+ megaspeech.eval when importable)
+  eval           RUN/export/hf on RUN/speech_shards/heldout (+ megaspeech.eval when importable; its TTS
+                 row hears the generated codes through RUN/speech_decoder/decoder)
 The vocabulary: text ids of the text tokenizer, then K speech codes (K = the tokenizer stage's
 codebook_size), then the specials; every stage that reads a vocab.json checks K against the codebook.
 """
@@ -23,80 +25,19 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Callable
 
 from megaspeech.checkpoint.hf_export import ExportConfig
-from megaspeech.config.load import build, load_config
-from megaspeech.config.pipeline import PipelineConfig, StageSection
-from megaspeech.pipeline.layout import MIXTURE_PATHS, VARIANT_STAGES, preset
+from megaspeech.config.load import build
+from megaspeech.config.pipeline import StageSection
+from megaspeech.pipeline.context import (Ctx, as_dict, codebook_size, file_sha, hf_dir, manifest, speech_tokenizer_dir,
+                                         text_vocab, tokenize_schema, tool_config, vocab_links)
+from megaspeech.pipeline.layout import MIXTURE_PATHS, preset
 from megaspeech.pipeline.progress import eta_line, loss_metrics, train_tool
 from megaspeech.synth.interleaved_shards import MakeInterleavedConfig, make_interleaved
 from megaspeech.synth.speech_qa_shards import SpeechQAConfig, make_speech_qa
-
-
-@dataclass
-class Ctx:
-    cfg: PipelineConfig
-    run: Path
-    done: dict[str, dict] = field(default_factory=dict)  # finished stages' markers
-    progress: Callable[[str], None] = print  # one console line
-
-    def dir(self, stage: str) -> Path:
-        """RUN/<stage>, or RUN/<stage>-<variant> for the stages a variant redoes (run.variant)."""
-        v = self.cfg.run.variant
-        return self.run / (f"{stage}-{v}" if v and stage in VARIANT_STAGES else stage)
-
-
-def tool_config(schema, section: StageSection, links: list[str]):
-    """The tool's config: its preset, the section's overrides, then the pipeline's links (they win)."""
-    return load_config(schema, preset(section.config), [*section.overrides, *links])
-
-
-def as_dict(cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def file_sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------- shared links
-def codebook_size(ctx: Ctx) -> int:
-    from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
-    return tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, []).tokenizer.codebook_size
-
-
-def hf_dir(ctx: Ctx) -> Path | None:
-    v = ctx.cfg.init_from_hf
-    if not v:
-        return None
-    if v == "smollm2":
-        from megaspeech.model.smollm2 import smollm2_dir
-        return smollm2_dir()
-    return Path(v).expanduser().resolve()
-
-
-def text_vocab(ctx: Ctx):
-    from megaspeech.vocab import Vocab
-    return Vocab.load(ctx.run / "text" / "shards" / "vocab.json")
-
-
-def vocab_links(ctx: Ctx) -> list[str]:
-    """Pre-training vocab.* = the text shards' vocabulary (text tokenizer + K codes + specials)."""
-    v = text_vocab(ctx)
-    out = [f"vocab.text_size={v.text_size}", f"vocab.speech_size={v.speech_size}",
-           f"vocab.specials={json.dumps(v.specials)}"]
-    if v.hf_tokenizer:
-        out += ["vocab.sp_model=null", f"vocab.hf_tokenizer={v.hf_tokenizer}"]
-    else:
-        out += [f"vocab.sp_model={v.sp_model}", "vocab.hf_tokenizer=null"]
-    return out
-
-
-def manifest(path: Path) -> dict:
-    return json.loads((Path(path) / "manifest.json").read_text())
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -156,33 +97,50 @@ def tokenizer_configure(ctx: Ctx):
     return tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"]), {}
 
 
-def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
-    from megaspeech.speech.tokenizer_training import train
-    total, t0, start = cfg.train.steps, time.time(), 0
+def _progress_log(ctx: Ctx, stage: str, total: int, max_seconds: float) -> Callable[[str], None]:
+    """A trainer's `log`: its lines to the stage log, and its `step=N ...` lines as the console's ETA line."""
+    t0, start = time.time(), 0
 
     def log(line: str):
         nonlocal start
         print(line, flush=True)
-        if line.startswith("resumed from "):  # the rate counts only this invocation's steps
+        if line.startswith("resumed from "):  # "... at step N": the rate counts only this invocation's steps
             start = int(line.rsplit(" ", 1)[1])
         if line.startswith("step="):
             step = int(line.split()[0].split("=")[1])
-            ctx.progress(eta_line("tokenizer", step, total, time.time() - t0, start, cfg.train.max_seconds))
-    last = train(cfg, log=log)
+            ctx.progress(eta_line(stage, step, total, time.time() - t0, start, max_seconds))
+    return log
+
+
+def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    from megaspeech.speech.tokenizer_training import train
+    last = train(cfg, log=_progress_log(ctx, "tokenizer", cfg.train.steps, cfg.train.max_seconds))
     return {"outputs": {"tokenizer": str(Path(cfg.run.dir) / "tokenizer")},
             "metrics": {"codebook_size": cfg.tokenizer.codebook_size,
                         **{k: v for k, v in last.items() if isinstance(v, (int, float))}}}
 
 
+def speech_decoder_configure(ctx: Ctx):
+    from megaspeech.config.speech_decoding import SpeechDecoderTrainingConfig
+    from megaspeech.speech.tokenizer import tokenizer_fingerprint
+    tok = speech_tokenizer_dir(ctx)
+    links = [f"run.dir={ctx.run / 'speech_decoder'}", f"train.tokenizer={tok}",
+             f"train.data={ctx.run / 'speech_corpus' / 'train'}"]
+    return tool_config(SpeechDecoderTrainingConfig, ctx.cfg.speech_decoder, links), {"tokenizer_model": tokenizer_fingerprint(tok)}
+
+
+def speech_decoder_run(ctx: Ctx, cfg, extra: dict) -> dict:
+    from megaspeech.speech.decoder_training import train
+    last = train(cfg, log=_progress_log(ctx, "speech_decoder", cfg.train.steps, cfg.train.max_seconds))
+    return {"outputs": {"decoder": str(Path(cfg.run.dir) / "decoder")},
+            "metrics": {"objective": cfg.model.objective,
+                        **{k: v for k, v in last.items() if isinstance(v, (int, float))}}}
+
+
 def speech_shards_configure(ctx: Ctx):
-    from megaspeech.speech.tokenize_corpus import TokenizeConfig
-    schema = dataclasses.make_dataclass("TokenizeTool", [("tokenize", TokenizeConfig,
-                                                          field(default_factory=TokenizeConfig))])
-    tok, corpus, d = ctx.run / "tokenizer" / "tokenizer", ctx.run / "speech_corpus", ctx.run / "speech_shards"
+    schema = tokenize_schema()
+    tok, corpus, d = speech_tokenizer_dir(ctx), ctx.run / "speech_corpus", ctx.run / "speech_shards"
     vocab = ctx.run / "text" / "shards" / "vocab.json"
-    own = tool_config(schema, ctx.cfg.speech_shards, []).tokenize
-    if own.tokenizer_format == "glm4voice":  # GLM-4-Voice's released tokenizer (the section's tokenize.tokenizer)
-        tok = Path(own.tokenizer).expanduser().resolve()
 
     def one(inputs, out, vocab_file):
         return tool_config(schema, ctx.cfg.speech_shards, [
@@ -255,7 +213,7 @@ def interleaved_run(ctx: Ctx, cfg, extra: dict) -> dict:
 
 
 def speech_qa_configure(ctx: Ctx):
-    links = [f"text_tokenizer={ctx.run / 'text' / 'shards'}", f"speech_tokenizer={ctx.run / 'tokenizer' / 'tokenizer'}",
+    links = [f"text_tokenizer={ctx.run / 'text' / 'shards'}", f"speech_tokenizer={speech_tokenizer_dir(ctx)}",
              f"output={ctx.run / 'speech_qa' / 'shards'}"]
     return tool_config(SpeechQAConfig, ctx.cfg.speech_qa, links), {}
 
@@ -336,7 +294,8 @@ def eval_configure(ctx: Ctx):
         run = ctx.run
         trained_on = [run / p for p in MIXTURE_PATHS.values()] + [run / "speech_corpus" / "train", run / "speech_qa" / "shards"]
         links = [f"model={ctx.dir('export') / 'hf'}", f"out_dir={ctx.dir('eval') / 'suite'}",
-                 f"speech_tokenizer={run / 'tokenizer' / 'tokenizer'}", f"speech_cache={run / 'eval_speech_codes'}",
+                 f"speech_tokenizer={speech_tokenizer_dir(ctx)}", f"speech_cache={run / 'eval_speech_codes'}",
+                 f"speech_decoder={run / 'speech_decoder' / 'decoder'}",
                  f"training_manifests={json.dumps([str(p) for p in trained_on])}"]
         spec["suite"] = as_dict(tool_config(SuiteConfig, StageSection(e.suite, e.overrides), links))
     return spec, {}
@@ -363,11 +322,12 @@ STAGE_FUNCS = {
     "text": (text_configure, text_run, ()),
     "speech_corpus": (speech_corpus_configure, speech_corpus_run, ()),
     "tokenizer": (tokenizer_configure, tokenizer_run, ("speech_corpus",)),
+    "speech_decoder": (speech_decoder_configure, speech_decoder_run, ("speech_corpus", "tokenizer")),
     "speech_shards": (speech_shards_configure, speech_shards_run, ("text", "speech_corpus", "tokenizer")),
     "text_to_token": (text_to_token_configure, text_to_token_run, ("text", "speech_shards")),
     "interleaved": (interleaved_configure, interleaved_run, ("text", "text_to_token")),
     "speech_qa": (speech_qa_configure, speech_qa_run, ("text", "tokenizer")),
     "pretrain": (pretrain_configure, pretrain_run, ("text", "speech_shards", "interleaved")),
     "export": (export_configure, export_run, ("pretrain",)),
-    "eval": (eval_configure, eval_run, ("export", "speech_shards")),
+    "eval": (eval_configure, eval_run, ("export", "speech_shards", "speech_decoder")),
 }

@@ -25,6 +25,7 @@ METRICS = {  # what report.json must hold per stage
     "text": ["samples", "tokens", "text_size", "speech_size", "tokenizer"],
     "speech_corpus": ["train_utterances", "heldout_utterances"],
     "tokenizer": ["codebook_size", "ce", "perplexity", "step"],
+    "speech_decoder": ["objective", "step", "eta_s"],
     "speech_shards": ["pairs_samples", "unsup_samples", "heldout_samples", "pairs_tokens", "unsup_tokens"],
     "text_to_token": ["steps", "final_loss_speech", "first_loss_speech"],
     "interleaved": ["docs", "tokens", "eta", "text_to_token"],
@@ -61,7 +62,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         for up, h in m[stage]["upstream"].items():  # it ran on the outputs of these exact upstream runs
             assert h == m[up]["hash"], (stage, up)
     assert "| eval |" in (run / "report.md").read_text()
-    for line in ("[5/10 text_to_token] start", "[pretrain] step 6/6 (100%)", "report:"):
+    for line in ("[6/11 text_to_token] start", "[pretrain] step 6/6 (100%)", "report:"):
         assert line in first.stdout, first.stdout
 
     # the vocabulary is derived from the speech tokenizer: K codes everywhere
@@ -120,14 +121,19 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     suite = ev["suite"]
     done = {(r["task"], r["direction"]) for r in suite["results"] if "value" in r}
     assert {("story (easy: other document)", "S->S"), ("word vs non-word", "S->S"), ("passage QA (extractive)", "S->T"),
-            ("knowledge QA", "S->T"), ("ASR", "S->T")} <= done, done
+            ("knowledge QA", "S->T"), ("ASR", "S->T"), ("TTS", "T->S")} <= done, done
+    # the TTS row heard the generated codes through the run's own speech decoder (the speech_decoder stage)
+    assert m["speech_decoder"]["outputs"]["decoder"] == str(run / "speech_decoder/decoder")
+    assert json.loads((run / "speech_decoder/decoder/decoder.json").read_text())["tokenizer"]["path"] == str(run / "tokenizer/tokenizer")
     assert {str(run / p) for p in (*MIXTURE_PATHS.values(), "speech_corpus/train")} <= set(suite["split"]["checked_against"])
     # provenance: every training dataset (speech included) lists its documents; the n-gram check read each
     assert set(suite["split"]["training_docs"]) == set(suite["split"]["checked_against"])
     assert all(suite["split"]["training_docs"].values()), suite["split"]["training_docs"]
     overlap = json.loads((run / "eval/suite/eval.json").read_text())["contamination"]
     assert [d["path"] for d in overlap["datasets"]] == suite["split"]["checked_against"]
-    assert json.loads((run / "eval/suite/eval.json").read_text())["config"]["speech_tokenizer"] == str(run / "tokenizer/tokenizer")
+    suite_cfg = json.loads((run / "eval/suite/eval.json").read_text())["config"]
+    assert suite_cfg["speech_tokenizer"] == str(run / "tokenizer/tokenizer")
+    assert suite_cfg["speech_decoder"] == str(run / "speech_decoder/decoder")
     assert "## Evaluation suite" in (run / "report.md").read_text()
 
     # rerun: every stage is skipped, nothing rewritten
@@ -137,11 +143,11 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     # an interrupted stage (started, no marker) resumes in place
     (run / "eval" / "stage.json").unlink()
     resumed = _pipeline(run, "--until", "eval")
-    assert "[10/10 eval] resume: an interrupted run with the same inputs" in resumed.stdout
+    assert "[11/11 eval] resume: an interrupted run with the same inputs" in resumed.stdout
     assert resumed.stdout.count("skip: done") == len(RUN_STAGES) - 1
     # an ablation variant: the same data stages, pre-training without interleaved data in its own dir
     var = _pipeline(run, "run.variant=no_interleaved", "pretrain.interleaved_scale=0", "--until", "pretrain")
-    assert var.stdout.count("skip: done") == 7 and "[8/10 pretrain] start" in var.stdout
+    assert var.stdout.count("skip: done") == 8 and "[9/11 pretrain] start" in var.stdout
     pv = yaml.safe_load((run / "pretrain-no_interleaved/config.yaml").read_text())
     assert [s["name"] for s in pv["data"]["sources"]] == ["text", "speech", "asr_tts"]
     wv = json.loads((run / "report-no_interleaved.json").read_text())["stages"]["pretrain"]["metrics"]["weights"]
@@ -159,13 +165,13 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     # a changed input redoes its stage (and only it, up to --until); upstream stays
     changed = _pipeline(run, "--until", "interleaved",
                         "interleaved.overrides=[interleave.eta=0.5, interleave.docs_per_batch=32, threads=1]")
-    assert changed.stdout.count("skip: done") == 5 and "[6/10 interleaved] redo: inputs changed" in changed.stdout
+    assert changed.stdout.count("skip: done") == 6 and "[7/11 interleaved] redo: inputs changed" in changed.stdout
     assert json.loads((run / "interleaved/shards/manifest.json").read_text())["meta"]["eta"] == 0.5
     assert _marker(run, "pretrain") == m["pretrain"]  # not reached (--until)
     # the variant without interleaved data does not read it: its pre-training stands
     var2 = _pipeline(run, "run.variant=no_interleaved", "pretrain.interleaved_scale=0", "--until", "pretrain",
                      "interleaved.overrides=[interleave.eta=0.5, interleave.docs_per_batch=32, threads=1]")
-    assert "[8/10 pretrain] skip: done, inputs unchanged" in var2.stdout, var2.stdout
+    assert "[9/11 pretrain] skip: done, inputs unchanged" in var2.stdout, var2.stdout
     # --from redoes that stage; the earlier markers are taken as they are
     redo = _pipeline(run, "--from", "export", "--until", "export")
-    assert "[9/10 export] redo: --from" in redo.stdout and "start" not in redo.stdout.split("[9/10")[0]
+    assert "[10/11 export] redo: --from" in redo.stdout and "start" not in redo.stdout.split("[10/11")[0]

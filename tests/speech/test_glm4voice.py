@@ -167,9 +167,10 @@ def test_tokenize_speech_tool_and_vocab_check(tmp_path):
 
 def test_pipeline_speech_shards_stage_takes_the_release(tmp_path):
     """speech_shards.overrides [tokenize.tokenizer_format=glm4voice, tokenize.tokenizer=DIR]: the stage tokenizes
-    with DIR (not RUN/tokenizer/tokenizer) and its config hash follows the release's files."""
+    with DIR (not RUN/tokenizer/tokenizer) and its config hash follows the release's files; so do the speech
+    decoder and spoken-QA stages."""
     from megaspeech.config.pipeline import PipelineConfig, SpeechShardsSection
-    from megaspeech.pipeline.stages import Ctx, speech_shards_configure
+    from megaspeech.pipeline.stages import Ctx, speech_decoder_configure, speech_qa_configure, speech_shards_configure
     from megaspeech.speech.tokenizer import tokenizer_fingerprint
     rel = make_release(tmp_path / "glm-4-voice-tokenizer")
     section = SpeechShardsSection(config="configs/speech_tokenize.yaml", overrides=[
@@ -178,3 +179,9 @@ def test_pipeline_speech_shards_stage_takes_the_release(tmp_path):
     assert {c.tokenize.tokenizer for c in cfgs.values()} == {str(rel.resolve())}
     assert {c.tokenize.tokenizer_format for c in cfgs.values()} == {"glm4voice"}
     assert extra["tokenizer_model"] == tokenizer_fingerprint(rel)
+    # the stages that read speech codes use the same release: the decoder is trained for its codes, the
+    # spoken QA is tokenized with it
+    ctx = Ctx(PipelineConfig(speech_shards=section), tmp_path / "run")
+    dec, dec_extra = speech_decoder_configure(ctx)
+    assert dec.train.tokenizer == str(rel.resolve()) and dec_extra["tokenizer_model"] == tokenizer_fingerprint(rel)
+    assert speech_qa_configure(ctx)[0].speech_tokenizer == str(rel.resolve())
