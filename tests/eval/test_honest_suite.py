@@ -85,14 +85,15 @@ def _tiny_lm():
     return lm
 
 
-def test_tts_row_has_a_bootstrap_interval(docs_dir, monkeypatch):
+def test_tts_row_has_a_bootstrap_interval(docs_dir, tmp_path, monkeypatch):
     """TTS WER per utterance -> wer_result's bootstrap (was NaN); the speech tokenizer's ASR path is
-    stubbed: it hears only "the". (That is the diagnostic reader row; the audio row needs a decoder.)"""
+    stubbed: it hears only "the". (That is the diagnostic reader row; the audio row needs a decoder.)
+    The tokenizer directory is a megaspeech one (no GLM-4-Voice config.json), so the reader row runs."""
     import megaspeech.speech.tokenizer as st
     from megaspeech.eval.run import TTS_READER, Rows, tts
     monkeypatch.setattr(st, "load_tokenizer", lambda d: (None, None, None))
     monkeypatch.setattr(st, "decode_tokens_to_text", lambda m, w, chunk, max_new_tokens: ["the"] * len(chunk))
-    suite = suite_cfg(docs_dir, batch_size=4)
+    suite = suite_cfg(docs_dir, batch_size=4, speech_tokenizer=str(tmp_path))
     ctx = types.SimpleNamespace(lm=_tiny_lm(), tok=TextTokenizer(VOCAB), suite=suite, speech=object(), v=VOCAB)
     items = tasks.sentence_items(heldout_documents(suite.corpus, suite.heldout_docs), 6, 0, "tts")
     rows = Rows(ctx, log=lambda m: None)
