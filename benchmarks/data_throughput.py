@@ -137,9 +137,14 @@ def best_rates(runs: dict, repeat: int) -> dict[str, tuple[int, float, float, fl
         for name, fn in runs.items():
             n, dt, cpu, steady = fn()
             old = best.get(name, (n, 0.0, 0.0, 0.0))
-            best[name] = (n, n / dt, cpu, old[3]) if n / dt > old[1] else old
-            best[name] = (*best[name][:3], max(best[name][3], steady))
+            n, rate, cpu = (n, n / dt, cpu) if n / dt > old[1] else old[:3]
+            best[name] = (n, rate, cpu, max(old[3], steady))
     return best
+
+
+def timed(sources: dict[str, str], a, **cfg_kw):
+    """ours() on `sources` with the command line's batch shape, as a run for best_rates."""
+    return lambda: ours(sources, a.seq_len, a.micro_batch, **cfg_kw)
 
 
 # ---------------------------------------------------------------------------------- cores
@@ -176,15 +181,10 @@ def pin_children(cpus: set[int]) -> list[int]:
 # ---------------------------------------------------------------------------------- parts
 def part_disk(paths: dict[str, Path], a) -> None:
     ours(paths, a.seq_len, a.micro_batch)  # warm the page cache for both paths
-    best_raw = best_ours = 0.0
-    for _ in range(a.repeat):
-        n, dt = raw_webdataset(paths)
-        best_raw = max(best_raw, n / dt)
-        n, dt, _, _ = ours(paths, a.seq_len, a.micro_batch)
-        best_ours = max(best_ours, n / dt)
-    print(f"raw_webdataset_tokens_per_s={best_raw:.4g}")
-    print(f"ours_tokens_per_s={best_ours:.4g}")
-    print(f"ratio={best_ours / best_raw:.3f}", flush=True)
+    best = best_rates({"raw": lambda: (*raw_webdataset(paths), 0.0, 0.0), "ours": timed(paths, a)}, a.repeat)
+    print(f"raw_webdataset_tokens_per_s={best['raw'][1]:.4g}")
+    print(f"ours_tokens_per_s={best['ours'][1]:.4g}")
+    print(f"ratio={best['ours'][1] / best['raw'][1]:.3f}", flush=True)
 
 
 def sequential_get(fs, urls: list[str], sizes: list[int]) -> float:
@@ -220,7 +220,6 @@ def part_remote(root: Path, paths: dict[str, Path], a, others: set[int]) -> None
     files = shard_files(paths)
     nbytes = sum(f.stat().st_size for f in files)
     rel = {k: p.relative_to(root).as_posix() for k, p in paths.items()}
-    run = lambda src, **kw: (lambda: ours(src, a.seq_len, a.micro_batch, **kw))  # noqa: E731
     with nginx_server(root) as http_url, s3_server() as (s3_url, opts):
         t0 = time.perf_counter()
         upload_dir(root, f"s3://{BUCKET}/bench", opts)
@@ -230,8 +229,8 @@ def part_remote(root: Path, paths: dict[str, Path], a, others: set[int]) -> None
             print(f"(pinned {len(pin_children(others))} server/proxy processes to cores {sorted(others)}; "
                   f"{a.delay_ms:g} ms added per request)", flush=True)
             s3_opts = {**opts, "endpoint_url": s3_proxy}
-            runs = {"disk": run(paths), "http": run({k: f"{http_proxy}/{r}" for k, r in rel.items()}),
-                    "s3": run({k: f"s3://{BUCKET}/bench/{r}" for k, r in rel.items()}, storage_options=s3_opts)}
+            runs = {"disk": timed(paths, a), "http": timed({k: f"{http_proxy}/{r}" for k, r in rel.items()}, a),
+                    "s3": timed({k: f"s3://{BUCKET}/bench/{r}" for k, r in rel.items()}, a, storage_options=s3_opts)}
             for name, fn in runs.items():  # warm-up: page cache, moto's first reads
                 print(f"(warm-up {name}: {fn()[1]:.1f} s)", flush=True)
             best = best_rates(runs, a.repeat)
