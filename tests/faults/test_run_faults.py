@@ -92,8 +92,10 @@ def test_sigterm_to_the_deepspeed_command_checkpoints_and_leaves_no_process(tmp_
     stop = steps[-1]
     assert steps == list(range(1, stop + 1)) and stop < 1000
     assert (run_dir / "checkpoints" / "latest").read_text() == offline.tag_for(stop)
-    rank0 = (run_dir / "logs" / "rank0.log").read_text()
-    assert "has exited: stopping as on SIGTERM" in rank0 and f"checkpoint saved at step {stop}" in rank0
+    # Each rank watches the launcher; whichever polls first logs it and the all-reduce stops both (CI saw rank 1 first).
+    logs = {r: (run_dir / "logs" / f"rank{r}.log").read_text() for r in (0, 1)}
+    assert any("has exited: stopping as on SIGTERM" in text for text in logs.values()), logs
+    assert f"checkpoint saved at step {stop}" in logs[0]
     assert offline.verify_collective(run_dir / "checkpoints" / offline.tag_for(stop)) == []
 
 
