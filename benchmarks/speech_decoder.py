@@ -5,6 +5,8 @@ For every held-out utterance, in the same run:
   resynth        audio -> tokenizer codes -> code->mel -> trained vocoder -> ASR
   resynth_gl     the same predicted mel -> Griffin-Lim (no trained vocoder)
   vocoder_true   the TRUE log-mel of the audio -> trained vocoder (the vocoder stage alone)
+  vocoder_net    the TRUE log-mel -> the vocoder's network alone (vocoder.refine_iters 0: no consistency
+                 projections; the same as vocoder_true for a decoder trained with refine_iters 0)
   gl_true        the TRUE log-mel -> Griffin-Lim (the no-training ceiling of the vocoder stage)
 WER (%) with a 95% bootstrap interval over utterances (megaspeech.eval.scores.wer_result), the ratio of
 each WER to the original's (paired bootstrap interval), the L1 log-mel distance of each output to the
@@ -37,7 +39,7 @@ from megaspeech.speech.speech_decoder import SpeechDecoder, load_speech_decoder,
 from megaspeech.speech.tokenizer import codebook_size, load_tokenizer, tokenize_audios, tokenizer_fingerprint
 from megaspeech.speech.whisper_ct2 import load_whisper
 
-CONDITIONS = ("original", "resynth", "resynth_gl", "vocoder_true", "gl_true")
+CONDITIONS = ("original", "resynth", "resynth_gl", "vocoder_true", "vocoder_net", "gl_true")
 
 
 def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> tuple[float, list[float]]:
@@ -59,7 +61,8 @@ def outputs(dec: SpeechDecoder, gl: SpeechDecoder, audio: np.ndarray, codes: np.
     wave_gl = gl.synthesize(codes)
     t_gl = time.perf_counter() - t
     return {"waves": {"original": audio, "resynth": wave, "resynth_gl": wave_gl,
-                      "vocoder_true": dec.mel_to_wave(true), "gl_true": gl.mel_to_wave(true)},
+                      "vocoder_true": dec.mel_to_wave(true),
+                      "vocoder_net": dec.mel_to_wave(true, refine_iters=0), "gl_true": gl.mel_to_wave(true)},
             "true_mel": true, "pred_mel": mel, "t_dec": t_dec, "t_gl": t_gl}
 
 
@@ -115,6 +118,7 @@ def main():
     p.add_argument("--heldout", default="runs/tok_corpus/heldout", help="held-out TTS `audio` shards")
     p.add_argument("--n_heldout", type=int, default=60)
     p.add_argument("--split", choices=("dev", "test"), default="test", help="LibriVox half (test: reported)")
+    p.add_argument("--sets", nargs="+", choices=("heldout_tts", "librivox"), default=["heldout_tts", "librivox"])
     p.add_argument("--examples", type=int, default=3, help=".wav examples written per set")
     p.add_argument("--out", default="runs/speech_decoder_bench", help="results.json and examples/ go here")
     p.add_argument("--greedy", action="store_true", help="greedy ASR only, no temperature fallback")
@@ -128,7 +132,8 @@ def main():
     fp = tokenizer_fingerprint(tok_dir)
     tok, K = load_tokenizer(tok_dir)[0], codebook_size(tok_dir)
     base, fallback = load_whisper(), (None if a.greedy else Fallback())
-    sets = {"heldout_tts": audio_shards.transcribed(a.heldout, a.n_heldout), "librivox": librivox(a.split)}
+    read = {"heldout_tts": lambda: audio_shards.transcribed(a.heldout, a.n_heldout), "librivox": lambda: librivox(a.split)}
+    sets = {name: read[name]() for name in a.sets}
     out = Path(a.out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tokenizer": str(tok_dir),

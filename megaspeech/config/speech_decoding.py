@@ -8,7 +8,8 @@
   model.kernel        depthwise kernel of every ConvNeXt block (convolutions only: the receptive field,
                       hence the streaming look-ahead, is finite)
   vocoder.*           Vocos-style: ConvNeXt blocks on the mel predict STFT log-magnitude and phase, then
-                      an inverse STFT (n_fft 640, hop 160)
+                      an inverse STFT (n_fft 640, hop 160); refine_iters fast Griffin-Lim projections
+                      seeded by the predicted phase at inference (0: the network alone)
   train.tokenizer     the frozen speech tokenizer whose codes the decoder reads (its run_dir/tokenizer)
   train.data          `audio` shards (the tokenizer's: launch/make_speech_corpus.py, launch/ingest_audio.py)
   train.crop_codes    codes per training crop of the code->mel model (convolutions: crops train the same map)
@@ -34,6 +35,7 @@ class CodeToMelConfig:
     flow_steps: int = 8  # Euler steps of the flow sampler
     sigma_min: float = 1e-4  # OT-CFM's minimum noise
     prior_weight: float = 1.0  # flow only: weight of the regression loss on the conditioning mel (mu)
+    code_templates: bool = True  # a per-code mel table, set from the training data at step 0, under the convs
 
     def __post_init__(self):
         for name in ("dim", "code_layers", "mel_layers", "flow_layers", "flow_steps"):
@@ -47,8 +49,11 @@ class VocoderConfig:
     dim: int = 192
     layers: int = 6
     kernel: int = 7
+    refine_iters: int = 0  # inference: fast Griffin-Lim projections seeded by the predicted phase (0 = none)
+    magnitude_prior: bool = True  # predict log|STFT| as a correction of the mel filters' pseudo-inverse
 
     def __post_init__(self):
+        check(self.refine_iters >= 0, "vocoder.refine_iters", "must be >= 0")
         check(self.dim >= 1 and self.layers >= 1, "vocoder.dim", "vocoder.dim and vocoder.layers must be >= 1")
         check(self.kernel % 2 == 1, "vocoder.kernel", "must be odd (centred convolutions)")
 
@@ -75,6 +80,8 @@ class SpeechDecoderTrainConfig:
     grad_clip: float = 1.0
     stft_weight: float = 1.0  # vocoder: multi-resolution STFT loss (spectral convergence + log magnitude)
     mel_weight: float = 1.0  # vocoder: L1 log-mel of its output vs the input mel
+    mag_weight: float = 1.0  # vocoder: L1 log-magnitude of its predicted spectrum vs the true STFT
+    phase_weight: float = 1.0  # vocoder: anti-wrapping phase losses of its predicted spectrum (APNet)
     checkpoint_every: int = 200
     log_every: int = 20
     max_seconds: float = 0.0  # wall-clock budget; 0 = none. Stops (and checkpoints) when exceeded

@@ -81,19 +81,32 @@ def log_mel(audio: torch.Tensor | np.ndarray, frames: int | None = None) -> torc
     return log_mel_of_magnitude(stft(a).abs())[..., :frames]
 
 
-def griffin_lim(mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99, seed: int = 0) -> torch.Tensor:
-    """The no-training vocoder: log-mel [N_MELS, F] -> linear magnitude by the filters' pseudo-inverse
-    (clamped at 0) -> fast Griffin-Lim (Perraudin et al. 2013, as torchaudio.transforms.GriffinLim;
-    torchaudio is not a dependency) -> float32 [F * HOP] samples."""
-    mag = torch.clamp(_inverse_basis(mel.shape[-2]) @ torch.exp(mel.float()), min=0.0)
-    length = mag.shape[-1] * HOP
-    mag = torch.nn.functional.pad(mag, (0, 1), mode="replicate")  # stft of `length` samples has F + 1 frames
-    g = torch.Generator().manual_seed(seed)
-    angles = torch.exp(2j * torch.pi * torch.rand(mag.shape, generator=g))
+def inverse_mel(mel: torch.Tensor) -> torch.Tensor:
+    """log-mel [..., n_mels, F] -> linear magnitude [..., N_FFT // 2 + 1, F] by the filters' pseudo-inverse,
+    clamped at 0 (the magnitude Griffin-Lim starts from)."""
+    return torch.clamp(_inverse_basis(mel.shape[-2]) @ torch.exp(mel.float()), min=0.0)
+
+
+def consistent_phase(mag: torch.Tensor, angles: torch.Tensor, length: int, n_iter: int,
+                     momentum: float = 0.99) -> torch.Tensor:
+    """Fast Griffin-Lim (Perraudin et al. 2013, as torchaudio.transforms.GriffinLim; torchaudio is not a
+    dependency): `n_iter` projections of |mag| [..., N_FFT // 2 + 1, F + 1] with unit phases `angles` onto
+    consistent spectrograms of `length` samples -> the refined unit phases."""
     prev = torch.zeros_like(angles)
     for _ in range(n_iter):
         rebuilt = stft(istft(mag * angles, length))
         angles = rebuilt - prev * (momentum / (1 + momentum))
         angles = angles / (angles.abs() + 1e-16)
         prev = rebuilt
-    return istft(mag * angles, length)
+    return angles
+
+
+def griffin_lim(mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99, seed: int = 0) -> torch.Tensor:
+    """The no-training vocoder: log-mel [N_MELS, F] -> linear magnitude by the filters' pseudo-inverse
+    (clamped at 0) -> random phases refined by consistent_phase -> float32 [F * HOP] samples."""
+    mag = inverse_mel(mel)
+    length = mag.shape[-1] * HOP
+    mag = torch.nn.functional.pad(mag, (0, 1), mode="replicate")  # stft of `length` samples has F + 1 frames
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.exp(2j * torch.pi * torch.rand(mag.shape, generator=g))
+    return istft(mag * consistent_phase(mag, angles, length, n_iter, momentum), length)

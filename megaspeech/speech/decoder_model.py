@@ -2,7 +2,13 @@
 
     codes int64 [B, T] -> embedding -> ConvNeXt x code_layers (at the code rate)
     -> repeat each code frames_per_code times (+ a learned embedding of the frame's place in its code)
-    -> ConvNeXt x mel_layers (100 frames/s) -> h [B, F, dim] -> linear -> mu [B, F, n_mels]
+    -> ConvNeXt x mel_layers (100 frames/s) -> h [B, F, dim] -> linear (+ the code's template) -> mu [B, F, n_mels]
+
+  code templates  (model.code_templates) a table of fpc x n_mels (normalised) log-mel frames per code, set
+              by the trainer to the mean mel of each code over the training set before step 0 (codes
+              never seen: the mean frame), and the linear output starts at zero: the model starts as
+              that lookup table and the convolutions learn what context adds (the voice, co-articulation).
+              Why: without it the convolutions underfit the map from 4,096 codes (docs/speech_decoder.md).
 
   regression  mu is the predicted (normalised) log-mel; loss L1 or L2 against the true one.
   flow        conditional flow matching (OT-CFM, Lipman et al. 2023; CosyVoice / GLM-4-Voice's decoder):
@@ -63,6 +69,11 @@ class CodeToMel(nn.Module):
         self.mel_blocks = nn.ModuleList(ConvNeXtBlock(d, cfg.kernel) for _ in range(cfg.mel_layers))
         self.norm = nn.LayerNorm(d)
         self.to_mel = nn.Linear(d, n_mels)
+        if cfg.code_templates:
+            self.template = nn.Embedding(codebook_size, frames_per_code * n_mels)
+            nn.init.zeros_(self.template.weight)
+            nn.init.zeros_(self.to_mel.weight)
+            nn.init.zeros_(self.to_mel.bias)
         self.register_buffer("mel_mean", torch.zeros(()))
         self.register_buffer("mel_std", torch.ones(()))
         if cfg.objective == "flow":
@@ -92,7 +103,27 @@ class CodeToMel(nn.Module):
         for b in self.mel_blocks:
             x = b(x)
         h = self.norm(x)
-        return h, self.to_mel(h)
+        mu = self.to_mel(h)
+        if self.cfg.code_templates:
+            mu = mu + self.template(codes).reshape(B, T * self.fpc, self.n_mels)
+        return h, mu
+
+    @torch.no_grad()
+    def set_templates(self, codes: list[torch.Tensor], mels: list[torch.Tensor]) -> int:
+        """The code templates from utterances: codes int64 [T] each with its log-mel [n_mels, T * fpc]
+        -> each code's mean (normalised) frames; a code never seen gets the mean frame. Returns the
+        number of codes seen."""
+        K, f, n = self.codebook_size, self.fpc, self.n_mels
+        total, count = torch.zeros(K, f * n, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
+        for c, m in zip(codes, mels):
+            x = ((m - self.mel_mean) / self.mel_std).T.reshape(len(c), f * n).double()
+            total.index_add_(0, c, x)
+            count.index_add_(0, c, torch.ones(len(c), dtype=torch.float64))
+        mean_frame = total.sum(0) / count.sum().clamp_min(1)
+        seen = count > 0
+        table = torch.where(seen[:, None], total / count.clamp_min(1)[:, None], mean_frame[None])
+        self.template.weight.copy_(table.float())
+        return int(seen.sum())
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """Flow velocity at x [B, F, n_mels], times t [B] -> [B, F, n_mels]."""

@@ -102,6 +102,19 @@ class SpeechDecoderTrainer:
         self.c2m.mel_mean.fill_(float(allm.mean()))
         self.c2m.mel_std.fill_(float(allm.std()))
 
+    def _code_templates(self) -> None:
+        """The code->mel model's code templates: each code's mean mel over every training item."""
+        t0, codes, mels, i = time.time(), [], [], 0
+        for audios in audio_chunks(self.data):
+            for a in audios:
+                c = self.codes[i]
+                nf = len(c) * self.fpc
+                codes.append(torch.from_numpy(c))
+                mels.append(log_mel(np.pad(a, (0, max(0, nf * HOP - len(a))))[:nf * HOP], nf))
+                i += 1
+        seen = self.c2m.set_templates(codes, mels)
+        self.log(f"code templates: {seen} of {self.K} codes seen in {i} items ({time.time() - t0:.0f} s)")
+
     def _batch(self, idx: np.ndarray, rng: np.random.Generator):
         """(codes [B, L], their mel [B, n_mels, L * fpc], vocoder mel [B, n_mels, Fv], audio [B, Fv * HOP])."""
         tc, spc = self.cfg.train, self.fpc * HOP
@@ -140,7 +153,7 @@ class SpeechDecoderTrainer:
         torch.nn.utils.clip_grad_norm_(self.c2m.parameters(), tc.grad_clip)
         self.opt_c.step()
         out.update(parts)
-        vloss, vparts = self.voc.loss(vmel, vaudio, tc.mel_weight, tc.stft_weight)
+        vloss, vparts = self.voc.loss(vmel, vaudio, tc.mel_weight, tc.stft_weight, tc.mag_weight, tc.phase_weight)
         self.opt_v.zero_grad(set_to_none=True)
         vloss.backward()
         torch.nn.utils.clip_grad_norm_(self.voc.parameters(), tc.grad_clip)
@@ -167,6 +180,8 @@ class SpeechDecoderTrainer:
             self.log(f"resumed from {self.ckpt} at step {self.step}")
             return True
         self._mel_stats()
+        if self.cfg.model.code_templates:
+            self._code_templates()
         return False
 
     def save(self) -> None:

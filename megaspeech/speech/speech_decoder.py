@@ -73,18 +73,19 @@ class SpeechDecoder:
         return self.code_to_mel.generate(c, noise)[0]
 
     @torch.no_grad()
-    def _wave(self, mel: torch.Tensor) -> torch.Tensor:
+    def _wave(self, mel: torch.Tensor, refine_iters: int | None = None) -> torch.Tensor:
         if self.vocoder_kind == "griffin_lim":
             return griffin_lim(mel, GRIFFIN_LIM_ITERS)
-        return self.vocoder(mel[None].float())[0]
+        return self.vocoder(mel[None].float(), refine_iters)[0]
 
     def codes_to_mel(self, codes: np.ndarray) -> np.ndarray:
         """Raw codes int [T] (0..K-1) -> log-mel float32 [n_mels, T * frames_per_code] (100 frames/s)."""
         return self._mel(codes).numpy()
 
-    def mel_to_wave(self, mel: np.ndarray) -> np.ndarray:
-        """log-mel float32 [n_mels, F] (megaspeech.speech.decoder_mel) -> float32 [F * 160] at 16 kHz."""
-        return self._wave(torch.as_tensor(mel, dtype=torch.float32)).numpy()
+    def mel_to_wave(self, mel: np.ndarray, refine_iters: int | None = None) -> np.ndarray:
+        """log-mel float32 [n_mels, F] (megaspeech.speech.decoder_mel) -> float32 [F * 160] at 16 kHz.
+        refine_iters: the trained vocoder's consistency projections (default: its vocoder.refine_iters)."""
+        return self._wave(torch.as_tensor(mel, dtype=torch.float32), refine_iters).numpy()
 
     def synthesize(self, codes: np.ndarray) -> np.ndarray:
         """Raw codes int [T] -> float32 [T * samples_per_code] at 16 kHz (pool 4: 1280 samples per code)."""
@@ -104,9 +105,10 @@ class SpeechDecoder:
 
         Each block re-decodes a window from `lookahead_codes` before the first unplayed code to the
         newest code and yields the samples of the codes that have `lookahead_codes` codes after them;
-        the end of the input yields the rest. With the trained vocoder the concatenated chunks equal
-        synthesize(all codes) up to float rounding; with Griffin-Lim (phase from iterations over the
-        whole window) they are close, not equal. The first chunk comes once block > lookahead_codes.
+        the end of the input yields the rest. With the trained vocoder and vocoder.refine_iters 0 the
+        concatenated chunks equal synthesize(all codes) up to float rounding; with consistency projections
+        (refine_iters > 0, or Griffin-Lim: phase from iterations over the whole window) they are close,
+        not equal. The first chunk comes once block > lookahead_codes.
         """
         if block < 1:
             raise ValueError(f"speech decoder: stream block={block} must be >= 1 code")
@@ -187,9 +189,10 @@ def load_speech_decoder(path: str | Path, vocoder: str = "trained", codebook_siz
     path = Path(path)
     meta = read_decoder_meta(path)
     _check_codebook(int(meta["codebook_size"]), codebook_size, str(path))
-    c2m = CodeToMel(CodeToMelConfig(**meta["model"]), int(meta["codebook_size"]),
+    # decoders written before code templates and the magnitude prior existed have neither
+    c2m = CodeToMel(CodeToMelConfig(**{"code_templates": False, **meta["model"]}), int(meta["codebook_size"]),
                     frames_per_code(meta["frame_rate"]), meta["mel"]["n_mels"])
-    voc = Vocoder(VocoderConfig(**meta["vocoder"]), meta["mel"]["n_mels"])
+    voc = Vocoder(VocoderConfig(**{"magnitude_prior": False, **meta["vocoder"]}), meta["mel"]["n_mels"])
     for module, name in ((c2m, "code_to_mel.safetensors"), (voc, "vocoder.safetensors")):
         try:
             module.load_state_dict(load_file(str(path / name)))
