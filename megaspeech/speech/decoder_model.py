@@ -25,6 +25,7 @@ No speaker prompt: the voice is what the codes carry (the tokenizer's 12.5 Hz co
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -109,13 +110,13 @@ class CodeToMel(nn.Module):
         return h, mu
 
     @torch.no_grad()
-    def set_templates(self, codes: list[torch.Tensor], mels: list[torch.Tensor]) -> int:
-        """The code templates from utterances: codes int64 [T] each with its log-mel [n_mels, T * fpc]
+    def set_templates(self, items: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """The code templates from utterances, (codes int64 [T], their log-mel [n_mels, T * fpc]) each
         -> each code's mean (normalised) frames; a code never seen gets the mean frame. Returns the
         number of codes seen."""
         K, f, n = self.codebook_size, self.fpc, self.n_mels
         total, count = torch.zeros(K, f * n, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
-        for c, m in zip(codes, mels):
+        for c, m in items:
             x = ((m - self.mel_mean) / self.mel_std).T.reshape(len(c), f * n).double()
             total.index_add_(0, c, x)
             count.index_add_(0, c, torch.ones(len(c), dtype=torch.float64))

@@ -102,18 +102,19 @@ class SpeechDecoderTrainer:
         self.c2m.mel_mean.fill_(float(allm.mean()))
         self.c2m.mel_std.fill_(float(allm.std()))
 
+    def _aligned(self, audio: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """An item's audio padded or cut to its codes' length, and its log-mel [n_mels, len(codes) * fpc]."""
+        nf = len(codes) * self.fpc
+        audio = np.pad(audio, (0, max(0, nf * HOP - len(audio))))[:nf * HOP]
+        return audio, log_mel(audio, nf)
+
     def _code_templates(self) -> None:
-        """The code->mel model's code templates: each code's mean mel over every training item."""
-        t0, codes, mels, i = time.time(), [], [], 0
-        for audios in audio_chunks(self.data):
-            for a in audios:
-                c = self.codes[i]
-                nf = len(c) * self.fpc
-                codes.append(torch.from_numpy(c))
-                mels.append(log_mel(np.pad(a, (0, max(0, nf * HOP - len(a))))[:nf * HOP], nf))
-                i += 1
-        seen = self.c2m.set_templates(codes, mels)
-        self.log(f"code templates: {seen} of {self.K} codes seen in {i} items ({time.time() - t0:.0f} s)")
+        """The code->mel model's code templates: each code's mean mel over every training item (streamed:
+        one chunk of audio in memory at a time)."""
+        t0 = time.time()
+        audios = (a for chunk in audio_chunks(self.data) for a in chunk)
+        seen = self.c2m.set_templates((torch.from_numpy(c), self._aligned(a, c)[1]) for a, c in zip(audios, self.codes))
+        self.log(f"code templates: {seen} of {self.K} codes seen in {len(self.codes)} items ({time.time() - t0:.0f} s)")
 
     def _batch(self, idx: np.ndarray, rng: np.random.Generator):
         """(codes [B, L], their mel [B, n_mels, L * fpc], vocoder mel [B, n_mels, Fv], audio [B, Fv * HOP])."""
@@ -125,8 +126,7 @@ class SpeechDecoderTrainer:
         Fv = min(int(round(tc.vocoder_seconds * 100)), *n_frames)
         cs, ms, vm, va = [], [], [], []
         for c, a, nf in zip(codes, audios, n_frames):
-            a = np.pad(a, (0, max(0, nf * HOP - len(a))))[:nf * HOP]
-            mel = log_mel(a, nf)
+            a, mel = self._aligned(a, c)
             s = int(rng.integers(0, len(c) - L + 1))
             cs.append(torch.from_numpy(c[s:s + L]))
             ms.append(mel[:, s * self.fpc:(s + L) * self.fpc])

@@ -64,13 +64,8 @@ class Vocoder(nn.Module):
         """log-mel float32 [B, n_mels, F] -> waveform float32 [B, F * HOP]. refine_iters: consistency
         projections (default cfg.refine_iters; training uses 0, the network alone)."""
         logmag, phase = self.spectrum(mel)
-        # a centred STFT of F * HOP samples has F + 1 frames: the last frame repeats
-        mag, angles = (torch.cat([t, t[..., -1:]], dim=-1) for t in (torch.exp(logmag), torch.exp(1j * phase)))
-        length = mel.shape[-1] * HOP
         iters = self.cfg.refine_iters if refine_iters is None else refine_iters
-        if iters:
-            angles = consistent_phase(mag, angles, length, iters)
-        return istft(mag * angles, length)
+        return _wave(logmag, phase, mel.shape[-1] * HOP, iters)
 
     def loss(self, mel: torch.Tensor, audio: torch.Tensor, mel_weight: float = 1.0, stft_weight: float = 1.0,
              mag_weight: float = 1.0, phase_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
@@ -79,8 +74,7 @@ class Vocoder(nn.Module):
         true = stft(audio)[..., :mel.shape[-1]]
         mag = F.l1_loss(logmag, true.abs().clamp_min(1e-5).log())
         ph = phase_losses(phase, true.angle())
-        spec = torch.exp(logmag) * torch.exp(1j * phase)
-        out = istft(torch.cat([spec, spec[..., -1:]], dim=-1), audio.shape[-1])
+        out = _wave(logmag, phase, audio.shape[-1])
         mel_l1 = (log_mel(out, mel.shape[-1]) - mel).abs().mean()
         sc = mag_r = 0.0
         for n_fft, hop in STFT_RESOLUTIONS:
@@ -93,6 +87,16 @@ class Vocoder(nn.Module):
         total = mel_weight * mel_l1 + stft_weight * stft_l + mag_weight * mag + phase_weight * ph
         return total, {"voc_mel_l1": mel_l1.item(), "voc_stft": stft_l.item(), "voc_mag": mag.item(),
                        "voc_phase": ph.item()}
+
+
+def _wave(logmag: torch.Tensor, phase: torch.Tensor, length: int, refine_iters: int = 0) -> torch.Tensor:
+    """Predicted log-magnitude and phase [B, bins, F] -> `length` samples, after `refine_iters` consistency
+    projections of the phase."""
+    # a centred STFT of F * HOP samples has F + 1 frames: the last frame repeats
+    mag, angles = (torch.cat([t, t[..., -1:]], dim=-1) for t in (torch.exp(logmag), torch.exp(1j * phase)))
+    if refine_iters:
+        angles = consistent_phase(mag, angles, length, refine_iters)
+    return istft(mag * angles, length)
 
 
 def _anti_wrap(x: torch.Tensor) -> torch.Tensor:

@@ -163,7 +163,7 @@ def test_code_templates_are_each_codes_mean_normalised_mel():
     c2m.mel_std.fill_(2.0)
     codes = [torch.tensor([0, 1, 0]), torch.tensor([1, 4])]
     mels = [torch.randn(3, 6), torch.randn(3, 4)]
-    assert c2m.set_templates(codes, mels) == 3
+    assert c2m.set_templates(zip(codes, mels)) == 3
     frames = lambda u, t: ((mels[u][:, 2 * t:2 * t + 2] - 1.5) / 2.0).T.reshape(-1)  # noqa: E731
     table = c2m.template.weight.detach()
     torch.testing.assert_close(table[0], (frames(0, 0) + frames(0, 2)) / 2)
