@@ -87,6 +87,11 @@ def inverse_mel(mel: torch.Tensor) -> torch.Tensor:
     return torch.clamp(_inverse_basis(mel.shape[-2]) @ torch.exp(mel.float()), min=0.0)
 
 
+def with_last_frame(spec: torch.Tensor) -> torch.Tensor:
+    """[..., F] frames -> [..., F + 1], the last repeated: a centred STFT of F * HOP samples has F + 1 frames."""
+    return torch.cat([spec, spec[..., -1:]], dim=-1)
+
+
 def consistent_phase(mag: torch.Tensor, angles: torch.Tensor, length: int, n_iter: int,
                      momentum: float = 0.99) -> torch.Tensor:
     """Fast Griffin-Lim (Perraudin et al. 2013, as torchaudio.transforms.GriffinLim; torchaudio is not a
@@ -106,7 +111,7 @@ def griffin_lim(mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99, see
     (clamped at 0) -> random phases refined by consistent_phase -> float32 [F * HOP] samples."""
     mag = inverse_mel(mel)
     length = mag.shape[-1] * HOP
-    mag = torch.nn.functional.pad(mag, (0, 1), mode="replicate")  # stft of `length` samples has F + 1 frames
+    mag = with_last_frame(mag)
     g = torch.Generator().manual_seed(seed)
     angles = torch.exp(2j * torch.pi * torch.rand(mag.shape, generator=g))
     return istft(mag * consistent_phase(mag, angles, length, n_iter, momentum), length)

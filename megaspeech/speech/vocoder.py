@@ -25,7 +25,7 @@ from torch import nn
 
 from megaspeech.config.speech_decoding import VocoderConfig
 from megaspeech.speech.decoder_mel import (HOP, LOG_FLOOR, N_FFT, consistent_phase, inverse_mel, istft, log_mel,
-                                            stft)
+                                            stft, with_last_frame)
 from megaspeech.speech.decoder_model import ConvNeXtBlock
 
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (256, 64))  # (n_fft, hop) of the multi-resolution STFT loss
@@ -92,8 +92,7 @@ class Vocoder(nn.Module):
 def _wave(logmag: torch.Tensor, phase: torch.Tensor, length: int, refine_iters: int = 0) -> torch.Tensor:
     """Predicted log-magnitude and phase [B, bins, F] -> `length` samples, after `refine_iters` consistency
     projections of the phase."""
-    # a centred STFT of F * HOP samples has F + 1 frames: the last frame repeats
-    mag, angles = (torch.cat([t, t[..., -1:]], dim=-1) for t in (torch.exp(logmag), torch.exp(1j * phase)))
+    mag, angles = with_last_frame(torch.exp(logmag)), with_last_frame(torch.exp(1j * phase))
     if refine_iters:
         angles = consistent_phase(mag, angles, length, refine_iters)
     return istft(mag * angles, length)
