@@ -1,7 +1,7 @@
 """Data path throughput and memory (issue #38): our loader from disk vs plain webdataset, from HTTP and
 S3 through a 20 ms proxy vs disk, and peak memory with 512 MiB vs 16 MiB shards.
 
-    python benchmarks/data_throughput.py [--only disk|remote|memory] [--tokens 40e6] [--mem-tokens 320e6]
+    python benchmarks/data_throughput.py [--only disk|remote|memory] [--tokens 160e6] [--mem-tokens 320e6]
         [--seq-len 4096] [--micro-batch 8] [--repeat 2] [--delay-ms 20] [--dir DIR] [--profile http|s3]
 
 Writes generated text / speech / interleaved shards (long samples, as real documents and
@@ -19,8 +19,8 @@ moto's S3 server and the delaying proxy are pinned to the other cores (when ther
 Tokens = loss-mask positions for the loader, token-array elements for raw. Prints, per part:
   disk:   raw_webdataset_tokens_per_s=, ours_tokens_per_s=, ratio= (ours/raw; goal >= 0.5)
   remote: disk_tokens_per_s=, http_tokens_per_s=, s3_tokens_per_s=, then ceilings without our
-          loader (one sequential stream of 4 MiB ranged GETs of the same bytes, converted to tokens/s
-          at the shards' tokens per byte): {nginx,moto}_direct_get_tokens_per_s= and
+          loader (one sequential stream of data.io_chunk_mb ranged GETs of the same bytes, converted to
+          tokens/s at the shards' tokens per byte): {nginx,moto}_direct_get_tokens_per_s= and
           {http,s3}_proxied_get_tokens_per_s=; {disk,http,s3}_steady_tokens_per_s= (after the first
           batch: no set-up, no first fill), ratio_http_steady=, ratio_s3_steady=; then ratio_http= and
           ratio_s3= (set-up included, /disk; goal >= 0.9)
@@ -48,12 +48,13 @@ import numpy as np
 
 from megaspeech.config.data import DataConfig, SourceConfig
 from megaspeech.data.loader import build_train_loader
+from megaspeech.data.remote import IOSettings
 from megaspeech.data.shards import ShardWriter
 from megaspeech.vocab import Vocab
 
 VOCAB = Vocab(text_size=32000, speech_size=16384)
 WEIGHTS = (0.5, 0.25, 0.25)
-CHUNK = 4 << 20
+CHUNK = IOSettings().chunk  # bytes per ranged GET of the ceilings: the loader's default (data.io_chunk_mb)
 
 
 def write_sources(root: Path, tokens: int, seed: int = 0, max_bytes=(64 << 20,)) -> list[dict[str, Path]]:
@@ -115,10 +116,11 @@ def make_loader(sources: dict[str, str], seq_len: int, micro_batch: int, **cfg_k
     return build_train_loader(cfg, VOCAB, seq_len=seq_len, micro_batch=micro_batch, dp_rank=0, dp_size=1, seed=0)
 
 
-def ours(sources: dict[str, str], seq_len: int, micro_batch: int, **cfg_kw) -> tuple[int, float, float, float]:
+def ours(sources: dict[str, str], seq_len: int, micro_batch: int,
+         **cfg_kw) -> tuple[int, float, float, float, float]:
     """Loss-mask tokens of one epoch of every source, the wall and CPU seconds (this process, all its
-    threads) it took, loader set-up included, and the tokens/s after the first batch (steady state:
-    without the set-up and the first fill of the open shards)."""
+    threads) it took, loader set-up included, the tokens/s after the first batch (steady state:
+    without the set-up and the first fill of the open shards) and the seconds to the first batch."""
     t0, c0, n, first = time.perf_counter(), time.process_time(), 0, None
     for batch in make_loader(sources, seq_len, micro_batch, **cfg_kw):
         n += int(batch["loss_mask"].sum())
@@ -126,19 +128,20 @@ def ours(sources: dict[str, str], seq_len: int, micro_batch: int, **cfg_kw) -> t
             first = (n, time.perf_counter())
     t1 = time.perf_counter()
     steady = (n - first[0]) / max(t1 - first[1], 1e-9) if first else 0.0
-    return n, t1 - t0, time.process_time() - c0, steady
+    return n, t1 - t0, time.process_time() - c0, steady, (first[1] - t0 if first else 0.0)
 
 
-def best_rates(runs: dict, repeat: int) -> dict[str, tuple[int, float, float, float]]:
-    """{name: (tokens, best tokens/s, CPU s of that run, best steady tokens/s)} over `repeat`
-    interleaved rounds of every fn() in `runs` (interleaved: a load change on the machine hits all)."""
-    best: dict[str, tuple[int, float, float, float]] = {}
+def best_rates(runs: dict, repeat: int) -> dict[str, tuple[int, float, float, float, float]]:
+    """{name: (tokens, best tokens/s, CPU s of that run, best steady tokens/s, least seconds to the first
+    batch)} over `repeat` interleaved rounds of every fn() in `runs` (interleaved: a load change on the
+    machine hits all)."""
+    best: dict[str, tuple[int, float, float, float, float]] = {}
     for _ in range(repeat):
         for name, fn in runs.items():
-            n, dt, cpu, steady = fn()
-            old = best.get(name, (n, 0.0, 0.0, 0.0))
+            n, dt, cpu, steady, first = fn()
+            old = best.get(name, (n, 0.0, 0.0, 0.0, float("inf")))
             n, rate, cpu = (n, n / dt, cpu) if n / dt > old[1] else old[:3]
-            best[name] = (n, rate, cpu, max(old[3], steady))
+            best[name] = (n, rate, cpu, max(old[3], steady), min(old[4], first))
     return best
 
 
@@ -181,7 +184,7 @@ def pin_children(cpus: set[int]) -> list[int]:
 # ---------------------------------------------------------------------------------- parts
 def part_disk(paths: dict[str, Path], a) -> None:
     ours(paths, a.seq_len, a.micro_batch)  # warm the page cache for both paths
-    best = best_rates({"raw": lambda: (*raw_webdataset(paths), 0.0, 0.0), "ours": timed(paths, a)}, a.repeat)
+    best = best_rates({"raw": lambda: (*raw_webdataset(paths), 0.0, 0.0, 0.0), "ours": timed(paths, a)}, a.repeat)
     print(f"raw_webdataset_tokens_per_s={best['raw'][1]:.4g}")
     print(f"ours_tokens_per_s={best['ours'][1]:.4g}")
     print(f"ratio={best['ours'][1] / best['raw'][1]:.3f}", flush=True)
@@ -235,12 +238,13 @@ def part_remote(root: Path, paths: dict[str, Path], a, others: set[int]) -> None
                 print(f"(warm-up {name}: {fn()[1]:.1f} s)", flush=True)
             best = best_rates(runs, a.repeat)
             n = best["disk"][0]
-            for name, (m, rate, cpu, steady) in best.items():
+            for name, (m, rate, cpu, _, _) in best.items():
                 assert m == n, f"token counts differ: disk {n}, {name} {m}"
                 print(f"{name}_tokens_per_s={rate:.4g}  ({n / 1e6:.1f}M tokens, {n / rate:.1f} s wall, "
                       f"{cpu:.1f} s CPU of the loader process; set-up included)", flush=True)
-            for name, (_, _, _, steady) in best.items():
-                print(f"{name}_steady_tokens_per_s={steady:.4g}  (after the first batch)", flush=True)
+            for name, (_, _, _, steady, first) in best.items():
+                print(f"{name}_steady_tokens_per_s={steady:.4g}  (after the first batch, which took {first:.2f} s "
+                      f"from the loader's build)", flush=True)
             s3_get = {k: v for k, v in opts.items() if k != "endpoint_url"}
             ceilings(root, files, n / nbytes, {
                 "nginx_direct": ("http", http_url, {}), "http_proxied": ("http", http_proxy, {}),
@@ -322,7 +326,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["disk", "remote", "memory"], action="append",
                    help="run only this part (repeatable); default: all three")
-    p.add_argument("--tokens", type=float, default=40e6, help="total tokens of the disk and remote shards")
+    p.add_argument("--tokens", type=float, default=160e6,
+                   help="total tokens of the disk and remote shards (160M: ~470 MiB, several seconds a pass, "
+                        "so that the set-up is a small part of it, as in a run)")
     p.add_argument("--mem-tokens", type=float, default=480e6,
                    help="total tokens of the memory shards (default ~1.36 GiB: 2 shards of 512 MiB for text)")
     p.add_argument("--seq-len", type=int, default=4096)
@@ -338,6 +344,8 @@ def main() -> None:
         return mem_child(a.mem_child, a.seq_len, a.micro_batch, a.mem_open_shards)
     parts = a.only or ["disk", "remote", "memory"]
     _, others = pin_self()
+    if a.dir:
+        Path(a.dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         if "disk" in parts or "remote" in parts:
             paths = write_sources(Path(tmp) / "d", int(a.tokens))[0]

@@ -27,6 +27,9 @@
   io_retries        remote sources: retries of a transient failure (connection reset/refused, 5xx,
                     timeout, truncated body), resuming at the byte reached; then data.on_error
   io_backoff_s      first wait between retries, doubled each time
+  io_chunk_mb       remote sources: bytes per ranged request (each request costs a round trip and the
+                    server's per-request work: fewer, larger ones stream faster; memory per open shard
+                    is up to read_ahead_mb + 2 x io_chunk_mb)
   asr_fraction      supervised speech pairs rendered as ASR (speech then text); the rest as TTS
   document_mask     also emit doc_ids for block-diagonal attention inside packed rows
   num_workers       torch DataLoader worker processes (0: in the training process)
@@ -89,6 +92,7 @@ class DataConfig:
     io_timeout_s: float = 60.0
     io_retries: int = 5
     io_backoff_s: float = 0.5
+    io_chunk_mb: float = 16.0
 
     def __post_init__(self):
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -100,6 +104,7 @@ class DataConfig:
         check(self.io_timeout_s > 0, "data.io_timeout_s", "must be > 0 seconds (every request has a timeout)")
         check(self.io_retries >= 0, "data.io_retries", "must be >= 0")
         check(self.io_backoff_s >= 0, "data.io_backoff_s", "must be >= 0 seconds")
+        check(self.io_chunk_mb > 0, "data.io_chunk_mb", "must be > 0 (MiB per ranged request)")
         check(self.kind != "", "data.kind",
               "the config names no data: add a data section (data.kind=shards with data.sources, e.g. "
               "base: data/mixture_glm4voice.yaml) or set data.kind=synthetic for the built-in toy stream")

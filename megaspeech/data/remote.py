@@ -8,14 +8,15 @@ datasets and torch's checkpoint storage already use, so credentials and endpoint
 usual places (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE / AWS_ENDPOINT_URL, ~/.aws,
 or `data.storage_options`, passed to the fsspec filesystem as keyword arguments).
 
-A shard is read as a sequence of ranged reads of `CHUNK` bytes (HTTP Range / S3 ranged GET), each
-with a timeout (`IOSettings.timeout_s`). A transient failure (connection refused or reset, 5xx,
-timeout, truncated body) is retried `retries` times with exponential backoff from `backoff_s`,
-resuming at the byte offset already read; what is not transient (not found, access denied, no
-credentials) or still failing after the retries is a ShardError naming the URL, the byte offset and
-the fix. `ShardStream` runs these reads in a background thread that keeps up to `read_ahead`
-bytes ready (bounded memory), hashes the bytes as they stream and checks size and sha256 against
-the manifest at the end: a difference means the shard changed under the run.
+A shard is read as a sequence of ranged reads (HTTP Range / S3 ranged GET) of `IOSettings.chunk`
+bytes (data.io_chunk_mb; a local file in CHUNK reads), each with a timeout (`IOSettings.timeout_s`).
+A transient failure (connection refused or reset, 5xx, timeout, truncated body) is retried
+`retries` times with exponential backoff from `backoff_s`, resuming at the byte offset already read;
+what is not transient (not found, access denied, no credentials) or still failing after the retries
+is a ShardError naming the URL, the byte offset and the fix. `ShardStream` runs these reads in a
+background thread that keeps up to `read_ahead` bytes ready (bounded memory), hashes the bytes as
+they stream and checks size and sha256 against the manifest at the end: a difference means the
+shard changed under the run.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from megaspeech.config.data import DataConfig, is_remote
 from megaspeech.data.shard_format import ShardError
 from megaspeech.fs import resolve_path
 
-CHUNK = 4 << 20  # bytes per ranged read (a 20 ms request latency costs < 10% at 200 MB/s)
+CHUNK = 4 << 20  # bytes per read of a local file
 
 
 @dataclass
@@ -42,11 +43,13 @@ class IOSettings:
     retries: int = 5
     backoff_s: float = 0.5
     storage_options: dict = field(default_factory=dict)
+    chunk: int = 16 << 20  # bytes per remote ranged read: each request costs latency and server time
 
 
 def io_settings(cfg: DataConfig) -> IOSettings:
     """The data.io_* settings and data.storage_options of a DataConfig."""
-    return IOSettings(cfg.io_timeout_s, cfg.io_retries, cfg.io_backoff_s, dict(cfg.storage_options))
+    return IOSettings(cfg.io_timeout_s, cfg.io_retries, cfg.io_backoff_s, dict(cfg.storage_options),
+                      max(1, int(cfg.io_chunk_mb * (1 << 20))))
 
 
 class _Transient(Exception):
@@ -247,11 +250,12 @@ class ShardStream:
         self._pump = _Pump(loc, name, size, sha256, read_ahead, verify_first and sha256 is not None)
         self._buf, self._pos = b"", 0
         self.offset = 0  # bytes handed out so far
+        self.chunk = self._pump.chunk  # bytes per read from the source: read(n >= chunk) returns one uncopied
         weakref.finalize(self, self._pump.close)  # an abandoned stream stops its thread
         threading.Thread(target=self._pump.run, name=f"megaspeech-shard {name}", daemon=True).start()
 
     def read(self, n: int = -1) -> bytes:
-        if self._pos >= len(self._buf) and n >= CHUNK:  # whole chunks as they came: no copy
+        if self._pos >= len(self._buf) and n >= self.chunk:  # whole chunks as they came: no copy
             chunk = self._pump.get() or b""
             if len(chunk) <= n:
                 self.offset += len(chunk)
@@ -283,6 +287,7 @@ class _Pump:
     def __init__(self, loc, name, size, sha256, read_ahead, verify_first):
         self.loc, self.name, self.size, self.sha256 = loc, name, size, sha256
         self.read_ahead, self.verify_first = max(read_ahead, 1), verify_first
+        self.chunk = CHUNK if loc.kind == "local" else loc.io.chunk
         self.q: collections.deque = collections.deque()
         self.held = 0
         self.cv = threading.Condition()
@@ -290,10 +295,10 @@ class _Pump:
         self.error: BaseException | None = None
 
     def _chunks(self):
-        """The file's bytes in CHUNK pieces (ranged reads with retries), then the size check."""
+        """The file's bytes in self.chunk pieces (ranged reads with retries), then the size check."""
         off, url = 0, self.loc.url(self.name)
         while not self.closed and (self.size is None or off < self.size):
-            end = off + CHUNK if self.size is None else min(off + CHUNK, self.size)
+            end = off + self.chunk if self.size is None else min(off + self.chunk, self.size)
             data = self.loc.read(self.name, off, end)
             off += len(data)
             if data:

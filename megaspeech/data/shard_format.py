@@ -141,6 +141,7 @@ class _Reader:
 
     def __init__(self, stream, head: bytes = b""):
         self.stream, self.buf, self.pos, self.base = stream, head, 0, 0
+        self.step = getattr(stream, "chunk", 4 << 20)  # a ShardStream's chunk size: its chunks come uncopied
 
     def take(self, n: int):
         if self.pos + n <= len(self.buf):
@@ -150,7 +151,7 @@ class _Reader:
         self.base += len(self.buf)
         self.buf, self.pos = b"", 0
         while need > 0:  # only the bytes that cross into the next chunk(s) are copied
-            c = self.stream.read(max(need, 4 << 20))
+            c = self.stream.read(max(need, self.step))
             if not c:
                 break
             if len(c) > need:

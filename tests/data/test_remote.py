@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megaspeech.data import remote
 from megaspeech.data.mixture import within_order
+from megaspeech.data.remote import IOSettings, Location, ShardStream
 from megaspeech.data.shards import ShardError
 from tests.helpers.servers import BUCKET, FaultProxy, free_port, nginx_server, s3, upload_dir  # noqa: F401
 from tests.helpers.streams import cfg_for, loaders, make_sources
@@ -103,12 +103,11 @@ def test_kill9_resume_from_s3(data, s3_cfg, tmp_path):
     assert digest(ld) == ref[n:]
 
 
-def test_server_stopped_mid_shard_then_restarted(data, monkeypatch):
+def test_server_stopped_mid_shard_then_restarted(data):
     root, paths, url, ref = data
-    monkeypatch.setattr(remote, "CHUNK", 2048)  # several ranged reads per shard: the stop falls inside one
-    with FaultProxy(url) as proxy:
+    with FaultProxy(url) as proxy:  # several ranged reads per shard: the stop falls inside one
         cfg = cfg_for({k: k for k in paths}, epochs=1, root=proxy.url, **{**FAST, "io_retries": 6,
-                                                                          "io_backoff_s": 0.05})
+                                                                          "io_backoff_s": 0.05, "io_chunk_mb": 2048 / 2**20})
         ld = loaders(cfg, 1)[0]
         it = iter(ld)
         got = [next(it)]
@@ -118,11 +117,11 @@ def test_server_stopped_mid_shard_then_restarted(data, monkeypatch):
     assert digest(got) == ref[1][0]
 
 
-def test_5xx_storm_and_truncated_body(data, monkeypatch):
+def test_5xx_storm_and_truncated_body(data):
     root, paths, url, ref = data
-    monkeypatch.setattr(remote, "CHUNK", 4096)
     with FaultProxy(url) as proxy:
-        cfg = cfg_for({"text": "text"}, epochs=1, weights=(1.0,), root=proxy.url, **{**FAST, "io_retries": 6})
+        cfg = cfg_for({"text": "text"}, epochs=1, weights=(1.0,), root=proxy.url,
+                      **{**FAST, "io_retries": 6, "io_chunk_mb": 4096 / 2**20})
         whole = digest(loaders(cfg_for({"text": paths["text"]}, epochs=1, weights=(1.0,), **FAST), 1)[0])
         ld = loaders(cfg, 1)[0]
         proxy.storm(3, 503)  # fewer than the tries: retried, same batches
@@ -198,3 +197,19 @@ def test_shuffle_window_is_bounded_and_seeded():
     assert np.abs(pos - np.arange(n)).max() < buf and np.abs(pos - np.arange(n)).mean() > buf / 8
     small = within_order(0, 1, 2, 3, 50, buf)  # a shard within the window: a full permutation, as before
     assert np.array_equal(small, np.random.default_rng([0, 1, 2, 3]).permutation(50))
+
+
+def test_remote_shard_is_read_in_io_chunk_requests(data):
+    """data.io_chunk_mb sets the ranged requests: a shard of S bytes costs ceil(S / chunk) GETs, its
+    bytes unchanged."""
+    root, paths, url, _ = data
+    tar = sorted((root / "d" / "text").glob("*.tar"))[0]
+    size = tar.stat().st_size
+    with FaultProxy(url) as proxy:
+        for chunk in (1000, 4096, size):
+            before = proxy.requests
+            loc = Location(proxy.url, IOSettings(timeout_s=5.0, chunk=chunk))
+            stream = ShardStream(loc, f"text/{tar.name}", size, hashlib.sha256(tar.read_bytes()).hexdigest())
+            got = b"".join(iter(lambda: stream.read(1 << 20), b""))
+            assert got == tar.read_bytes()
+            assert proxy.requests - before == -(-size // chunk)
