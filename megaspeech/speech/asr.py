@@ -52,11 +52,12 @@ def run_decoder(decoder, ids: torch.Tensor, enc: torch.Tensor, enc_keep: torch.T
 
 @torch.no_grad()
 def decode(whisper, enc: torch.Tensor, enc_keep: torch.Tensor | None = None, max_new_tokens: int = 200,
-           temperature: float = 0.0, generator: torch.Generator | None = None
+           temperature: float = 0.0, generators: list[torch.Generator] | None = None
            ) -> tuple[list[list[int]], torch.Tensor]:
     """One decoding pass over a batch of encoder outputs enc float [B, S, D]: greedy at temperature 0,
-    else sampling from softmax(logits / temperature). -> (token ids per item, no specials; the mean
-    log-probability per item, float [B], of its tokens and the end of text, as Whisper scores them)."""
+    else sampling from softmax(logits / temperature), row b with generators[b] (so a row's samples do not
+    depend on the rest of the batch). -> (token ids per item, no specials; the mean log-probability per
+    item, float [B], of its tokens and the end of text, as Whisper scores them)."""
     model, meta = whisper.model, whisper.meta
     decoder, proj = model.model.decoder, model.proj_out
     B = enc.shape[0]
@@ -72,7 +73,8 @@ def decode(whisper, enc: torch.Tensor, enc_keep: torch.Tensor | None = None, max
         if step == 0:  # faster-whisper's suppress_blank: no empty transcript, no leading blank
             logits[:, [meta["blank"], meta["eot"]]] = -float("inf")
         if temperature > 0:
-            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            probs = torch.softmax(logits / temperature, -1)
+            nxt = torch.cat([torch.multinomial(probs[b], 1, generator=generators[b]) for b in range(B)])
         else:
             nxt = logits.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, meta["eot"]), nxt)
@@ -119,16 +121,18 @@ def transcribe_tokens(whisper, enc: torch.Tensor, enc_keep: torch.Tensor | None 
     if fallback is None:
         return greedy_decode(whisper, enc, enc_keep, max_new_tokens)
     B = enc.shape[0]
-    gen = torch.Generator().manual_seed(fallback.seed)
     final: list = [None] * B
     tried: list[list] = [[] for _ in range(B)]  # (mean log-prob, below the compression threshold, tokens)
     todo = list(range(B))
-    for t in fallback.temperatures:
+    for ti, t in enumerate(fallback.temperatures):
         if not todo:
             break
         k = fallback.best_of if t > 0 else 1
         rows = torch.tensor(todo).repeat_interleave(k)
-        toks, lp = decode(whisper, enc[rows], None if enc_keep is None else enc_keep[rows], max_new_tokens, t, gen)
+        # the j-th sample of every item at this temperature has the same seed: an item's transcript does not
+        # depend on which other items share its batch (identical audio, identical text)
+        gens = [torch.Generator().manual_seed(fallback.seed * 10007 + ti * 101 + j) for _ in todo for j in range(k)]
+        toks, lp = decode(whisper, enc[rows], None if enc_keep is None else enc_keep[rows], max_new_tokens, t, gens)
         left = []
         for j, i in enumerate(todo):
             best = max(range(j * k, (j + 1) * k), key=lambda r: float(lp[r]))

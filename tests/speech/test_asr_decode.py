@@ -66,6 +66,9 @@ def test_fallback_replaces_a_looping_text_and_keeps_good_ones(whisper):
     assert out[1] != greedy[1]
     assert compression_ratio(whisper.decode_text(out[1])) <= 2.4
     assert transcribe_tokens(whisper, enc, max_new_tokens=60, fallback=fb) == out  # seeded: reproducible
+    # an item's samples do not depend on its batch: alone, or after another item, the same text
+    assert transcribe_tokens(whisper, enc[[1]], max_new_tokens=60, fallback=fb) == [out[1]]
+    assert transcribe_tokens(whisper, enc[[1, 1]], max_new_tokens=60, fallback=fb) == [out[1], out[1]]
     assert transcribe_tokens(whisper, enc, max_new_tokens=60, fallback=None) == greedy
 
 
