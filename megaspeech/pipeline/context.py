@@ -42,7 +42,13 @@ def file_sha(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------- shared links
 def codebook_size(ctx: Ctx) -> int:
+    """K, the speech codes of the text vocabulary: the released tokenizer's when speech_shards names one,
+    else the tokenizer stage's preset."""
+    from megaspeech.speech.tokenizer import codebook_size as codes_of
     from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
+    tok = speech_tokenizer_dir(ctx)
+    if tok != ctx.run / "tokenizer" / "tokenizer":
+        return codes_of(tok)
     return tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, []).tokenizer.codebook_size
 
 

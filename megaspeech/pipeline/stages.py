@@ -92,9 +92,14 @@ def speech_corpus_run(ctx: Ctx, cfgs, extra: dict) -> dict:
 
 
 def tokenizer_configure(ctx: Ctx):
+    from megaspeech.speech.tokenizer import tokenizer_fingerprint
     from megaspeech.speech.tokenizer_training import SpeechTokenizerTrainingConfig
     d = ctx.run / "tokenizer"
-    return tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"]), {}
+    cfg = tool_config(SpeechTokenizerTrainingConfig, ctx.cfg.tokenizer, [f"run.dir={d}", f"train.data={ctx.run / 'speech_corpus' / 'train'}"])
+    tok = speech_tokenizer_dir(ctx)
+    if tok != d / "tokenizer":  # the speech_shards section names a released tokenizer: nothing reads one trained here
+        return cfg, {"release": str(tok), "tokenizer_model": tokenizer_fingerprint(tok)}
+    return cfg, {}
 
 
 def _progress_log(ctx: Ctx, stage: str, total: int, max_seconds: float) -> Callable[[str], None]:
@@ -114,6 +119,10 @@ def _progress_log(ctx: Ctx, stage: str, total: int, max_seconds: float) -> Calla
 
 def tokenizer_run(ctx: Ctx, cfg, extra: dict) -> dict:
     from megaspeech.speech.tokenizer_training import train
+    if extra.get("release"):
+        print(f"speech_shards names the released tokenizer {extra['release']}: every stage reads its codes, "
+              f"so no tokenizer is trained", flush=True)
+        return {"outputs": {"tokenizer": extra["release"]}, "metrics": {"trained_steps": 0}}
     last = train(cfg, log=_progress_log(ctx, "tokenizer", cfg.train.steps, cfg.train.max_seconds))
     return {"outputs": {"tokenizer": str(Path(cfg.run.dir) / "tokenizer")},
             "metrics": {"codebook_size": cfg.tokenizer.codebook_size,

@@ -185,3 +185,13 @@ def test_pipeline_speech_shards_stage_takes_the_release(tmp_path):
     dec, dec_extra = speech_decoder_configure(ctx)
     assert dec.train.tokenizer == str(rel.resolve()) and dec_extra["tokenizer_model"] == tokenizer_fingerprint(rel)
     assert speech_qa_configure(ctx)[0].speech_tokenizer == str(rel.resolve())
+    # nothing reads a tokenizer trained here: the tokenizer stage names the release and trains none, and
+    # the text vocabulary takes K from the release
+    from megaspeech.pipeline.context import codebook_size as run_codes
+    from megaspeech.pipeline.stages import tokenizer_configure, tokenizer_run
+    from megaspeech.speech.tokenizer import codebook_size
+    assert run_codes(ctx) == codebook_size(rel) != run_codes(Ctx(PipelineConfig(), tmp_path / "run"))
+    cfg, extra = tokenizer_configure(ctx)
+    assert extra == {"release": str(rel.resolve()), "tokenizer_model": tokenizer_fingerprint(rel)}
+    out = tokenizer_run(ctx, cfg, extra)
+    assert out["outputs"] == {"tokenizer": str(rel.resolve())} and not (tmp_path / "run" / "tokenizer").exists()
