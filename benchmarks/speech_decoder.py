@@ -8,6 +8,8 @@ For every held-out utterance, in the same run:
   vocoder_net    the TRUE log-mel -> the vocoder's network alone (vocoder.refine_iters 0: no consistency
                  projections; the same as vocoder_true for a decoder trained with refine_iters 0)
   gl_true        the TRUE log-mel -> Griffin-Lim (the no-training ceiling of the vocoder stage)
+  vocoder_mag_true_phase  the vocoder network's magnitude from the TRUE log-mel with the audio's own STFT
+                 phase (a diagnostic: what the predicted magnitude is worth when the phase is right)
 WER (%) with a 95% bootstrap interval over utterances (megaspeech.eval.scores.wer_result), the ratio of
 each WER to the original's (paired bootstrap interval), the L1 log-mel distance of each output to the
 original's mel (and of the predicted mel itself: the code->mel stage alone), and the real-time factor of
@@ -33,13 +35,13 @@ from megaspeech.eval.scores import wer_result
 from megaspeech.fs import write_atomic
 from megaspeech.speech import audio_shards
 from megaspeech.speech.asr import Fallback, transcribe_base, word_errors
-from megaspeech.speech.decoder_mel import log_mel
+from megaspeech.speech.decoder_mel import HOP, istft, log_mel, stft, with_last_frame
 from megaspeech.speech.real_speech import librivox
 from megaspeech.speech.speech_decoder import SpeechDecoder, load_speech_decoder, read_decoder_meta
 from megaspeech.speech.tokenizer import codebook_size, load_tokenizer, tokenize_audios, tokenizer_fingerprint
 from megaspeech.speech.whisper_ct2 import load_whisper
 
-CONDITIONS = ("original", "resynth", "resynth_gl", "vocoder_true", "vocoder_net", "gl_true")
+CONDITIONS = ("original", "resynth", "resynth_gl", "vocoder_true", "vocoder_net", "gl_true", "vocoder_mag_true_phase")
 
 
 def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> tuple[float, list[float]]:
@@ -49,8 +51,18 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> tuple[float, li
     return float(num.sum() / max(den.sum(), 1e-9)), [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
 
 
+def magnitude_with_true_phase(dec: SpeechDecoder, true_mel: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """The vocoder's predicted magnitude of the true mel, inverted with the audio's own STFT phase."""
+    n = true_mel.shape[1] * HOP
+    a = torch.nn.functional.pad(torch.as_tensor(audio, dtype=torch.float32), (0, max(0, n - len(audio))))[:n]
+    with torch.no_grad():
+        logmag, _ = dec.vocoder.spectrum(torch.as_tensor(true_mel)[None])
+    spec = stft(a)
+    return istft(with_last_frame(torch.exp(logmag[0])) * spec / spec.abs().clamp_min(1e-12), n).numpy()
+
+
 def outputs(dec: SpeechDecoder, gl: SpeechDecoder, audio: np.ndarray, codes: np.ndarray) -> dict:
-    """The five waveforms of one utterance, the predicted mel and the decoding seconds (one thread)."""
+    """The waveforms of one utterance (CONDITIONS), the predicted mel and the decoding seconds (one thread)."""
     n_frames = len(codes) * dec.frames_per_code
     true = log_mel(audio, n_frames).numpy()
     t = time.perf_counter()
@@ -62,7 +74,8 @@ def outputs(dec: SpeechDecoder, gl: SpeechDecoder, audio: np.ndarray, codes: np.
     t_gl = time.perf_counter() - t
     return {"waves": {"original": audio, "resynth": wave, "resynth_gl": wave_gl,
                       "vocoder_true": dec.mel_to_wave(true),
-                      "vocoder_net": dec.mel_to_wave(true, refine_iters=0), "gl_true": gl.mel_to_wave(true)},
+                      "vocoder_net": dec.mel_to_wave(true, refine_iters=0), "gl_true": gl.mel_to_wave(true),
+                      "vocoder_mag_true_phase": magnitude_with_true_phase(dec, true, audio)},
             "true_mel": true, "pred_mel": mel, "t_dec": t_dec, "t_gl": t_gl}
 
 
