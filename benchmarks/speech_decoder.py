@@ -45,10 +45,15 @@ CONDITIONS = ("original", "resynth", "resynth_gl", "vocoder_true", "vocoder_net"
 
 
 def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> tuple[float, list[float]]:
-    """sum(num) / sum(den) with a paired 95% bootstrap interval over utterances."""
+    """sum(num) / sum(den) with a paired 95% bootstrap interval over utterances (inf where a resample's
+    denominator is 0: the original made no error on it)."""
     idx = np.random.default_rng(seed).integers(0, len(num), (1000, len(num)))
-    boots = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-9)
-    return float(num.sum() / max(den.sum(), 1e-9)), [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+    n, d = num[idx].sum(1), den[idx].sum(1)
+    boots = np.where(d > 0, n / np.maximum(d, 1e-12), np.where(n > 0, np.inf, 1.0))
+    point = num.sum() / den.sum() if den.sum() > 0 else (np.inf if num.sum() > 0 else 1.0)
+    with np.errstate(invalid="ignore"):  # interpolating between two infs: nan, which means inf here
+        lo, hi = (float(np.nan_to_num(np.percentile(boots, q), nan=np.inf, posinf=np.inf)) for q in (2.5, 97.5))
+    return float(point), [lo, hi]
 
 
 def magnitude_with_true_phase(dec: SpeechDecoder, true_mel: np.ndarray, audio: np.ndarray) -> np.ndarray:
